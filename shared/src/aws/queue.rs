@@ -1,0 +1,255 @@
+//! A destination's delivery queue (or its dead-letter queue) over SQS.
+//!
+//! Every batch call is checked entry by entry: SQS answers HTTP 200 with failed entries
+//! inside, and a row dropped there would be a row lost.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::{
+    types::{
+        ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+        MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
+    },
+    Client,
+};
+
+use super::AwsError;
+
+/// Tries of one batch call (the first included) before its failed entries are given up.
+const SEND_TRIES: u32 = 6;
+
+/// An SQS queue by URL.
+#[derive(Debug, Clone)]
+pub struct WorkQueue {
+    client: Client,
+    url: String,
+    max_message_bytes: usize,
+}
+
+/// A message SQS would not take, with SQS's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsent {
+    /// Index of the body in the call's input.
+    pub index: usize,
+    /// SQS's error code.
+    pub code: String,
+    /// SQS's message.
+    pub message: String,
+}
+
+impl WorkQueue {
+    /// Looks a queue up by name and reads its maximum message size.
+    pub async fn resolve(client: Client, name: &str) -> Result<Self, AwsError> {
+        let url = client
+            .get_queue_url()
+            .queue_name(name)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("SQS.GetQueueUrl", e))?
+            .queue_url
+            .ok_or_else(|| AwsError::response("SQS.GetQueueUrl", "no QueueUrl in the answer"))?;
+        let attributes = client
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::MaximumMessageSize)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("SQS.GetQueueAttributes", e))?;
+        let max_message_bytes = attributes
+            .attributes
+            .as_ref()
+            .and_then(|a| a.get(&QueueAttributeName::MaximumMessageSize))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(262_144);
+        Ok(Self {
+            client,
+            url,
+            max_message_bytes,
+        })
+    }
+
+    /// The queue's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The queue's largest message, in bytes.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// Sends up to 10 bodies in one `SendMessageBatch`, retrying failed entries that are
+    /// not the sender's fault with backoff. Returns the entries SQS refused for good.
+    pub async fn send_batch(&self, bodies: &[String]) -> Result<Vec<Unsent>, AwsError> {
+        assert!(bodies.len() <= 10, "SendMessageBatch takes at most 10 entries");
+        let mut pending: Vec<usize> = (0..bodies.len()).collect();
+        let mut refused = Vec::new();
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=SEND_TRIES {
+            let entries = pending
+                .iter()
+                .map(|&i| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(&bodies[i])
+                        .build()
+                        .expect("id and body are set")
+                })
+                .collect::<Vec<_>>();
+            let output = match self
+                .client
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                Ok(output) => output,
+                Err(err) if attempt < SEND_TRIES => {
+                    tracing::warn!(error = %aws_smithy_types::error::display::DisplayErrorContext(&err), attempt, "SendMessageBatch failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    continue;
+                }
+                Err(err) => return Err(AwsError::sdk("SQS.SendMessageBatch", err)),
+            };
+            let mut retry = Vec::new();
+            for failed in output.failed() {
+                let Ok(index) = failed.id().parse::<usize>() else {
+                    return Err(AwsError::response(
+                        "SQS.SendMessageBatch",
+                        format!("unknown entry id {} in the answer", failed.id()),
+                    ));
+                };
+                if failed.sender_fault() || attempt == SEND_TRIES {
+                    refused.push(Unsent {
+                        index,
+                        code: failed.code().to_owned(),
+                        message: failed.message().unwrap_or_default().to_owned(),
+                    });
+                } else {
+                    retry.push(index);
+                }
+            }
+            let answered = output.successful().len() + output.failed().len();
+            if answered != pending.len() {
+                return Err(AwsError::response(
+                    "SQS.SendMessageBatch",
+                    format!("{answered} results for {} entries", pending.len()),
+                ));
+            }
+            if retry.is_empty() {
+                break;
+            }
+            pending = retry;
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        Ok(refused)
+    }
+
+    /// Receives up to 10 messages with their receive count.
+    pub async fn receive(&self, max: i32, wait: Duration) -> Result<Vec<Message>, AwsError> {
+        let output = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(max.clamp(1, 10))
+            .wait_time_seconds(wait.as_secs() as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("SQS.ReceiveMessage", e))?;
+        Ok(output.messages.unwrap_or_default())
+    }
+
+    /// Sets the visibility timeout of messages (backoff). Returns how many SQS refused
+    /// (those come back when their current timeout ends: later, never lost).
+    pub async fn change_visibility(&self, entries: &[(String, Duration)]) -> Result<usize, AwsError> {
+        let mut refused = 0;
+        for chunk in entries.chunks(10) {
+            let batch = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (receipt, visibility))| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(receipt)
+                        .visibility_timeout(visibility.as_secs() as i32)
+                        .build()
+                        .expect("id and receipt are set")
+                })
+                .collect::<Vec<_>>();
+            let output = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(batch))
+                .send()
+                .await
+                .map_err(|e| AwsError::sdk("SQS.ChangeMessageVisibilityBatch", e))?;
+            for failed in output.failed() {
+                tracing::warn!(code = failed.code(), "ChangeMessageVisibility refused an entry");
+            }
+            refused += output.failed().len();
+        }
+        Ok(refused)
+    }
+
+    /// Deletes messages by receipt handle. Returns how many SQS refused.
+    pub async fn delete(&self, receipts: &[String]) -> Result<usize, AwsError> {
+        let mut refused = 0;
+        for chunk in receipts.chunks(10) {
+            let batch = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, receipt)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(receipt)
+                        .build()
+                        .expect("id and receipt are set")
+                })
+                .collect::<Vec<_>>();
+            let output = self
+                .client
+                .delete_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(batch))
+                .send()
+                .await
+                .map_err(|e| AwsError::sdk("SQS.DeleteMessageBatch", e))?;
+            for failed in output.failed() {
+                tracing::warn!(code = failed.code(), "DeleteMessage refused an entry");
+            }
+            refused += output.failed().len();
+        }
+        Ok(refused)
+    }
+
+    /// Approximate visible + in-flight messages.
+    pub async fn depth(&self) -> Result<(u64, u64), AwsError> {
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("SQS.GetQueueAttributes", e))?;
+        let get = |name: QueueAttributeName| {
+            output
+                .attributes
+                .as_ref()
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok((
+            get(QueueAttributeName::ApproximateNumberOfMessages),
+            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        ))
+    }
+}

@@ -1,0 +1,207 @@
+//! Reporting a closed run: a run-summary event on EventBridge, CloudWatch metrics in
+//! Embedded Metric Format, and an SNS alert when the sync's alert rule is met.
+//! Everything here carries keys, counts and error codes only — never row values (I6).
+
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::AwsError;
+use crate::{
+    config::AlertRule,
+    ids::{DestinationId, RunId, SyncId},
+    ledger::RunCounts,
+};
+
+/// The summary of a closed run, as published.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSummary {
+    /// The sync.
+    pub sync_id: SyncId,
+    /// The run.
+    pub run_id: RunId,
+    /// Its destination.
+    pub destination: DestinationId,
+    /// Exact counts.
+    #[serde(flatten)]
+    pub counts: RunCounts,
+    /// Keys in the failed-row index after the run.
+    pub failed_index_size: u64,
+    /// Age of the oldest failing row, in seconds.
+    pub oldest_failure_age_secs: Option<i64>,
+    /// When the run started.
+    pub started_at: String,
+    /// When it closed.
+    pub closed_at: String,
+    /// The most frequent error codes of the run's failures, with counts.
+    pub top_errors: Vec<(String, u64)>,
+}
+
+/// How bad an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Rows failed; the next run retries them.
+    Warn,
+    /// A run could not run.
+    Critical,
+}
+
+/// Whether a closed run meets the sync's warn rule.
+pub fn warn_due(rule: &AlertRule, counts: &RunCounts) -> bool {
+    rule.warn_failed_rows > 0 && counts.failed + counts.rejected >= rule.warn_failed_rows
+}
+
+/// Where EMF metric lines go.
+#[derive(Debug, Clone)]
+pub enum MetricsSink {
+    /// Standard output: in Lambda, CloudWatch Logs extracts the metrics.
+    Stdout,
+    /// Kept in memory (local runs and tests read them).
+    Memory(Arc<Mutex<Vec<serde_json::Value>>>),
+}
+
+/// Publishes run summaries, metrics and alerts.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    events: Option<(aws_sdk_eventbridge::Client, String)>,
+    alerts: Option<(aws_sdk_sns::Client, String)>,
+    metrics: MetricsSink,
+}
+
+impl Reporter {
+    /// A reporter; `events` is (client, bus name), `alerts` is (client, topic ARN).
+    pub fn new(
+        events: Option<(aws_sdk_eventbridge::Client, String)>,
+        alerts: Option<(aws_sdk_sns::Client, String)>,
+        metrics: MetricsSink,
+    ) -> Self {
+        Self {
+            events,
+            alerts,
+            metrics,
+        }
+    }
+
+    /// Emits the metrics line of a closed run.
+    pub fn metrics(&self, summary: &RunSummary) {
+        let mut line = serde_json::json!({
+            "_aws": {
+                "Timestamp": crate::time_util::now().unix_timestamp() * 1000,
+                "CloudWatchMetrics": [{
+                    "Namespace": "resync",
+                    "Dimensions": [["SyncId"]],
+                    "Metrics": [
+                        {"Name": "RowsDelivered", "Unit": "Count"},
+                        {"Name": "RowsFailed", "Unit": "Count"},
+                        {"Name": "RowsRejected", "Unit": "Count"},
+                        {"Name": "RowsRetriedInRun", "Unit": "Count"},
+                        {"Name": "FailedIndexSize", "Unit": "Count"},
+                        {"Name": "OldestFailingRowAge", "Unit": "Seconds"}
+                    ]
+                }]
+            },
+            "SyncId": summary.sync_id.as_str(),
+            "RunId": summary.run_id.as_str(),
+            "RowsDelivered": summary.counts.delivered,
+            "RowsFailed": summary.counts.failed,
+            "RowsRejected": summary.counts.rejected,
+            "RowsRetriedInRun": summary.counts.retried_in_run,
+            "FailedIndexSize": summary.failed_index_size,
+        });
+        line["OldestFailingRowAge"] = serde_json::json!(summary.oldest_failure_age_secs.unwrap_or(0));
+        match &self.metrics {
+            MetricsSink::Stdout => println!("{line}"),
+            MetricsSink::Memory(lines) => lines.lock().expect("metrics lock").push(line),
+        }
+    }
+
+    /// Puts the `Run Closed` event on the run-events bus.
+    pub async fn run_closed(&self, summary: &RunSummary) -> Result<(), AwsError> {
+        self.put_event("Run Closed", &serde_json::to_string(summary).expect("summary serialises"))
+            .await
+    }
+
+    /// Sends an alert to the SNS topic and a `Sync Alert` event to the bus.
+    pub async fn alert(
+        &self,
+        severity: Severity,
+        sync: &SyncId,
+        subject: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), AwsError> {
+        let body = serde_json::json!({
+            "severity": severity,
+            "sync_id": sync.as_str(),
+            "subject": subject,
+            "detail": detail,
+        });
+        self.put_event("Sync Alert", &body.to_string()).await?;
+        if let Some((client, topic)) = &self.alerts {
+            // SNS subjects: ASCII, at most 100 characters.
+            let subject: String = format!("[{severity:?}] {subject}")
+                .chars()
+                .filter(|c| c.is_ascii() && !c.is_ascii_control())
+                .take(100)
+                .collect();
+            client
+                .publish()
+                .topic_arn(topic)
+                .subject(subject)
+                .message(serde_json::to_string_pretty(&body).expect("alert serialises"))
+                .send()
+                .await
+                .map_err(|e| AwsError::sdk("SNS.Publish", e))?;
+        }
+        Ok(())
+    }
+
+    async fn put_event(&self, detail_type: &str, detail: &str) -> Result<(), AwsError> {
+        let Some((client, bus)) = &self.events else {
+            return Ok(());
+        };
+        let output = client
+            .put_events()
+            .entries(
+                aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+                    .event_bus_name(bus)
+                    .source("resync")
+                    .detail_type(detail_type)
+                    .detail(detail)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("EventBridge.PutEvents", e))?;
+        if output.failed_entry_count() > 0 {
+            let reason = output
+                .entries()
+                .iter()
+                .filter_map(|e| e.error_code())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(AwsError::response("EventBridge.PutEvents", reason));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_rule_warns_on_any_failed_or_rejected_row() {
+        let rule = AlertRule::default();
+        let mut counts = RunCounts::default();
+        assert!(!warn_due(&rule, &counts));
+        counts.rejected = 1;
+        assert!(warn_due(&rule, &counts));
+        let off = AlertRule {
+            warn_failed_rows: 0,
+            ..AlertRule::default()
+        };
+        counts.failed = 10;
+        assert!(!warn_due(&off, &counts));
+    }
+}

@@ -1,0 +1,96 @@
+//! The S3 source: lists the objects that arrived after the sync's cursor and streams
+//! each through the parser without holding it in memory.
+
+use aws_sdk_s3::Client;
+use tokio::sync::mpsc;
+
+use super::AwsError;
+use crate::source::{read_object, Encoding, Rejection, SourceReadError, SourceRow};
+
+/// Rows (or rejections) of one object, in order.
+pub type RowStream = mpsc::Receiver<Result<SourceRow, Rejection>>;
+
+/// S3 adapter for sources.
+#[derive(Debug, Clone)]
+pub struct S3Source {
+    client: Client,
+}
+
+/// Why an object could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectReadError {
+    /// S3 refused the request.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// The stream broke.
+    #[error(transparent)]
+    Read(#[from] SourceReadError),
+}
+
+impl S3Source {
+    /// Wraps a client.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// Object keys under `prefix` that sort after `after`, in order (paged).
+    pub async fn new_objects(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> Result<Vec<String>, AwsError> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_start_after(after.map(str::to_owned))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::sdk("S3.ListObjectsV2", e))?;
+            for object in page.contents() {
+                if let Some(key) = object.key() {
+                    if !key.ends_with('/') && after.is_none_or(|a| key > a) {
+                        keys.push(key.to_owned());
+                    }
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Streams one object's rows. The parser runs on a blocking thread fed by the
+    /// object's body stream; rows arrive through a bounded channel, so memory stays
+    /// flat however large the object is. Await the handle for read errors.
+    pub async fn stream(
+        &self,
+        bucket: &str,
+        object: &str,
+        encoding: Encoding,
+        primary_key: &str,
+    ) -> Result<(RowStream, tokio::task::JoinHandle<Result<(), SourceReadError>>), AwsError> {
+        let output = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(object)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("S3.GetObject", e))?;
+        let reader = tokio_util::io::SyncIoBridge::new(output.body.into_async_read());
+        let (tx, rx) = mpsc::channel(1024);
+        let object = object.to_owned();
+        let primary_key = primary_key.to_owned();
+        let handle = tokio::task::spawn_blocking(move || {
+            read_object(reader, &object, encoding, &primary_key, &mut |event| {
+                // A closed receiver means the reader gave up; nothing more to do.
+                let _ = tx.blocking_send(event);
+            })
+        });
+        Ok((rx, handle))
+    }
+}

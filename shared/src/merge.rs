@@ -1,0 +1,262 @@
+//! Planning a run: the run's source rows merged with the sync's failed-row index.
+//!
+//! Rules (DESIGN.md):
+//! - each key at most once per run;
+//! - a key that appears more than once in the run's source is rejected, every copy,
+//!   with `non_unique_primary_key` (the source is ambiguous about its values);
+//! - a failed key present in the source is retried with the source's current values;
+//! - a failed key absent from the source is retried with its stored payload;
+//! - a failed key with no stored payload (it was rejected) waits for the source to send
+//!   it again.
+//!
+//! Finding duplicates needs the whole source before the first row can be sent, so the
+//! source is read twice: a first pass counts 64-bit key hashes ([`DuplicateFinder`]), the
+//! second plans. Memory is 9 bytes a distinct key instead of the whole source; a hash
+//! collision (≈ 3·10⁻⁸ for a million keys) would wrongly reject two rows as duplicates,
+//! never deliver a duplicate.
+
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{Hash, Hasher},
+};
+
+use serde_json::{Map, Value};
+
+use crate::{ids::PrimaryKey, source::Rejection, source::SourceRow};
+
+/// A failed-row index entry as planning needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CarriedEntry {
+    /// The stored payload (`None` for rows that were rejected).
+    pub payload: Option<Map<String, Value>>,
+    /// When the key first failed.
+    pub first_failed_at: String,
+    /// Attempts spent by earlier runs.
+    pub attempts: u32,
+}
+
+/// A row to enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedRow {
+    /// Its key.
+    pub key: PrimaryKey,
+    /// Its fields.
+    pub fields: Map<String, Value>,
+    /// The index entry it carries over, if any.
+    pub carried: Option<CarriedEntry>,
+}
+
+/// A 64-bit hash of a key, the same for both passes (`DefaultHasher::new` uses fixed keys).
+pub fn key_hash(key: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// First pass: counts how often each key occurs.
+#[derive(Debug, Default)]
+pub struct DuplicateFinder {
+    counts: HashMap<u64, u8>,
+}
+
+impl DuplicateFinder {
+    /// Notes one occurrence.
+    pub fn observe(&mut self, key: &PrimaryKey) {
+        let count = self.counts.entry(key_hash(key.as_str())).or_insert(0);
+        *count = count.saturating_add(1);
+    }
+
+    /// The hashes of keys seen more than once.
+    pub fn duplicates(self) -> HashSet<u64> {
+        self.counts
+            .into_iter()
+            .filter_map(|(hash, count)| (count > 1).then_some(hash))
+            .collect()
+    }
+}
+
+/// Second pass: decides each source row and, at the end, what the index carries over.
+#[derive(Debug)]
+pub struct RunPlanner {
+    index: HashMap<PrimaryKey, CarriedEntry>,
+    duplicates: HashSet<u64>,
+}
+
+/// What planning made of one source row.
+#[derive(Debug, PartialEq)]
+pub enum Planned {
+    /// Enqueue it.
+    Enqueue(PlannedRow),
+    /// Reject it; the key's index entry comes along when it had one.
+    Reject(Rejection, Option<CarriedEntry>),
+}
+
+impl RunPlanner {
+    /// Starts planning with the sync's failed-row index and the duplicate key hashes.
+    pub fn new(index: HashMap<PrimaryKey, CarriedEntry>, duplicates: HashSet<u64>) -> Self {
+        Self { index, duplicates }
+    }
+
+    /// Plans one source row read from `object` at `line`.
+    pub fn plan(&mut self, row: SourceRow, object: &str) -> Planned {
+        let line = row.line;
+        if self.duplicates.contains(&key_hash(row.key.as_str())) {
+            // The rejection replaces the key's index entry, so it must not be carried too.
+            let carried = self.index.remove(&row.key);
+            return Planned::Reject(Rejection {
+                key: Some(row.key),
+                object: object.to_owned(),
+                line,
+                code: "non_unique_primary_key".into(),
+                reason: "non-unique primary key: the key occurs more than once in this run's source"
+                    .into(),
+            }, carried);
+        }
+        let carried = self.index.remove(&row.key);
+        Planned::Enqueue(PlannedRow {
+            key: row.key,
+            fields: row.fields,
+            carried,
+        })
+    }
+
+    /// After the source: failed keys it did not mention, retried from their stored
+    /// payload, and the number of keys that wait for the source (no payload).
+    pub fn leftovers(self) -> (Vec<PlannedRow>, usize) {
+        let mut waiting = 0;
+        let mut rows = Vec::new();
+        for (key, entry) in self.index {
+            match entry.payload.clone() {
+                Some(fields) => rows.push(PlannedRow {
+                    key,
+                    fields,
+                    carried: Some(entry),
+                }),
+                None => waiting += 1,
+            }
+        }
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        (rows, waiting)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(k: &str) -> PrimaryKey {
+        PrimaryKey::parse(k).unwrap()
+    }
+
+    fn row(k: &str, v: i64) -> SourceRow {
+        SourceRow {
+            key: key(k),
+            fields: json!({"id": k, "v": v}).as_object().unwrap().clone(),
+            line: 0,
+        }
+    }
+
+    fn carried(v: i64) -> CarriedEntry {
+        CarriedEntry {
+            payload: Some(json!({"v": v}).as_object().unwrap().clone()),
+            first_failed_at: "2026-11-01T00:00:00Z".into(),
+            attempts: 5,
+        }
+    }
+
+    fn planner(index: Vec<(&str, CarriedEntry)>, source: &[SourceRow]) -> RunPlanner {
+        let mut finder = DuplicateFinder::default();
+        source.iter().for_each(|r| finder.observe(&r.key));
+        RunPlanner::new(
+            index.into_iter().map(|(k, e)| (key(k), e)).collect(),
+            finder.duplicates(),
+        )
+    }
+
+    #[test]
+    fn the_source_values_win_over_a_stored_payload() {
+        let source = vec![row("a", 2)];
+        let mut planner = planner(vec![("a", carried(1))], &source);
+        let Planned::Enqueue(planned) = planner.plan(source[0].clone(), "o") else {
+            panic!("expected enqueue")
+        };
+        assert_eq!(planned.fields["v"], json!(2));
+        assert_eq!(planned.carried.unwrap().first_failed_at, "2026-11-01T00:00:00Z");
+        let (leftovers, waiting) = planner.leftovers();
+        assert!(leftovers.is_empty(), "a key is planned once");
+        assert_eq!(waiting, 0);
+    }
+
+    #[test]
+    fn failed_keys_absent_from_the_source_are_retried_from_their_payload() {
+        let source = vec![row("a", 1)];
+        let mut planner = planner(vec![("b", carried(7))], &source);
+        assert!(matches!(
+            planner.plan(source[0].clone(), "o"),
+            Planned::Enqueue(PlannedRow { carried: None, .. })
+        ));
+        let (leftovers, _) = planner.leftovers();
+        assert_eq!(leftovers.len(), 1);
+        assert_eq!(leftovers[0].key.as_str(), "b");
+        assert_eq!(leftovers[0].fields["v"], json!(7));
+    }
+
+    #[test]
+    fn every_copy_of_a_duplicate_key_is_rejected() {
+        let source = vec![row("a", 1), row("b", 1), row("a", 2)];
+        let mut planner = planner(vec![], &source);
+        let outcomes: Vec<_> = source
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut r = r.clone();
+                r.line = i as u64 + 1;
+                planner.plan(r, "o")
+            })
+            .collect();
+        let rejected: Vec<u64> = outcomes
+            .iter()
+            .filter_map(|p| match p {
+                Planned::Reject(r, _) => {
+                    assert_eq!(r.code, "non_unique_primary_key");
+                    Some(r.line)
+                }
+                Planned::Enqueue(_) => None,
+            })
+            .collect();
+        assert_eq!(rejected, vec![1, 3]);
+    }
+
+    #[test]
+    fn a_duplicate_key_in_the_index_is_not_also_carried_over() {
+        let source = vec![row("a", 1), row("a", 2)];
+        let mut planner = planner(vec![("a", carried(0))], &source);
+        let Planned::Reject(_, Some(entry)) = planner.plan(source[0].clone(), "o") else {
+            panic!("expected a rejection carrying the index entry")
+        };
+        assert_eq!(entry.first_failed_at, "2026-11-01T00:00:00Z");
+        assert!(matches!(planner.plan(source[1].clone(), "o"), Planned::Reject(_, None)));
+        let (leftovers, waiting) = planner.leftovers();
+        assert!(leftovers.is_empty());
+        assert_eq!(waiting, 0);
+    }
+
+    #[test]
+    fn rejected_index_entries_wait_for_the_source() {
+        let entry = CarriedEntry {
+            payload: None,
+            ..carried(0)
+        };
+        let planner = planner(vec![("z", entry)], &[]);
+        let (leftovers, waiting) = planner.leftovers();
+        assert!(leftovers.is_empty());
+        assert_eq!(waiting, 1);
+    }
+
+    #[test]
+    fn key_hashes_are_the_same_in_both_passes() {
+        assert_eq!(key_hash("acct-1"), key_hash("acct-1"));
+        assert_ne!(key_hash("acct-1"), key_hash("acct-2"));
+    }
+}

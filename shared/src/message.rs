@@ -1,0 +1,78 @@
+//! One row on a delivery queue: the SQS message body.
+//!
+//! One row per message is what makes per-row backoff possible (each message has its own
+//! visibility timeout and receive count). The body carries what the delivery function
+//! and the finalizer need so neither has to read DynamoDB per row.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{PrimaryKey, RunId, SyncId};
+
+/// The body of one delivery-queue message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowMessage {
+    /// The run that planned the row.
+    pub run_id: RunId,
+    /// The sync the row belongs to.
+    pub sync_id: SyncId,
+    /// The row's primary key.
+    pub key: PrimaryKey,
+    /// The row's fields as the destination receives them.
+    pub row: serde_json::Map<String, serde_json::Value>,
+    /// Whether the key was in the failed-row index when the run started.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub carried_over: bool,
+    /// When the key first failed (carried-over rows), kept across runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_failed_at: Option<String>,
+    /// Attempts spent on the key by earlier runs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prior_attempts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl RowMessage {
+    /// The idempotency key destinations receive for this row: `run_id:primary_key`.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}:{}", self.run_id, self.key)
+    }
+
+    /// The message body.
+    pub fn to_body(&self) -> String {
+        serde_json::to_string(self).expect("a RowMessage always serialises")
+    }
+
+    /// Parses a message body.
+    pub fn from_body(body: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_round_trip_and_omit_defaults() {
+        let message = RowMessage {
+            run_id: RunId::parse("r1").unwrap(),
+            sync_id: SyncId::parse("accounts").unwrap(),
+            key: PrimaryKey::parse("42").unwrap(),
+            row: serde_json::json!({"id": 42, "name": "x"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            carried_over: false,
+            first_failed_at: None,
+            prior_attempts: 0,
+        };
+        let body = message.to_body();
+        assert!(!body.contains("carried_over"));
+        assert!(!body.contains("prior_attempts"));
+        assert_eq!(RowMessage::from_body(&body).unwrap(), message);
+        assert_eq!(message.idempotency_key(), "r1:42");
+    }
+}

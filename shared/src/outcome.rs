@@ -1,0 +1,214 @@
+//! What a destination said about one row, and what the delivery function does about it.
+
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::retry::RetryPolicy;
+
+/// How an error must be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Transient (a lock, a 5xx, a timeout): retry with backoff.
+    Retryable,
+    /// The destination's rate limit: retry no sooner than it says.
+    RateLimited,
+    /// The destination refused the row's data (validation): retrying the same values
+    /// in this run cannot help; the next run retries it, with the source's newer values.
+    Permanent,
+    /// The row never reached the queue (malformed line, missing or non-unique key, too large).
+    Rejected,
+    /// The message crashed the delivery function until it reached the dead-letter queue.
+    DeadLettered,
+}
+
+impl ErrorClass {
+    /// Whether a retry inside the same run may succeed.
+    pub fn retry_in_run(self) -> bool {
+        matches!(self, Self::Retryable | Self::RateLimited)
+    }
+
+    /// The class as stored and reported.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retryable => "retryable",
+            Self::RateLimited => "rate_limited",
+            Self::Permanent => "permanent",
+            Self::Rejected => "rejected",
+            Self::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// A row-level error: class, a machine-readable code and a human message.
+///
+/// Messages come from the destination and describe the problem; destinations must not
+/// echo row values into them (they are stored in the failed-row index, never logged).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowError {
+    /// How to handle it.
+    pub class: ErrorClass,
+    /// e.g. `UNABLE_TO_LOCK_ROW`, `HTTP_503`, `TIMEOUT`.
+    pub code: String,
+    /// Human-readable reason.
+    pub message: String,
+    /// The destination's `Retry-After`, if any.
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+}
+
+impl RowError {
+    /// A transient error.
+    pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Retryable,
+            code: code.into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A refusal of the row's data.
+    pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Permanent,
+            code: code.into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A rate limit, with the destination's wait if it gave one.
+    pub fn rate_limited(
+        code: impl Into<String>,
+        message: impl Into<String>,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        Self {
+            class: ErrorClass::RateLimited,
+            code: code.into(),
+            message: message.into(),
+            retry_after,
+        }
+    }
+
+    /// A row rejected before it was queued.
+    pub fn rejected(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Rejected,
+            code: code.into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Adds a `Retry-After`.
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+}
+
+/// The destination's answer for one row.
+pub type RowResult = Result<(), RowError>;
+
+/// What the delivery function does with one row after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The destination has it.
+    Delivered,
+    /// Hide the message for `visibility` and report it in `batchItemFailures`.
+    RetryLater {
+        /// The new visibility timeout.
+        visibility: Duration,
+        /// Why.
+        error: RowError,
+    },
+    /// No more attempts in this run: recorded with its last error for the finalizer.
+    TerminalFailure(RowError),
+}
+
+/// Decides a row's fate after attempt `attempt` (1-based, from `ApproximateReceiveCount`).
+pub fn decide(
+    result: RowResult,
+    attempt: u32,
+    policy: &RetryPolicy,
+    rng: &mut impl Rng,
+) -> Decision {
+    match result {
+        Ok(()) => Decision::Delivered,
+        Err(error) if !error.class.retry_in_run() => Decision::TerminalFailure(error),
+        Err(error) if policy.exhausted(attempt) => Decision::TerminalFailure(error),
+        Err(error) => Decision::RetryLater {
+            visibility: policy.visibility_backoff(attempt, error.retry_after, rng),
+            error,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 3,
+            base_delay_secs: 1,
+            max_delay_secs: 10,
+        }
+    }
+
+    #[test]
+    fn retryable_rows_below_threshold_are_hidden_for_backoff() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let error = RowError::retryable("UNABLE_TO_LOCK_ROW", "locked");
+        match decide(Err(error.clone()), 2, &policy(), &mut rng) {
+            Decision::RetryLater { visibility, error: e } => {
+                assert!(visibility <= Duration::from_secs(2));
+                assert_eq!(e, error);
+            }
+            other => panic!("expected retry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn retryable_rows_at_threshold_fail_with_their_last_error() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let error = RowError::retryable("HTTP_503", "unavailable");
+        assert_eq!(
+            decide(Err(error.clone()), 3, &policy(), &mut rng),
+            Decision::TerminalFailure(error)
+        );
+    }
+
+    #[test]
+    fn permanent_errors_are_not_retried_in_the_run() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let error = RowError::permanent("REQUIRED_FIELD_MISSING", "email is required");
+        assert_eq!(
+            decide(Err(error.clone()), 1, &policy(), &mut rng),
+            Decision::TerminalFailure(error)
+        );
+    }
+
+    #[test]
+    fn rate_limits_wait_at_least_retry_after() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let error = RowError::rate_limited("HTTP_429", "slow down", Some(Duration::from_secs(7)));
+        match decide(Err(error), 1, &policy(), &mut rng) {
+            Decision::RetryLater { visibility, .. } => {
+                assert!(visibility >= Duration::from_secs(7))
+            }
+            other => panic!("expected retry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn delivered_is_delivered() {
+        let mut rng = StdRng::seed_from_u64(0);
+        assert_eq!(decide(Ok(()), 3, &policy(), &mut rng), Decision::Delivered);
+    }
+}
