@@ -1,1 +1,224 @@
-fn main() {}
+//! `resync`: run syncs locally on the embedded emulator (or any endpoint), the demo,
+//! and operator commands.
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use resync::{
+    demo::{self, DemoOptions},
+    local::{LocalOptions, LocalRuntime},
+};
+use resync_shared::{config::Config, SyncId};
+
+#[derive(Parser)]
+#[command(
+    name = "resync",
+    version,
+    about = "Reverse-ETL row sync for AWS that never gives up on a row"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a whole sync twice on the embedded emulator with a local destination that keeps rows locked.
+    Demo {
+        /// Rows exported to the source.
+        #[arg(long, default_value_t = 10_000)]
+        rows: usize,
+        /// Rows the destination keeps locked.
+        #[arg(long, default_value_t = 5)]
+        locked: usize,
+        /// Locked rows released during the first run (the others stay locked until the second).
+        #[arg(long, default_value_t = 2)]
+        unlock_during_run: usize,
+        /// Seed choosing the locked rows.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one configured sync through the local runner (the embedded emulator, or the endpoint in AWS_ENDPOINT_URL).
+    Run {
+        /// The sync configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The sync to run.
+        #[arg(long)]
+        sync: String,
+        /// Name prefix of the stack's resources.
+        #[arg(long, default_value = "resync")]
+        stack: String,
+        /// Local files to upload under the sync's source prefix first.
+        #[arg(long)]
+        upload: Vec<PathBuf>,
+        /// Keep running on the sync's schedule until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Print one JSON object per run.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a sync's failed rows with their last error (keys and errors only).
+    Failed {
+        /// The sync configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The sync.
+        #[arg(long)]
+        sync: String,
+        /// Name prefix of the stack's resources.
+        #[arg(long, default_value = "resync")]
+        stack: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RESYNC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Demo {
+            rows,
+            locked,
+            unlock_during_run,
+            seed,
+            json,
+        } => {
+            let report = demo::run(&DemoOptions {
+                rows,
+                locked,
+                unlock_during_run,
+                seed,
+                progress: !json,
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", demo::table(&report));
+            }
+        }
+        Command::Run {
+            config,
+            sync,
+            stack,
+            upload,
+            watch,
+            json,
+        } => run(config, sync, stack, upload, watch, json).await?,
+        Command::Failed {
+            config,
+            sync,
+            stack,
+        } => {
+            let config = Config::load(&config)?;
+            let sync = SyncId::parse(sync)?;
+            anyhow::ensure!(
+                config.sync(&sync).is_some(),
+                "no sync '{sync}' in the configuration"
+            );
+            let sdk = resync::aws::from_env().await;
+            let resources = resync_shared::resources::Resources::for_stack(&stack);
+            let index = resync_shared::aws::index::FailedRowIndex::new(
+                aws_sdk_dynamodb::Client::new(&sdk),
+                resources.failed_rows_table,
+            );
+            for entry in index.entries(&sync).await? {
+                println!("{}", serde_json::to_string(&entry)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run(
+    config: PathBuf,
+    sync: String,
+    stack: String,
+    upload: Vec<PathBuf>,
+    watch: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = Config::load(&config)?;
+    let sync = SyncId::parse(sync)?;
+    let sync_config = config
+        .sync(&sync)
+        .with_context(|| format!("no sync '{sync}' in the configuration"))?
+        .clone();
+    let (_emulator, sdk) = if std::env::var_os("AWS_ENDPOINT_URL").is_some() {
+        (None, resync::aws::from_env().await)
+    } else {
+        let emulator = resync_emulator::Emulator::start().await?;
+        let sdk = resync::aws::for_endpoint(emulator.endpoint_url()).await;
+        eprintln!("embedded AWS emulator at {}", emulator.endpoint_url());
+        (Some(emulator), sdk)
+    };
+    let runtime = LocalRuntime::new(sdk.clone(), config, &stack, LocalOptions::default()).await?;
+    let s3 = resync::aws::s3_client(&sdk);
+    let bucket = sync_config
+        .source
+        .bucket
+        .clone()
+        .unwrap_or_else(|| runtime.resources.source_bucket.clone());
+    for path in upload {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{} has no file name", path.display()))?;
+        let body = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        s3.put_object()
+            .bucket(&bucket)
+            .key(format!("{}{}", sync_config.source.prefix, name))
+            .body(body.into())
+            .send()
+            .await
+            .with_context(|| format!("uploading {}", path.display()))?;
+    }
+    let print = |result: anyhow::Result<resync::local::LocalRun>| match result {
+        Ok(run) => {
+            let counts = run.record.counts.unwrap_or_default();
+            if json {
+                let mut value = serde_json::to_value(counts).expect("counts serialise");
+                value["run_id"] = run.record.run_id.to_string().into();
+                value["failed_index_size"] = run.record.failed_index_size.unwrap_or(0).into();
+                println!("{value}");
+            } else {
+                println!(
+                    "run {}: planned {} delivered {} failed {} rejected {} retried {} carried over {} recovered {}; failed-row index {}",
+                    run.record.run_id,
+                    counts.planned,
+                    counts.delivered,
+                    counts.failed,
+                    counts.rejected,
+                    counts.retried_in_run,
+                    counts.carried_over,
+                    counts.recovered,
+                    run.record.failed_index_size.unwrap_or(0)
+                );
+            }
+        }
+        Err(err) => eprintln!("run failed: {err:#}"),
+    };
+    if watch {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            stopper.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        resync::local::schedule(&runtime, stop, &|_, result| print(result)).await;
+    } else {
+        print(runtime.run_sync(&sync, &|_| {}).await);
+    }
+    Ok(())
+}

@@ -221,8 +221,14 @@ mod tests {
     fn run_ids_are_stable_for_the_same_event_and_sort_by_time() {
         let t1 = time::macros::datetime!(2026-11-28 10:00:00 UTC);
         let t2 = time::macros::datetime!(2026-11-28 11:00:00 UTC);
-        assert_eq!(RunId::from_event(t1, "evt-1"), RunId::from_event(t1, "evt-1"));
-        assert_ne!(RunId::from_event(t1, "evt-1"), RunId::from_event(t1, "evt-2"));
+        assert_eq!(
+            RunId::from_event(t1, "evt-1"),
+            RunId::from_event(t1, "evt-1")
+        );
+        assert_ne!(
+            RunId::from_event(t1, "evt-1"),
+            RunId::from_event(t1, "evt-2")
+        );
         assert!(RunId::from_event(t1, "zzz") < RunId::from_event(t2, "aaa"));
     }
 

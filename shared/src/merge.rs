@@ -103,14 +103,18 @@ impl RunPlanner {
         if self.duplicates.contains(&key_hash(row.key.as_str())) {
             // The rejection replaces the key's index entry, so it must not be carried too.
             let carried = self.index.remove(&row.key);
-            return Planned::Reject(Rejection {
-                key: Some(row.key),
-                object: object.to_owned(),
-                line,
-                code: "non_unique_primary_key".into(),
-                reason: "non-unique primary key: the key occurs more than once in this run's source"
-                    .into(),
-            }, carried);
+            return Planned::Reject(
+                Rejection {
+                    key: Some(row.key),
+                    object: object.to_owned(),
+                    line,
+                    code: "non_unique_primary_key".into(),
+                    reason:
+                        "non-unique primary key: the key occurs more than once in this run's source"
+                            .into(),
+                },
+                carried,
+            );
         }
         let carried = self.index.remove(&row.key);
         Planned::Enqueue(PlannedRow {
@@ -182,7 +186,10 @@ mod tests {
             panic!("expected enqueue")
         };
         assert_eq!(planned.fields["v"], json!(2));
-        assert_eq!(planned.carried.unwrap().first_failed_at, "2026-11-01T00:00:00Z");
+        assert_eq!(
+            planned.carried.unwrap().first_failed_at,
+            "2026-11-01T00:00:00Z"
+        );
         let (leftovers, waiting) = planner.leftovers();
         assert!(leftovers.is_empty(), "a key is planned once");
         assert_eq!(waiting, 0);
@@ -236,7 +243,10 @@ mod tests {
             panic!("expected a rejection carrying the index entry")
         };
         assert_eq!(entry.first_failed_at, "2026-11-01T00:00:00Z");
-        assert!(matches!(planner.plan(source[1].clone(), "o"), Planned::Reject(_, None)));
+        assert!(matches!(
+            planner.plan(source[1].clone(), "o"),
+            Planned::Reject(_, None)
+        ));
         let (leftovers, waiting) = planner.leftovers();
         assert!(leftovers.is_empty());
         assert_eq!(waiting, 0);

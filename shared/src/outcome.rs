@@ -166,7 +166,10 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0);
         let error = RowError::retryable("UNABLE_TO_LOCK_ROW", "locked");
         match decide(Err(error.clone()), 2, &policy(), &mut rng) {
-            Decision::RetryLater { visibility, error: e } => {
+            Decision::RetryLater {
+                visibility,
+                error: e,
+            } => {
                 assert!(visibility <= Duration::from_secs(2));
                 assert_eq!(e, error);
             }

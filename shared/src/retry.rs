@@ -131,7 +131,10 @@ mod tests {
             );
             for _ in 0..200 {
                 let delay = policy.visibility_backoff(attempt, None, &mut rng);
-                assert!(delay <= ceiling, "attempt {attempt}: {delay:?} > {ceiling:?}");
+                assert!(
+                    delay <= ceiling,
+                    "attempt {attempt}: {delay:?} > {ceiling:?}"
+                );
             }
         }
     }
@@ -154,8 +157,7 @@ mod tests {
         let policy = policy();
         let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..100 {
-            let delay =
-                policy.visibility_backoff(1, Some(Duration::from_millis(30_500)), &mut rng);
+            let delay = policy.visibility_backoff(1, Some(Duration::from_millis(30_500)), &mut rng);
             assert!(delay >= Duration::from_secs(31), "{delay:?}");
         }
         let delay = policy.visibility_backoff(1, Some(Duration::from_secs(90_000)), &mut rng);

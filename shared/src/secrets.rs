@@ -90,10 +90,13 @@ impl SecretResolver {
                 std::env::var(name).map_err(|_| SecretError::MissingEnv(name.clone()))
             }
             SecretRef::SecretId(id) => {
-                let client = self.client.as_ref().ok_or_else(|| SecretError::SecretsManager {
-                    id: id.clone(),
-                    reason: "no Secrets Manager client configured".into(),
-                })?;
+                let client = self
+                    .client
+                    .as_ref()
+                    .ok_or_else(|| SecretError::SecretsManager {
+                        id: id.clone(),
+                        reason: "no Secrets Manager client configured".into(),
+                    })?;
                 let output = client
                     .get_secret_value()
                     .secret_id(id)

@@ -74,9 +74,7 @@ pub fn encoding_for(object: &str, forced: Option<SourceFormat>) -> Option<Encodi
     } else {
         None
     };
-    forced
-        .or(by_name)
-        .map(|format| Encoding { format, gzip })
+    forced.or(by_name).map(|format| Encoding { format, gzip })
 }
 
 /// Reads every row of one object, calling `emit` for each row or rejection in order.
@@ -129,7 +127,13 @@ fn is_data_error(err: &std::io::Error) -> bool {
     )
 }
 
-fn reject(object: &str, line: u64, key: Option<PrimaryKey>, code: &str, reason: String) -> Rejection {
+fn reject(
+    object: &str,
+    line: u64,
+    key: Option<PrimaryKey>,
+    code: &str,
+    reason: String,
+) -> Rejection {
     Rejection {
         key,
         object: object.to_owned(),
@@ -143,7 +147,9 @@ fn reject(object: &str, line: u64, key: Option<PrimaryKey>, code: &str, reason: 
 pub fn key_of(fields: &Map<String, Value>, primary_key: &str) -> Result<PrimaryKey, String> {
     let text = match fields.get(primary_key) {
         None | Some(Value::Null) => {
-            return Err(format!("the row has no value for primary key '{primary_key}'"))
+            return Err(format!(
+                "the row has no value for primary key '{primary_key}'"
+            ))
         }
         Some(Value::String(s)) => s.trim().to_owned(),
         Some(Value::Number(n)) => n.to_string(),
@@ -178,7 +184,9 @@ fn read_jsonl(
     let mut line = 0u64;
     loop {
         buf.clear();
-        let read = reader.read_until(b'\n', &mut buf).map_err(|e| (line + 1, e))?;
+        let read = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| (line + 1, e))?;
         if read == 0 {
             return Ok(());
         }
@@ -186,7 +194,13 @@ fn read_jsonl(
         let text = match std::str::from_utf8(&buf) {
             Ok(text) => text.trim(),
             Err(_) => {
-                emit(Err(reject(object, line, None, "malformed_line", "the line is not valid UTF-8".into())));
+                emit(Err(reject(
+                    object,
+                    line,
+                    None,
+                    "malformed_line",
+                    "the line is not valid UTF-8".into(),
+                )));
                 continue;
             }
         };
@@ -255,7 +269,10 @@ fn read_csv(
                         line,
                         None,
                         "malformed_line",
-                        format!("expected {columns} fields as in the header, found {}", record.len()),
+                        format!(
+                            "expected {columns} fields as in the header, found {}",
+                            record.len()
+                        ),
                     )));
                     continue;
                 }
@@ -329,29 +346,36 @@ mod tests {
         let e = encoding_for("x/part-0001.csv.gz", None).unwrap();
         assert_eq!(e.format, SourceFormat::Csv);
         assert!(e.gzip);
-        assert_eq!(encoding_for("a.ndjson", None).unwrap().format, SourceFormat::Jsonl);
+        assert_eq!(
+            encoding_for("a.ndjson", None).unwrap().format,
+            SourceFormat::Jsonl
+        );
         assert!(encoding_for("a.parquet", None).is_none());
         assert_eq!(
-            encoding_for("a.txt", Some(SourceFormat::Csv)).unwrap().format,
+            encoding_for("a.txt", Some(SourceFormat::Csv))
+                .unwrap()
+                .format,
             SourceFormat::Csv
         );
     }
 
     #[test]
     fn a_malformed_jsonl_line_is_rejected_with_its_line_and_the_rest_proceeds() {
-        let data = b"{\"id\":1,\"n\":\"a\"}\n{\"id\":2,\n\n{\"n\":\"no key\"}\n[1,2]\n{\"id\":\"5\"}\n";
+        let data =
+            b"{\"id\":1,\"n\":\"a\"}\n{\"id\":2,\n\n{\"n\":\"no key\"}\n[1,2]\n{\"id\":\"5\"}\n";
         let (rows, rejected) = read_all(data, "exports/a.jsonl");
         assert_eq!(
             rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
             vec!["1", "5"]
         );
-        let lines: Vec<(u64, &str)> = rejected
-            .iter()
-            .map(|r| (r.line, r.code.as_str()))
-            .collect();
+        let lines: Vec<(u64, &str)> = rejected.iter().map(|r| (r.line, r.code.as_str())).collect();
         assert_eq!(
             lines,
-            vec![(2, "malformed_line"), (4, "missing_primary_key"), (5, "malformed_line")]
+            vec![
+                (2, "malformed_line"),
+                (4, "missing_primary_key"),
+                (5, "malformed_line")
+            ]
         );
         assert!(rejected.iter().all(|r| r.object == "exports/a.jsonl"));
     }
@@ -361,7 +385,11 @@ mod tests {
         let data = b"{\"id\":\"1\",\"secret\":\"hunter2\"\n";
         let (_, rejected) = read_all(data, "a.jsonl");
         assert_eq!(rejected.len(), 1);
-        assert!(!rejected[0].reason.contains("hunter2"), "{}", rejected[0].reason);
+        assert!(
+            !rejected[0].reason.contains("hunter2"),
+            "{}",
+            rejected[0].reason
+        );
     }
 
     #[test]

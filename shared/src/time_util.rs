@@ -9,7 +9,8 @@ pub fn now() -> OffsetDateTime {
 
 /// RFC 3339 text (what the failed-row index and run records store).
 pub fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&Rfc3339).unwrap_or_else(|_| at.unix_timestamp().to_string())
+    at.format(&Rfc3339)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
 }
 
 /// Parses RFC 3339 text written by [`rfc3339`].

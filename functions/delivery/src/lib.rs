@@ -1,1 +1,232 @@
-//! placeholder
+//! delivery: sends a destination's rows in destination-sized batches and settles each
+//! row by what the destination said about it.
+//!
+//! Triggered by the destination's queue (SQS event source, `ReportBatchItemFailures`).
+//! Per row: delivered → recorded; retryable below the destination's threshold → the
+//! message is hidden for a full-jitter exponential backoff (`ChangeMessageVisibility`)
+//! and reported in `batchItemFailures`; threshold reached or permanent → recorded as a
+//! terminal failure with its last error. Attempts come from `ApproximateReceiveCount`.
+//!
+//! Outcomes are written as one ledger item per run touched, *before* the function
+//! returns — so before Lambda deletes any message (see `resync_shared::ledger`).
+//! Row-level errors never fail the batch; only a failure to record outcomes does, and
+//! then every message comes back and is tried again.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use futures::StreamExt;
+use lambda_runtime::{Diagnostic, LambdaEvent};
+use resync_shared::{
+    aws::{queue::WorkQueue, runs::RunStore, AwsError},
+    config::{Config, DestinationConfig},
+    destination::{Destination, OutboundRow},
+    ledger::{BatchLedger, FailedRow},
+    message::RowMessage,
+    outcome::{decide, Decision, RowError, RowResult},
+    RunId, SyncId,
+};
+
+/// Destination requests in flight at once within one invocation.
+pub const REQUESTS_IN_FLIGHT: usize = 4;
+
+/// Why an invocation failed as a whole (its messages all come back).
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// Outcomes could not be recorded.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+}
+
+impl From<DeliveryError> for Diagnostic {
+    fn from(err: DeliveryError) -> Diagnostic {
+        Diagnostic {
+            error_type: "LedgerWriteFailed".into(),
+            error_message: err.to_string(),
+        }
+    }
+}
+
+/// delivery's dependencies: one destination and its queue.
+pub struct Delivery {
+    /// The sync configuration.
+    pub config: Arc<Config>,
+    /// The destination's settings.
+    pub destination_config: DestinationConfig,
+    /// The destination's API.
+    pub destination: Arc<dyn Destination>,
+    /// Its delivery queue (for visibility changes).
+    pub queue: WorkQueue,
+    /// The runs table (ledger items).
+    pub runs: RunStore,
+}
+
+struct Received {
+    message_id: String,
+    receipt_handle: String,
+    attempt: u32,
+    message: RowMessage,
+}
+
+/// The Lambda handler.
+pub async fn handler(
+    deps: &Delivery,
+    event: LambdaEvent<SqsEvent>,
+) -> Result<SqsBatchResponse, DeliveryError> {
+    let mut failures: Vec<String> = Vec::new();
+    let mut by_run: BTreeMap<(SyncId, RunId), Vec<Received>> = BTreeMap::new();
+    for record in event.payload.records {
+        let message_id = record.message_id.clone().unwrap_or_default();
+        let parsed = record
+            .body
+            .as_deref()
+            .map(RowMessage::from_body)
+            .transpose();
+        match (parsed, record.receipt_handle) {
+            (Ok(Some(message)), Some(receipt_handle)) => {
+                let attempt = record
+                    .attributes
+                    .get("ApproximateReceiveCount")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                by_run
+                    .entry((message.sync_id.clone(), message.run_id.clone()))
+                    .or_default()
+                    .push(Received {
+                        message_id,
+                        receipt_handle,
+                        attempt,
+                        message,
+                    });
+            }
+            _ => {
+                // Not a resync row: leave it to the redrive policy (dead-letter queue).
+                tracing::error!(message_id = %message_id, "unreadable message; leaving it for the dead-letter queue");
+                failures.push(message_id);
+            }
+        }
+    }
+
+    let batch_id = if event.context.request_id.is_empty() {
+        uuid::Uuid::new_v4().to_string()
+    } else {
+        event.context.request_id.clone()
+    };
+    let mut visibility: Vec<(String, Duration)> = Vec::new();
+    for ((sync_id, run_id), rows) in by_run {
+        let (ledger, retry) = deliver_run(deps, &rows).await;
+        if !ledger.is_empty() {
+            deps.runs
+                .record_batch(&sync_id, &run_id, &batch_id, &ledger)
+                .await?;
+        }
+        tracing::info!(
+            sync = %sync_id,
+            run = %run_id,
+            delivered = ledger.delivered.len() + ledger.recovered.len(),
+            retrying = ledger.retrying.len(),
+            failed = ledger.failed.len(),
+            "batch settled"
+        );
+        for (index, delay) in retry {
+            failures.push(rows[index].message_id.clone());
+            visibility.push((rows[index].receipt_handle.clone(), delay));
+        }
+    }
+    if !visibility.is_empty() {
+        // A refused change only means the row comes back at the queue's own timeout.
+        deps.queue.change_visibility(&visibility).await?;
+    }
+    let mut response = SqsBatchResponse::default();
+    for id in failures {
+        let mut failure = BatchItemFailure::default();
+        failure.item_identifier = id;
+        response.batch_item_failures.push(failure);
+    }
+    Ok(response)
+}
+
+/// Sends one destination request; a wrong result count retries the request's rows.
+async fn send_chunk(
+    destination: &dyn Destination,
+    offset: usize,
+    chunk: &[Received],
+) -> (usize, Vec<RowResult>) {
+    let outbound: Vec<OutboundRow<'_>> = chunk
+        .iter()
+        .map(|r| OutboundRow {
+            key: &r.message.key,
+            idempotency_key: r.message.idempotency_key(),
+            fields: &r.message.row,
+        })
+        .collect();
+    let mut results = destination.send(&outbound).await;
+    if results.len() != chunk.len() {
+        tracing::error!(
+            expected = chunk.len(),
+            got = results.len(),
+            "the destination answered a wrong number of results; retrying the request's rows"
+        );
+        results = vec![
+            Err(RowError::retryable(
+                "RESULT_COUNT_MISMATCH",
+                "the destination's answer did not match the request",
+            ));
+            chunk.len()
+        ];
+    }
+    (offset, results)
+}
+
+/// Sends one run's rows and returns its ledger item and the rows to retry (index, delay).
+async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Vec<(usize, Duration)>) {
+    let batch_size = deps.destination.batch_size().max(1);
+    let chunks: Vec<(usize, &[Received])> = rows
+        .chunks(batch_size)
+        .enumerate()
+        .map(|(i, chunk)| (i * batch_size, chunk))
+        .collect();
+    let requests: Vec<_> = chunks
+        .into_iter()
+        .map(|(offset, chunk)| send_chunk(deps.destination.as_ref(), offset, chunk))
+        .collect();
+    let answers: Vec<(usize, Vec<RowResult>)> = futures::stream::iter(requests)
+        .buffer_unordered(REQUESTS_IN_FLIGHT)
+        .collect()
+        .await;
+
+    let policy = &deps.destination_config.retry;
+    let mut rng = rand::thread_rng();
+    let mut ledger = BatchLedger::default();
+    let mut retry = Vec::new();
+    for (offset, results) in answers {
+        for (i, result) in results.into_iter().enumerate() {
+            let index = offset + i;
+            let row = &rows[index];
+            match decide(result, row.attempt, policy, &mut rng) {
+                Decision::Delivered if row.message.carried_over => {
+                    ledger.recovered.push(row.message.key.clone())
+                }
+                Decision::Delivered => ledger.delivered.push(row.message.key.clone()),
+                Decision::RetryLater { visibility, error } => {
+                    tracing::debug!(key = %row.message.key, code = %error.code, attempt = row.attempt, "retrying later");
+                    ledger.retrying.push(row.message.key.clone());
+                    retry.push((index, visibility));
+                }
+                Decision::TerminalFailure(error) => {
+                    tracing::warn!(key = %row.message.key, class = error.class.as_str(), code = %error.code, attempt = row.attempt, "row failed");
+                    ledger.failed.push(FailedRow {
+                        key: row.message.key.clone(),
+                        error,
+                        attempts: row.attempt,
+                        prior_attempts: row.message.prior_attempts,
+                        carried_over: row.message.carried_over,
+                        first_failed_at: row.message.first_failed_at.clone(),
+                        payload: row.message.row.clone(),
+                    });
+                }
+            }
+        }
+    }
+    (ledger, retry)
+}

@@ -1,1 +1,42 @@
-fn main() {}
+//! The delivery Lambda of one destination (named by `RESYNC_DESTINATION`).
+
+use std::sync::Arc;
+
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use resync_delivery::{handler, Delivery};
+use resync_shared::{
+    aws::{queue::WorkQueue, runs::RunStore},
+    config::Config,
+    destination,
+    resources::Resources,
+    secrets::SecretResolver,
+    DestinationId,
+};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let config = Arc::new(Config::from_env()?);
+    let resources = Resources::from_env()?;
+    let destination_id = DestinationId::parse(std::env::var("RESYNC_DESTINATION")?)?;
+    let destination_config = config
+        .destination(&destination_id)
+        .ok_or_else(|| {
+            format!("RESYNC_DESTINATION: no destination '{destination_id}' in the configuration")
+        })?
+        .clone();
+    let sdk = aws_config::load_from_env().await;
+    let secrets = SecretResolver::new(aws_sdk_secretsmanager::Client::new(&sdk));
+    let deps = Delivery {
+        destination: destination::build(&destination_config, &secrets).await?,
+        queue: WorkQueue::resolve(
+            aws_sdk_sqs::Client::new(&sdk),
+            &resources.delivery_queue(&destination_id),
+        )
+        .await?,
+        runs: RunStore::new(aws_sdk_dynamodb::Client::new(&sdk), &resources.runs_table),
+        destination_config,
+        config,
+    };
+    lambda_runtime::run(service_fn(|event: LambdaEvent<_>| handler(&deps, event))).await
+}

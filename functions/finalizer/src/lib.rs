@@ -1,1 +1,411 @@
-//! placeholder
+//! finalizer: closes runs whose every row is settled, keeps the failed-row index
+//! exact, and reports.
+//!
+//! Runs on a schedule (every minute in a deployment; the local runner calls it as rows
+//! settle). For each sync with an open run it:
+//! 1. moves what the destination's dead-letter queue holds into the run's ledger as
+//!    terminal failures (messages that crashed the delivery function);
+//! 2. skips the run while the settled hint is below the enqueued count (cheap);
+//! 3. otherwise tallies the run's ledger items; when every enqueued key is settled it
+//!    writes the failures and keyed rejections into the index, deletes the recovered
+//!    keys, publishes the summary (EventBridge event, EMF metrics, SNS alert when the
+//!    sync's rule is met) and closes the run and releases the sync in one transaction.
+//!
+//! Every step is idempotent, so a finalizer that crashes midway is simply run again.
+//! A run stuck in planning (sync-start killed) past [`STALE_PLANNING`] is abandoned,
+//! which releases the sync without losing a row.
+
+use std::{collections::BTreeMap, collections::HashMap, sync::Arc, time::Duration};
+
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use lambda_runtime::{Diagnostic, LambdaEvent};
+use resync_shared::{
+    aws::{
+        index::FailedRowIndex,
+        queue::WorkQueue,
+        report::{warn_due, Reporter, RunSummary, Severity},
+        runs::{RunRecord, RunStatus, RunStore},
+        AwsError,
+    },
+    config::{Config, SyncConfig},
+    ledger::{BatchLedger, FailedRow, RunCounts, RunTally},
+    message::RowMessage,
+    outcome::{ErrorClass, RowError},
+    resources::Resources,
+    time_util, DestinationId, RunId, SyncId,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+/// A run still planning after this long lost its sync-start invocation (Lambda's
+/// longest timeout is 15 minutes).
+pub const STALE_PLANNING: Duration = Duration::from_secs(16 * 60);
+
+/// The `detail` of the finalizer's event: one sync, or all when absent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FinalizerDetail {
+    /// Only this sync.
+    #[serde(default)]
+    pub sync_id: Option<String>,
+}
+
+/// What the finalizer did for one sync.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum SyncReport {
+    /// No open run.
+    Idle {
+        /// The sync.
+        sync_id: SyncId,
+    },
+    /// Still planning or delivering.
+    InFlight {
+        /// The sync.
+        sync_id: SyncId,
+        /// The run.
+        run_id: RunId,
+        /// Settled keys (exact when the ledger was read, else the hint).
+        settled: u64,
+        /// Enqueued keys.
+        enqueued: u64,
+    },
+    /// Closed now.
+    Closed {
+        /// The sync.
+        sync_id: SyncId,
+        /// The run.
+        run_id: RunId,
+        /// Its counts.
+        counts: RunCounts,
+        /// Index size after.
+        failed_index_size: u64,
+    },
+    /// A stale planning run was abandoned.
+    Abandoned {
+        /// The sync.
+        sync_id: SyncId,
+        /// The run.
+        run_id: RunId,
+    },
+}
+
+/// The finalizer's answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FinalizerOutput {
+    /// One report per sync looked at.
+    pub syncs: Vec<SyncReport>,
+}
+
+/// Why the finalizer failed (it is simply run again).
+#[derive(Debug, thiserror::Error)]
+pub enum FinalizerError {
+    /// An AWS call failed.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// The event names an unknown sync.
+    #[error("no sync '{0}' in the configuration")]
+    UnknownSync(String),
+}
+
+impl From<FinalizerError> for Diagnostic {
+    fn from(err: FinalizerError) -> Diagnostic {
+        Diagnostic {
+            error_type: match err {
+                FinalizerError::Aws(_) => "AwsError",
+                FinalizerError::UnknownSync(_) => "UnknownSync",
+            }
+            .into(),
+            error_message: err.to_string(),
+        }
+    }
+}
+
+/// The finalizer's dependencies.
+pub struct Finalizer {
+    /// The sync configuration.
+    pub config: Arc<Config>,
+    /// Resource names.
+    pub resources: Resources,
+    /// Runs table.
+    pub runs: RunStore,
+    /// Failed-row index.
+    pub index: FailedRowIndex,
+    /// Reporting.
+    pub reporter: Reporter,
+    sqs: aws_sdk_sqs::Client,
+    dead_letter_queues: Mutex<HashMap<DestinationId, WorkQueue>>,
+}
+
+impl Finalizer {
+    /// Builds the dependencies from an SDK configuration.
+    pub fn new(
+        sdk: &aws_config::SdkConfig,
+        config: Arc<Config>,
+        resources: Resources,
+        reporter: Reporter,
+    ) -> Self {
+        let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+        Self {
+            runs: RunStore::new(dynamo.clone(), &resources.runs_table),
+            index: FailedRowIndex::new(dynamo, &resources.failed_rows_table),
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            dead_letter_queues: Mutex::new(HashMap::new()),
+            config,
+            resources,
+            reporter,
+        }
+    }
+
+    async fn dead_letter_queue(&self, destination: &DestinationId) -> Result<WorkQueue, AwsError> {
+        let mut queues = self.dead_letter_queues.lock().await;
+        if let Some(queue) = queues.get(destination) {
+            return Ok(queue.clone());
+        }
+        let queue = WorkQueue::resolve(
+            self.sqs.clone(),
+            &self.resources.dead_letter_queue(destination),
+        )
+        .await?;
+        queues.insert(destination.clone(), queue.clone());
+        Ok(queue)
+    }
+}
+
+/// The Lambda handler.
+pub async fn handler(
+    deps: &Finalizer,
+    event: LambdaEvent<EventBridgeEvent<FinalizerDetail>>,
+) -> Result<FinalizerOutput, FinalizerError> {
+    let syncs: Vec<SyncConfig> = match &event.payload.detail.sync_id {
+        Some(id) => {
+            let sync_id =
+                SyncId::parse(id.clone()).map_err(|_| FinalizerError::UnknownSync(id.clone()))?;
+            vec![deps
+                .config
+                .sync(&sync_id)
+                .ok_or_else(|| FinalizerError::UnknownSync(id.clone()))?
+                .clone()]
+        }
+        None => deps.config.syncs.clone(),
+    };
+    let mut output = FinalizerOutput::default();
+    for sync in &syncs {
+        output.syncs.push(finalize_sync(deps, sync).await?);
+    }
+    Ok(output)
+}
+
+async fn finalize_sync(deps: &Finalizer, sync: &SyncConfig) -> Result<SyncReport, FinalizerError> {
+    let state = deps.runs.state(&sync.id).await?;
+    let Some(run_id) = state.open_run else {
+        return Ok(SyncReport::Idle {
+            sync_id: sync.id.clone(),
+        });
+    };
+    let record = deps.runs.run(&sync.id, &run_id).await?;
+    let in_flight = |settled, enqueued| SyncReport::InFlight {
+        sync_id: sync.id.clone(),
+        run_id: run_id.clone(),
+        settled,
+        enqueued,
+    };
+    let record = match record {
+        Some(record) if record.status == RunStatus::Delivering => record,
+        Some(record) if record.status == RunStatus::Planning => {
+            let started = time_util::parse_rfc3339(&record.started_at);
+            let stale = started.is_some_and(|t| (time_util::now() - t) > STALE_PLANNING);
+            if stale {
+                deps.runs
+                    .abandon(&sync.id, &run_id, "sync-start did not finish planning")
+                    .await?;
+                return Ok(SyncReport::Abandoned {
+                    sync_id: sync.id.clone(),
+                    run_id,
+                });
+            }
+            return Ok(in_flight(0, 0));
+        }
+        _ => return Ok(in_flight(0, 0)),
+    };
+
+    drain_dead_letters(deps, &sync.destination).await?;
+    let record = deps.runs.run(&sync.id, &run_id).await?.unwrap_or(record);
+    if record.settled_hint < record.enqueued {
+        return Ok(in_flight(record.settled_hint, record.enqueued));
+    }
+
+    let (batches, rejections) = deps.runs.ledger(&run_id).await?;
+    let mut tally = RunTally::default();
+    for batch in batches {
+        tally.add(batch);
+    }
+    if !tally.complete(record.enqueued) {
+        return Ok(in_flight(tally.settled() as u64, record.enqueued));
+    }
+    close(deps, sync, &record, &tally, &rejections).await
+}
+
+async fn close(
+    deps: &Finalizer,
+    sync: &SyncConfig,
+    record: &RunRecord,
+    tally: &RunTally,
+    rejections: &[resync_shared::ledger::RecordedRejection],
+) -> Result<SyncReport, FinalizerError> {
+    let failures = tally.failures();
+    let keyed_rejections: Vec<_> = rejections
+        .iter()
+        .filter(|r| r.rejection.key.is_some())
+        .collect();
+    let recovered: Vec<_> = tally.recovered_keys().collect();
+    deps.index
+        .apply_run(
+            &sync.id,
+            &record.run_id,
+            &failures,
+            &keyed_rejections,
+            &recovered,
+        )
+        .await?;
+    let index = deps.index.summary(&sync.id).await?;
+    let counts = tally.counts(
+        record.enqueued,
+        rejections.len() as u64,
+        record.carried_over,
+    );
+
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for failure in &failures {
+        *errors.entry(failure.error.code.clone()).or_default() += 1;
+    }
+    for rejection in rejections {
+        *errors.entry(rejection.rejection.code.clone()).or_default() += 1;
+    }
+    let mut top_errors: Vec<(String, u64)> = errors.into_iter().collect();
+    top_errors.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    top_errors.truncate(5);
+    let now = time_util::now();
+    let summary = RunSummary {
+        sync_id: sync.id.clone(),
+        run_id: record.run_id.clone(),
+        destination: sync.destination.clone(),
+        counts,
+        failed_index_size: index.size,
+        oldest_failure_age_secs: index
+            .oldest_failure_at
+            .as_deref()
+            .and_then(time_util::parse_rfc3339)
+            .map(|t| (now - t).whole_seconds()),
+        started_at: record.started_at.clone(),
+        closed_at: time_util::rfc3339(now),
+        top_errors,
+    };
+
+    // Report before closing: a crash in between reports twice rather than never.
+    deps.reporter.metrics(&summary);
+    deps.reporter.run_closed(&summary).await?;
+    if warn_due(&sync.alert, &counts) {
+        let subject = format!(
+            "sync {}: {} rows failed, {} rejected",
+            sync.id, counts.failed, counts.rejected
+        );
+        deps.reporter
+            .alert(
+                Severity::Warn,
+                &sync.id,
+                &subject,
+                serde_json::to_value(&summary).expect("summary serialises"),
+            )
+            .await?;
+    }
+    let closed = deps
+        .runs
+        .close(
+            record,
+            &counts,
+            index.size,
+            index.oldest_failure_at.as_deref(),
+        )
+        .await?;
+    if closed {
+        tracing::info!(
+            sync = %sync.id,
+            run = %record.run_id,
+            planned = counts.planned,
+            delivered = counts.delivered,
+            failed = counts.failed,
+            rejected = counts.rejected,
+            retried_in_run = counts.retried_in_run,
+            carried_over = counts.carried_over,
+            recovered = counts.recovered,
+            failed_index_size = index.size,
+            "run closed"
+        );
+    }
+    Ok(SyncReport::Closed {
+        sync_id: sync.id.clone(),
+        run_id: record.run_id.clone(),
+        counts,
+        failed_index_size: index.size,
+    })
+}
+
+/// Moves dead-lettered messages into their runs' ledgers as terminal failures, then
+/// deletes them. Unreadable messages are logged (by message id) and kept.
+async fn drain_dead_letters(deps: &Finalizer, destination: &DestinationId) -> Result<(), AwsError> {
+    let queue = deps.dead_letter_queue(destination).await?;
+    loop {
+        let messages = queue.receive(10, Duration::ZERO).await?;
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut by_run: BTreeMap<(SyncId, RunId), BatchLedger> = BTreeMap::new();
+        let mut receipts = Vec::new();
+        for message in &messages {
+            let Some(row) = message.body().and_then(|b| RowMessage::from_body(b).ok()) else {
+                tracing::error!(
+                    message_id = message.message_id().unwrap_or_default(),
+                    "unreadable dead-lettered message kept"
+                );
+                continue;
+            };
+            let attempts = message
+                .attributes()
+                .and_then(|a| {
+                    a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            by_run
+                .entry((row.sync_id.clone(), row.run_id.clone()))
+                .or_default()
+                .failed
+                .push(FailedRow {
+                    key: row.key.clone(),
+                    error: RowError {
+                        class: ErrorClass::DeadLettered,
+                        code: "DEAD_LETTERED".into(),
+                        message:
+                            "the delivery function failed on this row until the queue gave up on it"
+                                .into(),
+                        retry_after: None,
+                    },
+                    attempts,
+                    prior_attempts: row.prior_attempts,
+                    carried_over: row.carried_over,
+                    first_failed_at: row.first_failed_at.clone(),
+                    payload: row.row.clone(),
+                });
+            if let Some(receipt) = message.receipt_handle() {
+                receipts.push(receipt.to_owned());
+            }
+        }
+        for ((sync_id, run_id), ledger) in by_run {
+            let batch_id = format!("dlq-{}", uuid::Uuid::new_v4());
+            deps.runs
+                .record_batch(&sync_id, &run_id, &batch_id, &ledger)
+                .await?;
+        }
+        queue.delete(&receipts).await?;
+    }
+}

@@ -1,1 +1,506 @@
-//! placeholder
+//! sync-start: opens a run of one sync when its EventBridge schedule fires.
+//!
+//! It refuses to overlap a run that is still open, reads the objects that arrived
+//! after the sync's cursor, merges their rows with the sync's failed-row index (each
+//! key once, source values win, failed keys absent from the source come from their
+//! stored payload), enqueues one row per SQS message and records the plan.
+//!
+//! The run id is derived from the scheduling event, so when Lambda retries a crashed
+//! invocation the same run is planned again; duplicates this may put on the queue are
+//! counted once by the finalizer.
+
+use std::{collections::HashMap, sync::Arc};
+
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use futures::{stream::FuturesUnordered, StreamExt};
+use lambda_runtime::{Diagnostic, LambdaEvent};
+use resync_shared::{
+    aws::{
+        index::FailedRowIndex,
+        queue::WorkQueue,
+        report::{Reporter, Severity},
+        runs::{Acquired, RunStatus, RunStore},
+        s3_source::S3Source,
+        AwsError,
+    },
+    config::{Config, SyncConfig},
+    ids::{IdError, RunId, SyncId},
+    ledger::RecordedRejection,
+    merge::{CarriedEntry, DuplicateFinder, Planned, PlannedRow, RunPlanner},
+    message::RowMessage,
+    resources::Resources,
+    source::{encoding_for, Rejection, SourceReadError},
+    time_util, DestinationId, PrimaryKey,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+/// How many `SendMessageBatch` calls are in flight at once.
+pub const SEND_CONCURRENCY: usize = 16;
+
+/// The `detail` of the scheduling event: the rule's input names the sync.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SyncStartDetail {
+    /// The sync to run.
+    pub sync_id: String,
+}
+
+/// What sync-start did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum SyncStartOutcome {
+    /// A run was planned.
+    Started {
+        /// The sync.
+        sync_id: SyncId,
+        /// The run.
+        run_id: RunId,
+        /// Rows put on the queue.
+        enqueued: u64,
+        /// Rows rejected before the queue.
+        rejected: u64,
+        /// Enqueued rows that came from the failed-row index.
+        carried_over: u64,
+        /// Source objects read.
+        source_objects: u64,
+    },
+    /// This run was already planned (a retried invocation); nothing was done.
+    AlreadyPlanned {
+        /// The sync.
+        sync_id: SyncId,
+        /// The run.
+        run_id: RunId,
+    },
+    /// Another run of the sync is still open: no overlap (I5).
+    Skipped {
+        /// The sync.
+        sync_id: SyncId,
+        /// The open run.
+        open_run: RunId,
+    },
+}
+
+/// Why a run could not start. The sync is released and nothing is lost.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncStartError {
+    /// The event does not name a valid sync.
+    #[error("the event's detail.sync_id is invalid: {0}")]
+    InvalidSyncId(#[from] IdError),
+    /// The sync is not in the configuration.
+    #[error("no sync '{0}' in the configuration")]
+    UnknownSync(SyncId),
+    /// An AWS call failed.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// A source object could not be read.
+    #[error(transparent)]
+    Source(#[from] SourceReadError),
+}
+
+impl From<SyncStartError> for Diagnostic {
+    fn from(err: SyncStartError) -> Diagnostic {
+        let error_type = match &err {
+            SyncStartError::InvalidSyncId(_) => "InvalidSyncId",
+            SyncStartError::UnknownSync(_) => "UnknownSync",
+            SyncStartError::Aws(_) => "AwsError",
+            SyncStartError::Source(_) => "SourceReadError",
+        };
+        Diagnostic {
+            error_type: error_type.into(),
+            error_message: err.to_string(),
+        }
+    }
+}
+
+/// sync-start's dependencies, built once per container.
+pub struct SyncStart {
+    /// The sync configuration.
+    pub config: Arc<Config>,
+    /// Resource names.
+    pub resources: Resources,
+    /// Runs table.
+    pub runs: RunStore,
+    /// Failed-row index.
+    pub index: FailedRowIndex,
+    /// Source objects.
+    pub source: S3Source,
+    /// Reports alerts.
+    pub reporter: Reporter,
+    sqs: aws_sdk_sqs::Client,
+    queues: Mutex<HashMap<DestinationId, WorkQueue>>,
+}
+
+impl SyncStart {
+    /// Builds the dependencies from an SDK configuration.
+    pub fn new(
+        sdk: &aws_config::SdkConfig,
+        config: Arc<Config>,
+        resources: Resources,
+        reporter: Reporter,
+    ) -> Self {
+        let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(sdk)
+                .force_path_style(
+                    std::env::var("AWS_S3_FORCE_PATH_STYLE").is_ok_and(|v| v == "true")
+                        || sdk.endpoint_url().is_some(),
+                )
+                .build(),
+        );
+        Self {
+            runs: RunStore::new(dynamo.clone(), &resources.runs_table),
+            index: FailedRowIndex::new(dynamo, &resources.failed_rows_table),
+            source: S3Source::new(s3),
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            queues: Mutex::new(HashMap::new()),
+            config,
+            resources,
+            reporter,
+        }
+    }
+
+    async fn queue(&self, destination: &DestinationId) -> Result<WorkQueue, AwsError> {
+        let mut queues = self.queues.lock().await;
+        if let Some(queue) = queues.get(destination) {
+            return Ok(queue.clone());
+        }
+        let queue = WorkQueue::resolve(
+            self.sqs.clone(),
+            &self.resources.delivery_queue(destination),
+        )
+        .await?;
+        queues.insert(destination.clone(), queue.clone());
+        Ok(queue)
+    }
+}
+
+/// The Lambda handler.
+pub async fn handler(
+    deps: &SyncStart,
+    event: LambdaEvent<EventBridgeEvent<SyncStartDetail>>,
+) -> Result<SyncStartOutcome, SyncStartError> {
+    let sync_id = SyncId::parse(event.payload.detail.sync_id.clone())?;
+    let sync = deps
+        .config
+        .sync(&sync_id)
+        .ok_or_else(|| SyncStartError::UnknownSync(sync_id.clone()))?
+        .clone();
+    let fired_at = event
+        .payload
+        .time
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.timestamp()).ok())
+        .unwrap_or_else(time_util::now);
+    let event_id = event
+        .payload
+        .id
+        .clone()
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| event.context.request_id.clone());
+    let run_id = RunId::from_event(fired_at, &event_id);
+
+    match start(deps, &sync, &run_id).await {
+        Ok(outcome) => Ok(outcome),
+        Err(err) => {
+            tracing::error!(sync = %sync_id, run = %run_id, error = %err, "the run could not start");
+            if let Err(release) = deps.runs.abandon(&sync_id, &run_id, &err.to_string()).await {
+                tracing::error!(sync = %sync_id, run = %run_id, error = %release, "could not release the sync");
+            }
+            if sync.alert.critical_on_run_error {
+                let detail =
+                    serde_json::json!({"run_id": run_id.as_str(), "error": err.to_string()});
+                if let Err(alert) = deps
+                    .reporter
+                    .alert(
+                        Severity::Critical,
+                        &sync_id,
+                        &format!("sync {sync_id} could not run"),
+                        detail,
+                    )
+                    .await
+                {
+                    tracing::error!(sync = %sync_id, error = %alert, "could not send the alert");
+                }
+            }
+            Err(err)
+        }
+    }
+}
+
+async fn start(
+    deps: &SyncStart,
+    sync: &SyncConfig,
+    run_id: &RunId,
+) -> Result<SyncStartOutcome, SyncStartError> {
+    let cursor = match deps.runs.acquire(&sync.id, run_id).await? {
+        Acquired::Busy { open_run } => {
+            tracing::warn!(sync = %sync.id, open_run = %open_run, "a run of this sync is still open; not overlapping it");
+            return Ok(SyncStartOutcome::Skipped {
+                sync_id: sync.id.clone(),
+                open_run,
+            });
+        }
+        Acquired::Acquired { cursor } => cursor,
+    };
+    let record = deps.runs.open_run(&sync.id, run_id).await?;
+    if record.status != RunStatus::Planning && record.status != RunStatus::Abandoned {
+        return Ok(SyncStartOutcome::AlreadyPlanned {
+            sync_id: sync.id.clone(),
+            run_id: run_id.clone(),
+        });
+    }
+    let queue = deps.queue(&sync.destination).await?;
+    let bucket = sync
+        .source
+        .bucket
+        .clone()
+        .unwrap_or_else(|| deps.resources.source_bucket.clone());
+
+    let objects = deps
+        .source
+        .new_objects(&bucket, &sync.source.prefix, cursor.as_deref())
+        .await?;
+    let mut rejections: Vec<RecordedRejection> = Vec::new();
+    let mut readable = Vec::new();
+    for object in &objects {
+        match encoding_for(object, sync.source.format) {
+            Some(encoding) => readable.push((object.clone(), encoding)),
+            None => rejections.push(RecordedRejection {
+                rejection: Rejection {
+                    key: None,
+                    object: object.clone(),
+                    line: 0,
+                    code: "unknown_format".into(),
+                    reason: "the object's name does not say its format (.jsonl, .ndjson, .json, .csv, optionally .gz); set the sync's source.format".into(),
+                },
+                first_failed_at: None,
+                in_index: false,
+            }),
+        }
+    }
+
+    // Pass 1: find keys that occur more than once in this run's source.
+    let mut finder = DuplicateFinder::default();
+    for (object, encoding) in &readable {
+        let (mut rows, reader) = deps
+            .source
+            .stream(&bucket, object, *encoding, &sync.primary_key)
+            .await?;
+        while let Some(event) = rows.recv().await {
+            if let Ok(row) = event {
+                finder.observe(&row.key);
+            }
+        }
+        join(reader).await?;
+    }
+
+    // Pass 2: plan and enqueue.
+    let index = deps.index.load_for_planning(&sync.id).await?;
+    let mut planner = RunPlanner::new(index, finder.duplicates());
+    let mut sender = Sender::new(&queue, run_id, &sync.id);
+    for (object, encoding) in &readable {
+        let (mut rows, reader) = deps
+            .source
+            .stream(&bucket, object, *encoding, &sync.primary_key)
+            .await?;
+        while let Some(event) = rows.recv().await {
+            match event {
+                Ok(row) => match planner.plan(row, object) {
+                    Planned::Enqueue(planned) => sender.push(planned, &mut rejections).await?,
+                    Planned::Reject(rejection, carried) => rejections.push(RecordedRejection {
+                        rejection,
+                        first_failed_at: carried.as_ref().map(|c| c.first_failed_at.clone()),
+                        in_index: carried.is_some(),
+                    }),
+                },
+                Err(rejection) => rejections.push(RecordedRejection {
+                    rejection,
+                    first_failed_at: None,
+                    in_index: false,
+                }),
+            }
+        }
+        join(reader).await?;
+    }
+    let (leftovers, waiting) = planner.leftovers();
+    for planned in leftovers {
+        sender.push(planned, &mut rejections).await?;
+    }
+    let (enqueued, carried_over) = sender.finish(&mut rejections).await?;
+
+    deps.runs.record_rejections(run_id, &rejections).await?;
+    let cursor_after = objects.last().cloned().or(cursor);
+    deps.runs
+        .mark_planned(
+            &sync.id,
+            run_id,
+            enqueued,
+            rejections.len() as u64,
+            carried_over,
+            waiting as u64,
+            objects.len() as u64,
+            cursor_after.as_deref(),
+        )
+        .await?;
+    tracing::info!(
+        sync = %sync.id,
+        run = %run_id,
+        enqueued,
+        rejected = rejections.len(),
+        carried_over,
+        waiting,
+        objects = objects.len(),
+        "run planned"
+    );
+    Ok(SyncStartOutcome::Started {
+        sync_id: sync.id.clone(),
+        run_id: run_id.clone(),
+        enqueued,
+        rejected: rejections.len() as u64,
+        carried_over,
+        source_objects: objects.len() as u64,
+    })
+}
+
+async fn join(
+    reader: tokio::task::JoinHandle<Result<(), SourceReadError>>,
+) -> Result<(), SyncStartError> {
+    match reader.await {
+        Ok(result) => Ok(result?),
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+/// One queued row, kept until SQS has accepted it.
+struct Pending {
+    key: PrimaryKey,
+    carried: Option<CarriedEntry>,
+    body: String,
+}
+
+type BatchResult = Result<(Vec<Pending>, Vec<resync_shared::aws::queue::Unsent>), AwsError>;
+
+/// Sends rows in batches of 10 with bounded concurrency; refused rows become rejections.
+struct Sender<'a> {
+    queue: &'a WorkQueue,
+    run_id: &'a RunId,
+    sync_id: &'a SyncId,
+    batch: Vec<Pending>,
+    in_flight: FuturesUnordered<futures::future::BoxFuture<'a, BatchResult>>,
+    enqueued: u64,
+    carried_over: u64,
+}
+
+impl<'a> Sender<'a> {
+    fn new(queue: &'a WorkQueue, run_id: &'a RunId, sync_id: &'a SyncId) -> Self {
+        Self {
+            queue,
+            run_id,
+            sync_id,
+            batch: Vec::with_capacity(10),
+            in_flight: FuturesUnordered::new(),
+            enqueued: 0,
+            carried_over: 0,
+        }
+    }
+
+    async fn push(
+        &mut self,
+        planned: PlannedRow,
+        rejections: &mut Vec<RecordedRejection>,
+    ) -> Result<(), AwsError> {
+        let message = RowMessage {
+            run_id: self.run_id.clone(),
+            sync_id: self.sync_id.clone(),
+            key: planned.key.clone(),
+            row: planned.fields,
+            carried_over: planned.carried.is_some(),
+            first_failed_at: planned.carried.as_ref().map(|c| c.first_failed_at.clone()),
+            prior_attempts: planned.carried.as_ref().map_or(0, |c| c.attempts),
+        };
+        let body = message.to_body();
+        if body.len() > self.queue.max_message_bytes() {
+            rejections.push(RecordedRejection {
+                rejection: Rejection {
+                    key: Some(planned.key),
+                    object: String::new(),
+                    line: 0,
+                    code: "row_too_large".into(),
+                    reason: format!(
+                        "the row is {} bytes as a message, larger than the queue's maximum message size of {} bytes",
+                        body.len(),
+                        self.queue.max_message_bytes()
+                    ),
+                },
+                first_failed_at: planned.carried.as_ref().map(|c| c.first_failed_at.clone()),
+                in_index: planned.carried.is_some(),
+            });
+            return Ok(());
+        }
+        self.batch.push(Pending {
+            key: planned.key,
+            carried: planned.carried,
+            body,
+        });
+        if self.batch.len() == 10 {
+            self.flush(rejections).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, rejections: &mut Vec<RecordedRejection>) -> Result<(), AwsError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let queue = self.queue;
+        self.in_flight.push(Box::pin(async move {
+            let bodies: Vec<String> = batch.iter().map(|p| p.body.clone()).collect();
+            let refused = queue.send_batch(&bodies).await?;
+            Ok((batch, refused))
+        }));
+        while self.in_flight.len() >= SEND_CONCURRENCY {
+            let done = self.in_flight.next().await.expect("in flight");
+            self.settle(done?, rejections);
+        }
+        Ok(())
+    }
+
+    fn settle(
+        &mut self,
+        (batch, refused): (Vec<Pending>, Vec<resync_shared::aws::queue::Unsent>),
+        rejections: &mut Vec<RecordedRejection>,
+    ) {
+        let mut refused_at: HashMap<usize, resync_shared::aws::queue::Unsent> =
+            refused.into_iter().map(|u| (u.index, u)).collect();
+        for (i, pending) in batch.into_iter().enumerate() {
+            match refused_at.remove(&i) {
+                None => {
+                    self.enqueued += 1;
+                    self.carried_over += u64::from(pending.carried.is_some());
+                }
+                Some(unsent) => rejections.push(RecordedRejection {
+                    rejection: Rejection {
+                        key: Some(pending.key),
+                        object: String::new(),
+                        line: 0,
+                        code: "enqueue_refused".into(),
+                        reason: format!("SQS refused the row: {} {}", unsent.code, unsent.message),
+                    },
+                    first_failed_at: pending.carried.as_ref().map(|c| c.first_failed_at.clone()),
+                    in_index: pending.carried.is_some(),
+                }),
+            }
+        }
+    }
+
+    async fn finish(
+        mut self,
+        rejections: &mut Vec<RecordedRejection>,
+    ) -> Result<(u64, u64), AwsError> {
+        self.flush(rejections).await?;
+        while let Some(done) = self.in_flight.next().await {
+            self.settle(done?, rejections);
+        }
+        Ok((self.enqueued, self.carried_over))
+    }
+}

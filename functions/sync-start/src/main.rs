@@ -1,1 +1,32 @@
-fn main() {}
+//! The sync-start Lambda: configuration from the environment, clients built once.
+
+use std::sync::Arc;
+
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use resync_shared::{
+    aws::report::{MetricsSink, Reporter},
+    config::Config,
+    resources::Resources,
+};
+use resync_sync_start::{handler, SyncStart};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let config = Arc::new(Config::from_env()?);
+    let resources = Resources::from_env()?;
+    let sdk = aws_config::load_from_env().await;
+    let reporter = Reporter::new(
+        Some((
+            aws_sdk_eventbridge::Client::new(&sdk),
+            resources.event_bus.clone(),
+        )),
+        resources
+            .alert_topic_arn
+            .clone()
+            .map(|arn| (aws_sdk_sns::Client::new(&sdk), arn)),
+        MetricsSink::Stdout,
+    );
+    let deps = SyncStart::new(&sdk, config, resources, reporter);
+    lambda_runtime::run(service_fn(|event: LambdaEvent<_>| handler(&deps, event))).await
+}

@@ -212,13 +212,18 @@ impl FailedRowIndex {
                 "error_message".into(),
                 s(format!(
                     "{} ({} line {})",
-                    rejection.rejection.reason, rejection.rejection.object, rejection.rejection.line
+                    rejection.rejection.reason,
+                    rejection.rejection.object,
+                    rejection.rejection.line
                 )),
             );
             item.insert("attempts".into(), AttributeValue::N("0".into()));
             item.insert(
                 "first_failed_at".into(),
-                s(rejection.first_failed_at.clone().unwrap_or_else(|| now.clone())),
+                s(rejection
+                    .first_failed_at
+                    .clone()
+                    .unwrap_or_else(|| now.clone())),
             );
             requests.push(put(item));
         }

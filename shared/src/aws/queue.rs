@@ -81,7 +81,10 @@ impl WorkQueue {
     /// Sends up to 10 bodies in one `SendMessageBatch`, retrying failed entries that are
     /// not the sender's fault with backoff. Returns the entries SQS refused for good.
     pub async fn send_batch(&self, bodies: &[String]) -> Result<Vec<Unsent>, AwsError> {
-        assert!(bodies.len() <= 10, "SendMessageBatch takes at most 10 entries");
+        assert!(
+            bodies.len() <= 10,
+            "SendMessageBatch takes at most 10 entries"
+        );
         let mut pending: Vec<usize> = (0..bodies.len()).collect();
         let mut refused = Vec::new();
         let mut delay = Duration::from_millis(50);
@@ -166,7 +169,10 @@ impl WorkQueue {
 
     /// Sets the visibility timeout of messages (backoff). Returns how many SQS refused
     /// (those come back when their current timeout ends: later, never lost).
-    pub async fn change_visibility(&self, entries: &[(String, Duration)]) -> Result<usize, AwsError> {
+    pub async fn change_visibility(
+        &self,
+        entries: &[(String, Duration)],
+    ) -> Result<usize, AwsError> {
         let mut refused = 0;
         for chunk in entries.chunks(10) {
             let batch = chunk
@@ -190,7 +196,10 @@ impl WorkQueue {
                 .await
                 .map_err(|e| AwsError::sdk("SQS.ChangeMessageVisibilityBatch", e))?;
             for failed in output.failed() {
-                tracing::warn!(code = failed.code(), "ChangeMessageVisibility refused an entry");
+                tracing::warn!(
+                    code = failed.code(),
+                    "ChangeMessageVisibility refused an entry"
+                );
             }
             refused += output.failed().len();
         }

@@ -109,7 +109,8 @@ impl Reporter {
             "RowsRetriedInRun": summary.counts.retried_in_run,
             "FailedIndexSize": summary.failed_index_size,
         });
-        line["OldestFailingRowAge"] = serde_json::json!(summary.oldest_failure_age_secs.unwrap_or(0));
+        line["OldestFailingRowAge"] =
+            serde_json::json!(summary.oldest_failure_age_secs.unwrap_or(0));
         match &self.metrics {
             MetricsSink::Stdout => println!("{line}"),
             MetricsSink::Memory(lines) => lines.lock().expect("metrics lock").push(line),
@@ -118,8 +119,11 @@ impl Reporter {
 
     /// Puts the `Run Closed` event on the run-events bus.
     pub async fn run_closed(&self, summary: &RunSummary) -> Result<(), AwsError> {
-        self.put_event("Run Closed", &serde_json::to_string(summary).expect("summary serialises"))
-            .await
+        self.put_event(
+            "Run Closed",
+            &serde_json::to_string(summary).expect("summary serialises"),
+        )
+        .await
     }
 
     /// Sends an alert to the SNS topic and a `Sync Alert` event to the bus.

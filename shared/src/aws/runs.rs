@@ -34,6 +34,8 @@ pub enum RunStatus {
     Delivering,
     /// Closed with exact counts.
     Closed,
+    /// Planning failed; the sync was released and the run's source will be read again.
+    Abandoned,
 }
 
 impl RunStatus {
@@ -42,6 +44,7 @@ impl RunStatus {
             Self::Planning => "planning",
             Self::Delivering => "delivering",
             Self::Closed => "closed",
+            Self::Abandoned => "abandoned",
         }
     }
 
@@ -50,6 +53,7 @@ impl RunStatus {
             "planning" => Some(Self::Planning),
             "delivering" => Some(Self::Delivering),
             "closed" => Some(Self::Closed),
+            "abandoned" => Some(Self::Abandoned),
             _ => None,
         }
     }
@@ -185,7 +189,9 @@ impl RunStore {
             Ok(output) => Ok(Acquired::Acquired {
                 cursor: output.attributes.as_ref().and_then(|a| get_s(a, "cursor")),
             }),
-            Err(SdkError::ServiceError(err)) if err.err().is_conditional_check_failed_exception() => {
+            Err(SdkError::ServiceError(err))
+                if err.err().is_conditional_check_failed_exception() =>
+            {
                 let state = self.state(sync).await?;
                 match state.open_run {
                     Some(open_run) => Ok(Acquired::Busy { open_run }),
@@ -221,7 +227,7 @@ impl RunStore {
     }
 
     /// Writes the run record in `planning` state, unless it already exists (a resumed
-    /// run keeps its record).
+    /// run keeps its record; an abandoned one is planned again).
     pub async fn open_run(&self, sync: &SyncId, run: &RunId) -> Result<RunRecord, AwsError> {
         let now = time_util::rfc3339(time_util::now());
         let result = self
@@ -234,17 +240,63 @@ impl RunStore {
             .item("sync_id", s(sync.as_str()))
             .item("status", s(RunStatus::Planning.as_str()))
             .item("started_at", s(&now))
-            .condition_expression("attribute_not_exists(pk)")
+            .condition_expression("attribute_not_exists(pk) OR #status = :abandoned")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":abandoned", s(RunStatus::Abandoned.as_str()))
             .send()
             .await;
         match result {
             Ok(_) => {}
-            Err(SdkError::ServiceError(err)) if err.err().is_conditional_check_failed_exception() => {}
+            Err(SdkError::ServiceError(err))
+                if err.err().is_conditional_check_failed_exception() => {}
             Err(err) => return Err(AwsError::sdk("DynamoDB.PutItem", err)),
         }
         self.run(sync, run)
             .await?
             .ok_or_else(|| AwsError::response("DynamoDB.GetItem", "run record vanished"))
+    }
+
+    /// Marks a run whose planning failed as abandoned and releases the sync. Its cursor
+    /// is not advanced and the index is untouched, so the next run reads the same
+    /// source and carries the same failed keys: nothing is lost. A retried invocation of
+    /// the same event plans the run again.
+    pub async fn abandon(&self, sync: &SyncId, run: &RunId, reason: &str) -> Result<(), AwsError> {
+        let run_update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(sync)))
+            .key("sk", s(run_sk(run)))
+            .update_expression(
+                "SET #status = :abandoned, abandon_reason = :reason, closed_at = :now",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":abandoned", s(RunStatus::Abandoned.as_str()))
+            .expression_attribute_values(":reason", s(reason))
+            .expression_attribute_values(":now", s(time_util::rfc3339(time_util::now())))
+            .build()
+            .map_err(|e| AwsError::response("DynamoDB.TransactWriteItems", e.to_string()))?;
+        let state_update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(sync)))
+            .key("sk", s("state"))
+            .update_expression("REMOVE open_run, open_since")
+            .condition_expression("open_run = :run")
+            .expression_attribute_values(":run", s(run.as_str()))
+            .build()
+            .map_err(|e| AwsError::response("DynamoDB.TransactWriteItems", e.to_string()))?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(run_update).build())
+            .transact_items(TransactWriteItem::builder().update(state_update).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(err)) if err.err().is_transaction_canceled_exception() => {
+                Ok(())
+            }
+            Err(err) => Err(AwsError::sdk("DynamoDB.TransactWriteItems", err)),
+        }
     }
 
     /// Reads a run record (strongly consistent).
@@ -357,7 +409,11 @@ impl RunStore {
         for rejection in rejections {
             let approx = rejection.rejection.reason.len()
                 + rejection.rejection.object.len()
-                + rejection.rejection.key.as_ref().map_or(0, |k| k.as_str().len())
+                + rejection
+                    .rejection
+                    .key
+                    .as_ref()
+                    .map_or(0, |k| k.as_str().len())
                 + 128;
             if size + approx > 300_000 && !chunk.is_empty() {
                 self.put_rejection_chunk(run, seq, &chunk).await?;
@@ -418,8 +474,8 @@ impl RunStore {
                     AwsError::response("DynamoDB.Query", format!("unreadable ledger item: {e}"))
                 })?);
             } else if let Some(body) = get_s(&item, "rejections") {
-                let mut chunk: Vec<RecordedRejection> = serde_json::from_str(&body)
-                    .map_err(|e| {
+                let mut chunk: Vec<RecordedRejection> =
+                    serde_json::from_str(&body).map_err(|e| {
                         AwsError::response("DynamoDB.Query", format!("unreadable rejections: {e}"))
                     })?;
                 rejections.append(&mut chunk);
@@ -490,9 +546,7 @@ impl RunStore {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(err))
-                if err.err().is_transaction_canceled_exception() =>
-            {
+            Err(SdkError::ServiceError(err)) if err.err().is_transaction_canceled_exception() => {
                 Ok(false)
             }
             Err(err) => Err(AwsError::sdk("DynamoDB.TransactWriteItems", err)),
@@ -550,7 +604,9 @@ fn parse_run(item: &Item, sync: &SyncId, run: &RunId) -> RunRecord {
         source_objects: get_n(item, "source_objects"),
         settled_hint: get_n(item, "settled_hint"),
         counts,
-        failed_index_size: item.contains_key("failed_index_size").then(|| get_n(item, "failed_index_size")),
+        failed_index_size: item
+            .contains_key("failed_index_size")
+            .then(|| get_n(item, "failed_index_size")),
         closed_at: get_s(item, "closed_at"),
     }
 }

@@ -72,7 +72,13 @@ impl S3Source {
         object: &str,
         encoding: Encoding,
         primary_key: &str,
-    ) -> Result<(RowStream, tokio::task::JoinHandle<Result<(), SourceReadError>>), AwsError> {
+    ) -> Result<
+        (
+            RowStream,
+            tokio::task::JoinHandle<Result<(), SourceReadError>>,
+        ),
+        AwsError,
+    > {
         let output = self
             .client
             .get_object()

@@ -65,10 +65,13 @@ pub async fn build(
 ) -> Result<Arc<dyn Destination>, DestinationError> {
     match config.kind {
         DestinationKind::Webhook => {
-            let webhook = config.webhook.as_ref().ok_or_else(|| DestinationError::Setup {
-                destination: config.id.to_string(),
-                message: "missing webhook section".into(),
-            })?;
+            let webhook = config
+                .webhook
+                .as_ref()
+                .ok_or_else(|| DestinationError::Setup {
+                    destination: config.id.to_string(),
+                    message: "missing webhook section".into(),
+                })?;
             let secret = match &webhook.signing_secret {
                 Some(secret) => Some(secrets.resolve(secret).await.map_err(|source| {
                     DestinationError::Secret {
@@ -78,16 +81,18 @@ pub async fn build(
                 })?),
                 None => None,
             };
-            Ok(Arc::new(webhook::Webhook::new(
-                &webhook.url,
-                secret,
-                config.effective_batch_size(),
-                config.timeout(),
-            )
-            .map_err(|message| DestinationError::Setup {
-                destination: config.id.to_string(),
-                message,
-            })?))
+            Ok(Arc::new(
+                webhook::Webhook::new(
+                    &webhook.url,
+                    secret,
+                    config.effective_batch_size(),
+                    config.timeout(),
+                )
+                .map_err(|message| DestinationError::Setup {
+                    destination: config.id.to_string(),
+                    message,
+                })?,
+            ))
         }
     }
 }

@@ -138,7 +138,10 @@ impl Webhook {
                 } else if err.is_connect() {
                     ("CONNECTION", "cannot connect to the webhook".to_owned())
                 } else {
-                    ("TRANSPORT", format!("request failed: {}", err.without_url()))
+                    (
+                        "TRANSPORT",
+                        format!("request failed: {}", err.without_url()),
+                    )
                 };
                 return vec![Err(RowError::retryable(code, message)); rows.len()];
             }
@@ -160,12 +163,21 @@ impl Webhook {
         let whole = if status.is_success() {
             Ok(())
         } else if status.as_u16() == 429 {
-            Err(RowError::rate_limited(code, "the webhook is rate limiting", retry_after))
+            Err(RowError::rate_limited(
+                code,
+                "the webhook is rate limiting",
+                retry_after,
+            ))
         } else if status.as_u16() == 408 || status.is_server_error() {
-            Err(RowError::retryable(code, format!("the webhook answered {status}"))
-                .with_retry_after(retry_after))
+            Err(
+                RowError::retryable(code, format!("the webhook answered {status}"))
+                    .with_retry_after(retry_after),
+            )
         } else {
-            Err(RowError::permanent(code, format!("the webhook refused the request: {status}")))
+            Err(RowError::permanent(
+                code,
+                format!("the webhook refused the request: {status}"),
+            ))
         };
         vec![whole; rows.len()]
     }

@@ -1,0 +1,253 @@
+//! A local destination that speaks the webhook contract (see
+//! `resync_shared::destination::webhook`): it verifies the signature, answers per row,
+//! and keeps rows locked or rejected on demand. The demo's destination, and the one
+//! the end-to-end suites assert against.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use axum::{extract::State, http::HeaderMap, http::StatusCode, routing::post, Json, Router};
+use resync_shared::destination::webhook::{signature, ResultsBody, RowStatus};
+use serde::Deserialize;
+
+/// How the destination treats one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowBehaviour {
+    /// Answers `UNABLE_TO_LOCK_ROW` (retryable). With `Some(n)`, the lock is released
+    /// after `n` refused attempts in a run; with `None`, it holds until the next run.
+    Locked {
+        /// Refused attempts before release.
+        until_attempt: Option<u32>,
+    },
+    /// Answers a validation error (permanent) during the current run only.
+    RejectThisRun {
+        /// The error code.
+        code: String,
+    },
+}
+
+#[derive(Debug, Default)]
+struct ServerState {
+    secret: Option<String>,
+    run: usize,
+    behaviours: HashMap<String, RowBehaviour>,
+    attempts_this_run: HashMap<String, u32>,
+    rows_received: Vec<u64>,
+    requests: Vec<u64>,
+    largest_request: usize,
+    delivered: HashMap<String, Vec<usize>>,
+    received_after_delivered: u64,
+    bad_requests: u64,
+    idempotency_keys_seen: HashSet<String>,
+}
+
+/// What the destination saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DestinationStats {
+    /// Rows received in each run (duplicates included).
+    pub rows_received: Vec<u64>,
+    /// Requests received in each run.
+    pub requests: Vec<u64>,
+    /// The largest request, in rows.
+    pub largest_request: usize,
+    /// Keys acknowledged as delivered at least once.
+    pub delivered_keys: HashSet<String>,
+    /// Keys acknowledged more than once (duplicates within a run).
+    pub delivered_more_than_once: u64,
+    /// Rows received in a run for a key already delivered in an earlier run (I3).
+    pub received_after_delivered: u64,
+    /// Requests refused for a bad signature or body.
+    pub bad_requests: u64,
+}
+
+/// A running local destination.
+pub struct DestinationServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<ServerState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Deserialize)]
+struct RequestBody {
+    rows: Vec<RequestRow>,
+}
+
+#[derive(Deserialize)]
+struct RequestRow {
+    key: String,
+    idempotency_key: String,
+    #[allow(dead_code)]
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl DestinationServer {
+    /// Starts on a free loopback port; requests must be signed with `secret` if given.
+    pub async fn start(secret: Option<String>) -> anyhow::Result<Self> {
+        let state = Arc::new(Mutex::new(ServerState {
+            secret,
+            rows_received: vec![0],
+            requests: vec![0],
+            ..ServerState::default()
+        }));
+        let app = Router::new()
+            .route("/rows", post(receive))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, state, task })
+    }
+
+    /// The URL to configure as the webhook's `url`.
+    pub fn url(&self) -> String {
+        format!("http://{}/rows", self.addr)
+    }
+
+    /// Sets how a key is treated.
+    pub fn set(&self, key: impl Into<String>, behaviour: RowBehaviour) {
+        self.state
+            .lock()
+            .expect("state")
+            .behaviours
+            .insert(key.into(), behaviour);
+    }
+
+    /// Begins the next run: locks held until the next run are released, this-run
+    /// rejections end, attempt counts restart.
+    pub fn next_run(&self) {
+        let mut state = self.state.lock().expect("state");
+        state.run += 1;
+        state.rows_received.push(0);
+        state.requests.push(0);
+        state.attempts_this_run.clear();
+        state.behaviours.retain(|_, b| {
+            matches!(
+                b,
+                RowBehaviour::Locked {
+                    until_attempt: Some(_)
+                }
+            )
+        });
+    }
+
+    /// What it saw so far.
+    pub fn stats(&self) -> DestinationStats {
+        let state = self.state.lock().expect("state");
+        DestinationStats {
+            rows_received: state.rows_received.clone(),
+            requests: state.requests.clone(),
+            largest_request: state.largest_request,
+            delivered_keys: state.delivered.keys().cloned().collect(),
+            delivered_more_than_once: state
+                .delivered
+                .values()
+                .filter(|runs| runs.len() > 1)
+                .count() as u64,
+            received_after_delivered: state.received_after_delivered,
+            bad_requests: state.bad_requests,
+        }
+    }
+}
+
+impl Drop for DestinationServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<Mutex<ServerState>>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<ResultsBody>, (StatusCode, String)> {
+    let mut state = state.lock().expect("state");
+    if let Some(secret) = &state.secret {
+        let timestamp = headers
+            .get("x-resync-timestamp")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok());
+        let given = headers
+            .get("x-resync-signature")
+            .and_then(|v| v.to_str().ok());
+        let valid = match (timestamp, given) {
+            (Some(t), Some(given)) => signature(secret, t, &body) == given,
+            _ => false,
+        };
+        if !valid {
+            state.bad_requests += 1;
+            return Err((StatusCode::UNAUTHORIZED, "bad signature".into()));
+        }
+    }
+    if headers.get("idempotency-key").is_none() {
+        state.bad_requests += 1;
+        return Err((StatusCode::BAD_REQUEST, "missing Idempotency-Key".into()));
+    }
+    let request: RequestBody = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            state.bad_requests += 1;
+            return Err((StatusCode::BAD_REQUEST, format!("bad body: {err}")));
+        }
+    };
+    let run = state.run;
+    *state.requests.last_mut().expect("a run") += 1;
+    *state.rows_received.last_mut().expect("a run") += request.rows.len() as u64;
+    state.largest_request = state.largest_request.max(request.rows.len());
+    let mut results = Vec::with_capacity(request.rows.len());
+    for row in request.rows {
+        state.idempotency_keys_seen.insert(row.idempotency_key);
+        if state
+            .delivered
+            .get(&row.key)
+            .is_some_and(|runs| runs.iter().any(|&r| r < run))
+        {
+            state.received_after_delivered += 1;
+        }
+        let attempts = {
+            let count = state.attempts_this_run.entry(row.key.clone()).or_insert(0);
+            *count += 1;
+            *count
+        };
+        let status = match state.behaviours.get(&row.key).cloned() {
+            Some(RowBehaviour::Locked { until_attempt })
+                if until_attempt.is_none_or(|n| attempts <= n) =>
+            {
+                RowStatus {
+                    key: row.key,
+                    status: "retry".into(),
+                    code: Some("UNABLE_TO_LOCK_ROW".into()),
+                    message: Some("unable to obtain exclusive access to this record".into()),
+                    retry_after_secs: None,
+                }
+            }
+            Some(RowBehaviour::RejectThisRun { code }) => RowStatus {
+                key: row.key,
+                status: "rejected".into(),
+                code: Some(code),
+                message: Some("the record failed validation".into()),
+                retry_after_secs: None,
+            },
+            _ => {
+                state
+                    .delivered
+                    .entry(row.key.clone())
+                    .or_default()
+                    .push(run);
+                RowStatus {
+                    key: row.key,
+                    status: "delivered".into(),
+                    code: None,
+                    message: None,
+                    retry_after_secs: None,
+                }
+            }
+        };
+        results.push(status);
+    }
+    Ok(Json(ResultsBody { results }))
+}

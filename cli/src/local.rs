@@ -1,0 +1,584 @@
+//! Running syncs locally: provisioning, the SQS event-source-mapping poller, the
+//! finalizer loop and the scheduler, all around the functions' own handlers.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use aws_config::SdkConfig;
+use aws_lambda_events::{
+    eventbridge::EventBridgeEvent,
+    sqs::{SqsEvent, SqsMessage},
+};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+};
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use lambda_runtime::{Context, LambdaEvent};
+use resync_delivery::Delivery;
+use resync_finalizer::{Finalizer, FinalizerDetail, SyncReport};
+use resync_shared::{
+    aws::{
+        index::FailedRowIndex,
+        queue::WorkQueue,
+        report::{MetricsSink, Reporter},
+        runs::{RunRecord, RunStore},
+    },
+    config::Config,
+    destination,
+    resources::{QueueSettings, Resources},
+    secrets::SecretResolver,
+    DestinationId, RunId, SyncId,
+};
+use resync_sync_start::{SyncStart, SyncStartDetail, SyncStartOutcome};
+
+/// Knobs of the local runner that differ from a deployment only in timing.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Visibility timeout of the delivery queues (a deployment uses 6 × the function
+    /// timeout; locally a crashed invocation's rows should come back sooner).
+    pub visibility_timeout_secs: u32,
+    /// How often the finalizer runs while a run is open.
+    pub finalize_every: Duration,
+    /// Simulated crashes: this many delivery invocations do their work but their
+    /// response is lost, as when Lambda times out after the handler wrote its ledger.
+    pub crash_invocations: usize,
+    /// Batching window of the poller.
+    pub batching_window: Duration,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self {
+            visibility_timeout_secs: 30,
+            finalize_every: Duration::from_millis(250),
+            crash_invocations: 0,
+            batching_window: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Creates every resource of a stack for a configuration (idempotent) and returns the
+/// resource names with the alert topic's ARN.
+pub async fn provision(
+    sdk: &SdkConfig,
+    config: &Config,
+    stack: &str,
+    options: &LocalOptions,
+) -> anyhow::Result<Resources> {
+    let mut resources = Resources::for_stack(stack);
+    let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+    create_table(&dynamo, &resources.runs_table, "pk", "sk").await?;
+    create_table(&dynamo, &resources.failed_rows_table, "sync_id", "key").await?;
+
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    for destination in &config.destinations {
+        let settings = QueueSettings::for_destination(destination);
+        let dlq_url = sqs
+            .create_queue()
+            .queue_name(resources.dead_letter_queue(&destination.id))
+            .attributes(
+                QueueAttributeName::MessageRetentionPeriod,
+                settings.dlq_retention_secs.to_string(),
+            )
+            .send()
+            .await
+            .context("creating a dead-letter queue")?
+            .queue_url
+            .context("CreateQueue answered no URL")?;
+        let dlq_arn = sqs
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .context("reading the dead-letter queue's ARN")?
+            .attributes
+            .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+            .context("no QueueArn")?;
+        let redrive = serde_json::json!({
+            "deadLetterTargetArn": dlq_arn,
+            "maxReceiveCount": settings.max_receive_count,
+        });
+        sqs.create_queue()
+            .queue_name(resources.delivery_queue(&destination.id))
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                options.visibility_timeout_secs.to_string(),
+            )
+            .attributes(
+                QueueAttributeName::MaximumMessageSize,
+                settings.max_message_bytes.to_string(),
+            )
+            .attributes(
+                QueueAttributeName::MessageRetentionPeriod,
+                settings.retention_secs.to_string(),
+            )
+            .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+            .send()
+            .await
+            .context("creating a delivery queue")?;
+    }
+
+    let s3 = crate::aws::s3_client(sdk);
+    let mut buckets: HashSet<String> = HashSet::from([resources.source_bucket.clone()]);
+    buckets.extend(config.syncs.iter().filter_map(|s| s.source.bucket.clone()));
+    for bucket in buckets {
+        if let Err(err) = s3.create_bucket().bucket(&bucket).send().await {
+            let service = err.as_service_error();
+            let exists = service.is_some_and(|e| {
+                e.is_bucket_already_owned_by_you() || e.is_bucket_already_exists()
+            });
+            if !exists {
+                return Err(anyhow::Error::new(err).context(format!("creating bucket {bucket}")));
+            }
+        }
+    }
+
+    let events = aws_sdk_eventbridge::Client::new(sdk);
+    if let Err(err) = events
+        .create_event_bus()
+        .name(&resources.event_bus)
+        .send()
+        .await
+    {
+        if !err
+            .as_service_error()
+            .is_some_and(|e| e.is_resource_already_exists_exception())
+        {
+            return Err(anyhow::Error::new(err).context("creating the event bus"));
+        }
+    }
+    let sns = aws_sdk_sns::Client::new(sdk);
+    let topic = sns
+        .create_topic()
+        .name(&resources.alert_topic)
+        .send()
+        .await
+        .context("creating the alert topic")?;
+    resources.alert_topic_arn = topic.topic_arn;
+    Ok(resources)
+}
+
+async fn create_table(
+    dynamo: &aws_sdk_dynamodb::Client,
+    name: &str,
+    partition: &str,
+    sort: &str,
+) -> anyhow::Result<()> {
+    let attribute = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .expect("complete")
+    };
+    let key = |name: &str, kind| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .expect("complete")
+    };
+    let result = dynamo
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute(partition))
+        .attribute_definitions(attribute(sort))
+        .key_schema(key(partition, KeyType::Hash))
+        .key_schema(key(sort, KeyType::Range))
+        .send()
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.is_resource_in_use_exception()) =>
+        {
+            Ok(())
+        }
+        Err(err) => Err(anyhow::Error::new(err).context(format!("creating table {name}"))),
+    }
+}
+
+/// How far an open run is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Settled rows (a hint while the run is open).
+    pub settled: u64,
+    /// Enqueued rows.
+    pub enqueued: u64,
+}
+
+/// A run as the local runner saw it end.
+#[derive(Debug, Clone)]
+pub struct LocalRun {
+    /// What sync-start said.
+    pub started: SyncStartOutcome,
+    /// The closed run record.
+    pub record: RunRecord,
+    /// Delivery invocations made.
+    pub invocations: usize,
+}
+
+/// Everything a local run needs: the three functions' dependencies, built once.
+pub struct LocalRuntime {
+    /// The SDK configuration (emulator or endpoint).
+    pub sdk: SdkConfig,
+    /// The sync configuration.
+    pub config: Arc<Config>,
+    /// Resource names.
+    pub resources: Resources,
+    /// sync-start.
+    pub sync_start: SyncStart,
+    /// The finalizer.
+    pub finalizer: Finalizer,
+    /// One delivery function per destination.
+    pub deliveries: HashMap<DestinationId, Arc<Delivery>>,
+    /// EMF metric lines the finalizer emitted.
+    pub metrics: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// Options.
+    pub options: LocalOptions,
+    crashes_left: Arc<AtomicUsize>,
+}
+
+impl LocalRuntime {
+    /// Provisions the stack and builds the functions' dependencies.
+    pub async fn new(
+        sdk: SdkConfig,
+        config: Config,
+        stack: &str,
+        options: LocalOptions,
+    ) -> anyhow::Result<Self> {
+        let resources = provision(&sdk, &config, stack, &options).await?;
+        let config = Arc::new(config);
+        let metrics = Arc::new(Mutex::new(Vec::new()));
+        let reporter = Reporter::new(
+            Some((
+                aws_sdk_eventbridge::Client::new(&sdk),
+                resources.event_bus.clone(),
+            )),
+            resources
+                .alert_topic_arn
+                .clone()
+                .map(|arn| (aws_sdk_sns::Client::new(&sdk), arn)),
+            MetricsSink::Memory(metrics.clone()),
+        );
+        let secrets = SecretResolver::new(aws_sdk_secretsmanager::Client::new(&sdk));
+        let mut deliveries = HashMap::new();
+        let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        for destination_config in &config.destinations {
+            let delivery = Delivery {
+                config: config.clone(),
+                destination: destination::build(destination_config, &secrets).await?,
+                queue: WorkQueue::resolve(
+                    sqs.clone(),
+                    &resources.delivery_queue(&destination_config.id),
+                )
+                .await?,
+                runs: RunStore::new(dynamo.clone(), &resources.runs_table),
+                destination_config: destination_config.clone(),
+            };
+            deliveries.insert(destination_config.id.clone(), Arc::new(delivery));
+        }
+        Ok(Self {
+            sync_start: SyncStart::new(&sdk, config.clone(), resources.clone(), reporter.clone()),
+            finalizer: Finalizer::new(&sdk, config.clone(), resources.clone(), reporter),
+            crashes_left: Arc::new(AtomicUsize::new(options.crash_invocations)),
+            sdk,
+            config,
+            resources,
+            deliveries,
+            metrics,
+            options,
+        })
+    }
+
+    /// The runs table.
+    pub fn runs(&self) -> RunStore {
+        RunStore::new(
+            aws_sdk_dynamodb::Client::new(&self.sdk),
+            &self.resources.runs_table,
+        )
+    }
+
+    /// The failed-row index.
+    pub fn index(&self) -> FailedRowIndex {
+        FailedRowIndex::new(
+            aws_sdk_dynamodb::Client::new(&self.sdk),
+            &self.resources.failed_rows_table,
+        )
+    }
+
+    /// Fires sync-start as the EventBridge schedule would.
+    pub async fn start(&self, sync: &SyncId) -> anyhow::Result<SyncStartOutcome> {
+        let mut event: EventBridgeEvent<SyncStartDetail> = EventBridgeEvent::default();
+        event.id = Some(uuid::Uuid::new_v4().to_string());
+        event.detail_type = "Scheduled Event".into();
+        event.source = "aws.events".into();
+        event.time = Some(chrono::Utc::now());
+        event.detail = SyncStartDetail {
+            sync_id: sync.to_string(),
+        };
+        let outcome = resync_sync_start::handler(&self.sync_start, lambda_event(event)).await?;
+        Ok(outcome)
+    }
+
+    /// Runs the finalizer for one sync.
+    pub async fn finalize(&self, sync: &SyncId) -> anyhow::Result<SyncReport> {
+        let mut event: EventBridgeEvent<FinalizerDetail> = EventBridgeEvent::default();
+        event.id = Some(uuid::Uuid::new_v4().to_string());
+        event.detail_type = "Scheduled Event".into();
+        event.source = "aws.events".into();
+        event.detail = FinalizerDetail {
+            sync_id: Some(sync.to_string()),
+        };
+        let mut output = resync_finalizer::handler(&self.finalizer, lambda_event(event)).await?;
+        output
+            .syncs
+            .pop()
+            .context("the finalizer reported nothing for the sync")
+    }
+
+    /// Starts a run and drives it to its close.
+    pub async fn run_sync(
+        &self,
+        sync: &SyncId,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> anyhow::Result<LocalRun> {
+        let started = self.start(sync).await?;
+        let run_id = match &started {
+            SyncStartOutcome::Started { run_id, .. } => run_id.clone(),
+            SyncStartOutcome::AlreadyPlanned { run_id, .. } => run_id.clone(),
+            SyncStartOutcome::Skipped { open_run, .. } => {
+                bail!("run {open_run} of sync {sync} is still open; not overlapping it")
+            }
+        };
+        let (record, invocations) = self.drive(sync, &run_id, progress).await?;
+        Ok(LocalRun {
+            started,
+            record,
+            invocations,
+        })
+    }
+
+    /// Polls the sync's delivery queue and runs the finalizer until the run closes.
+    pub async fn drive(
+        &self,
+        sync: &SyncId,
+        run_id: &RunId,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> anyhow::Result<(RunRecord, usize)> {
+        let sync_config = self
+            .config
+            .sync(sync)
+            .with_context(|| format!("no sync '{sync}' in the configuration"))?;
+        let delivery = self.deliveries[&sync_config.destination].clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let invocations = Arc::new(AtomicUsize::new(0));
+        let mut pollers = Vec::new();
+        for _ in 0..delivery.destination_config.concurrency {
+            pollers.push(tokio::spawn(poll(
+                delivery.clone(),
+                stop.clone(),
+                invocations.clone(),
+                self.crashes_left.clone(),
+                self.options.batching_window,
+            )));
+        }
+        let result = async {
+            loop {
+                match self.finalize(sync).await? {
+                    SyncReport::Closed { run_id: closed, .. } if &closed == run_id => break,
+                    SyncReport::InFlight {
+                        settled, enqueued, ..
+                    } => progress(Progress { settled, enqueued }),
+                    SyncReport::Idle { .. } => break,
+                    SyncReport::Abandoned { .. } => bail!("run {run_id} was abandoned"),
+                    SyncReport::Closed { .. } => {}
+                }
+                for poller in &pollers {
+                    if poller.is_finished() {
+                        bail!("a delivery poller stopped unexpectedly");
+                    }
+                }
+                tokio::time::sleep(self.options.finalize_every).await;
+            }
+            self.runs()
+                .run(sync, run_id)
+                .await?
+                .context("the closed run has no record")
+        }
+        .await;
+        stop.store(true, Ordering::SeqCst);
+        for poller in pollers {
+            poller.await.context("a delivery poller panicked")??;
+        }
+        let record = result?;
+        progress(Progress {
+            settled: record.enqueued,
+            enqueued: record.enqueued,
+        });
+        Ok((record, invocations.load(Ordering::SeqCst)))
+    }
+}
+
+fn lambda_event<T>(payload: T) -> LambdaEvent<T> {
+    let mut context = Context::default();
+    context.request_id = uuid::Uuid::new_v4().to_string();
+    context.invoked_function_arn =
+        "arn:aws:lambda:us-east-1:000000000000:function:resync-local".into();
+    LambdaEvent::new(payload, context)
+}
+
+/// One poller of an event source mapping: gathers a batch (up to the mapping's batch
+/// size, within the batching window), invokes delivery with a real `SqsEvent`, and
+/// deletes exactly what the partial batch response did not list. An empty or unknown
+/// `itemIdentifier`, or a function error, fails the whole batch: nothing is deleted and
+/// the messages return when their visibility timeout ends.
+async fn poll(
+    delivery: Arc<Delivery>,
+    stop: Arc<AtomicBool>,
+    invocations: Arc<AtomicUsize>,
+    crashes_left: Arc<AtomicUsize>,
+    window: Duration,
+) -> anyhow::Result<()> {
+    let settings = QueueSettings::for_destination(&delivery.destination_config);
+    let batch_size = settings.event_batch_size as usize;
+    let queue = &delivery.queue;
+    let queue_arn = format!(
+        "arn:aws:sqs:us-east-1:000000000000:{}",
+        queue.url().rsplit('/').next().unwrap_or_default()
+    );
+    while !stop.load(Ordering::SeqCst) {
+        let mut messages = Vec::new();
+        let mut window_ends: Option<Instant> = None;
+        while messages.len() < batch_size && !stop.load(Ordering::SeqCst) {
+            let wait = if messages.is_empty() {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
+            let received = queue.receive(10, wait).await?;
+            let got_some = !received.is_empty();
+            messages.extend(received);
+            if !messages.is_empty() && window_ends.is_none() {
+                window_ends = Some(Instant::now() + window);
+            }
+            match window_ends {
+                Some(end) if Instant::now() >= end => break,
+                Some(_) if !got_some => tokio::time::sleep(Duration::from_millis(20)).await,
+                _ => {}
+            }
+        }
+        if messages.is_empty() {
+            continue;
+        }
+        let mut event = SqsEvent::default();
+        let mut receipts: HashMap<String, String> = HashMap::new();
+        for message in messages {
+            let mut record = SqsMessage::default();
+            record.message_id = message.message_id.clone();
+            record.receipt_handle = message.receipt_handle.clone();
+            record.body = message.body.clone();
+            record.md5_of_body = message.md5_of_body.clone();
+            record.event_source = Some("aws:sqs".into());
+            record.event_source_arn = Some(queue_arn.clone());
+            record.aws_region = Some("us-east-1".into());
+            if let Some(attributes) = &message.attributes {
+                for (name, value) in attributes {
+                    let name = match name {
+                        MessageSystemAttributeName::ApproximateReceiveCount => {
+                            "ApproximateReceiveCount"
+                        }
+                        MessageSystemAttributeName::SentTimestamp => "SentTimestamp",
+                        _ => continue,
+                    };
+                    record.attributes.insert(name.into(), value.clone());
+                }
+            }
+            if let (Some(id), Some(receipt)) = (&message.message_id, &message.receipt_handle) {
+                receipts.insert(id.clone(), receipt.clone());
+            }
+            event.records.push(record);
+        }
+        invocations.fetch_add(1, Ordering::SeqCst);
+        let response = resync_delivery::handler(&delivery, lambda_event(event)).await;
+        let crashed = crashes_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if crashed {
+            tracing::warn!("simulated crash: the invocation's response is lost");
+            continue;
+        }
+        let response = match response {
+            Ok(response) => response,
+            Err(err) => {
+                tracing::error!(error = %err, "delivery invocation failed; the batch returns to the queue");
+                continue;
+            }
+        };
+        let failed: HashSet<&str> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        if failed
+            .iter()
+            .any(|id| id.is_empty() || !receipts.contains_key(*id))
+        {
+            tracing::error!("partial batch response names an empty or unknown itemIdentifier; the whole batch fails");
+            continue;
+        }
+        let to_delete: Vec<String> = receipts
+            .iter()
+            .filter(|(id, _)| !failed.contains(id.as_str()))
+            .map(|(_, receipt)| receipt.clone())
+            .collect();
+        queue.delete(&to_delete).await?;
+    }
+    Ok(())
+}
+
+/// Runs every sync on its `rate(...)` schedule until `stop` (the local stand-in for the
+/// EventBridge rules). `cron(...)` schedules are run once at start.
+pub async fn schedule(
+    runtime: &LocalRuntime,
+    stop: Arc<AtomicBool>,
+    on_run: &(dyn Fn(&SyncId, anyhow::Result<LocalRun>) + Sync),
+) {
+    let mut next: HashMap<SyncId, Instant> = runtime
+        .config
+        .syncs
+        .iter()
+        .map(|s| (s.id.clone(), Instant::now()))
+        .collect();
+    while !stop.load(Ordering::SeqCst) {
+        for sync in &runtime.config.syncs {
+            let due = next.get(&sync.id).is_some_and(|at| Instant::now() >= *at);
+            if !due {
+                continue;
+            }
+            let result = runtime.run_sync(&sync.id, &|_| {}).await;
+            on_run(&sync.id, result);
+            match resync_shared::config::rate_period(&sync.schedule) {
+                Some(period) => {
+                    next.insert(sync.id.clone(), Instant::now() + period);
+                }
+                None => {
+                    next.remove(&sync.id);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
