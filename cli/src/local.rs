@@ -46,9 +46,12 @@ pub struct LocalOptions {
     pub visibility_timeout_secs: u32,
     /// How often the finalizer runs while a run is open.
     pub finalize_every: Duration,
+    /// Simulated crashes: this many delivery invocations die before their handler
+    /// runs (their messages come back after the visibility timeout).
+    pub crash_before_handler: usize,
     /// Simulated crashes: this many delivery invocations do their work but their
     /// response is lost, as when Lambda times out after the handler wrote its ledger.
-    pub crash_invocations: usize,
+    pub crash_after_handler: usize,
     /// Batching window of the poller.
     pub batching_window: Duration,
 }
@@ -58,7 +61,8 @@ impl Default for LocalOptions {
         Self {
             visibility_timeout_secs: 30,
             finalize_every: Duration::from_millis(250),
-            crash_invocations: 0,
+            crash_before_handler: 0,
+            crash_after_handler: 0,
             batching_window: Duration::from_millis(200),
         }
     }
@@ -247,7 +251,22 @@ pub struct LocalRuntime {
     pub metrics: Arc<Mutex<Vec<serde_json::Value>>>,
     /// Options.
     pub options: LocalOptions,
-    crashes_left: Arc<AtomicUsize>,
+    crashes: Arc<Crashes>,
+}
+
+/// Simulated crashes still to happen.
+#[derive(Debug, Default)]
+struct Crashes {
+    before_handler: AtomicUsize,
+    after_handler: AtomicUsize,
+}
+
+impl Crashes {
+    fn take(counter: &AtomicUsize) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
 }
 
 impl LocalRuntime {
@@ -293,7 +312,10 @@ impl LocalRuntime {
         Ok(Self {
             sync_start: SyncStart::new(&sdk, config.clone(), resources.clone(), reporter.clone()),
             finalizer: Finalizer::new(&sdk, config.clone(), resources.clone(), reporter),
-            crashes_left: Arc::new(AtomicUsize::new(options.crash_invocations)),
+            crashes: Arc::new(Crashes {
+                before_handler: AtomicUsize::new(options.crash_before_handler),
+                after_handler: AtomicUsize::new(options.crash_after_handler),
+            }),
             sdk,
             config,
             resources,
@@ -391,7 +413,7 @@ impl LocalRuntime {
                 delivery.clone(),
                 stop.clone(),
                 invocations.clone(),
-                self.crashes_left.clone(),
+                self.crashes.clone(),
                 self.options.batching_window,
             )));
         }
@@ -449,7 +471,7 @@ async fn poll(
     delivery: Arc<Delivery>,
     stop: Arc<AtomicBool>,
     invocations: Arc<AtomicUsize>,
-    crashes_left: Arc<AtomicUsize>,
+    crashes: Arc<Crashes>,
     window: Duration,
 ) -> anyhow::Result<()> {
     let settings = QueueSettings::for_destination(&delivery.destination_config);
@@ -483,40 +505,18 @@ async fn poll(
         if messages.is_empty() {
             continue;
         }
-        let mut event = SqsEvent::default();
-        let mut receipts: HashMap<String, String> = HashMap::new();
-        for message in messages {
-            let mut record = SqsMessage::default();
-            record.message_id = message.message_id.clone();
-            record.receipt_handle = message.receipt_handle.clone();
-            record.body = message.body.clone();
-            record.md5_of_body = message.md5_of_body.clone();
-            record.event_source = Some("aws:sqs".into());
-            record.event_source_arn = Some(queue_arn.clone());
-            record.aws_region = Some("us-east-1".into());
-            if let Some(attributes) = &message.attributes {
-                for (name, value) in attributes {
-                    let name = match name {
-                        MessageSystemAttributeName::ApproximateReceiveCount => {
-                            "ApproximateReceiveCount"
-                        }
-                        MessageSystemAttributeName::SentTimestamp => "SentTimestamp",
-                        _ => continue,
-                    };
-                    record.attributes.insert(name.into(), value.clone());
-                }
-            }
-            if let (Some(id), Some(receipt)) = (&message.message_id, &message.receipt_handle) {
-                receipts.insert(id.clone(), receipt.clone());
-            }
-            event.records.push(record);
-        }
+        let receipts: HashMap<String, String> = messages
+            .iter()
+            .filter_map(|m| Some((m.message_id.clone()?, m.receipt_handle.clone()?)))
+            .collect();
+        let event = sqs_event(&messages, &queue_arn);
         invocations.fetch_add(1, Ordering::SeqCst);
+        if Crashes::take(&crashes.before_handler) {
+            tracing::warn!("simulated crash before the handler ran");
+            continue;
+        }
         let response = resync_delivery::handler(&delivery, lambda_event(event)).await;
-        let crashed = crashes_left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if crashed {
+        if Crashes::take(&crashes.after_handler) {
             tracing::warn!("simulated crash: the invocation's response is lost");
             continue;
         }
@@ -547,6 +547,40 @@ async fn poll(
         queue.delete(&to_delete).await?;
     }
     Ok(())
+}
+
+/// The `SqsEvent` Lambda would build for received messages.
+pub fn sqs_event(messages: &[aws_sdk_sqs::types::Message], queue_arn: &str) -> SqsEvent {
+    let mut event = SqsEvent::default();
+    for message in messages {
+        let mut record = SqsMessage::default();
+        record.message_id = message.message_id.clone();
+        record.receipt_handle = message.receipt_handle.clone();
+        record.body = message.body.clone();
+        record.md5_of_body = message.md5_of_body.clone();
+        record.event_source = Some("aws:sqs".into());
+        record.event_source_arn = Some(queue_arn.to_owned());
+        record.aws_region = Some("us-east-1".into());
+        if let Some(attributes) = &message.attributes {
+            for (name, value) in attributes {
+                let name = match name {
+                    MessageSystemAttributeName::ApproximateReceiveCount => {
+                        "ApproximateReceiveCount"
+                    }
+                    MessageSystemAttributeName::SentTimestamp => "SentTimestamp",
+                    _ => continue,
+                };
+                record.attributes.insert(name.into(), value.clone());
+            }
+        }
+        event.records.push(record);
+    }
+    event
+}
+
+/// Invokes a handler with an event as Lambda would (fresh request id).
+pub fn lambda_invocation<T>(payload: T) -> LambdaEvent<T> {
+    lambda_event(payload)
 }
 
 /// Runs every sync on its `rate(...)` schedule until `stop` (the local stand-in for the

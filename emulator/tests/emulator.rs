@@ -711,6 +711,22 @@ async fn s3_large_objects_stream_and_listing_pages() -> Result<()> {
         data.len()
     );
 
+    // A ranged read of the stored file.
+    let part = s3
+        .get_object()
+        .bucket(bucket)
+        .key("big/object.bin")
+        .range("bytes=1000000-1000099")
+        .send()
+        .await
+        .map_err(explain)?;
+    assert_eq!(
+        part.content_range(),
+        Some(format!("bytes 1000000-1000099/{}", data.len()).as_str())
+    );
+    let bytes = part.body.collect().await?.into_bytes();
+    assert_eq!(bytes.as_ref(), &data[1_000_000..1_000_100]);
+
     // Small objects too (kept in memory by rustack), collected.
     s3.put_object()
         .bucket(bucket)

@@ -18,7 +18,11 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use futures::StreamExt;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use resync_shared::{
-    aws::{queue::WorkQueue, runs::RunStore, AwsError},
+    aws::{
+        queue::WorkQueue,
+        runs::{RunStatus, RunStore},
+        AwsError,
+    },
     config::{Config, DestinationConfig},
     destination::{Destination, OutboundRow},
     ledger::{BatchLedger, FailedRow},
@@ -114,6 +118,17 @@ pub async fn handler(
     };
     let mut visibility: Vec<(String, Duration)> = Vec::new();
     for ((sync_id, run_id), rows) in by_run {
+        // A copy that comes back after its run closed (a duplicate, or a crashed
+        // invocation's message) is already settled: drop it rather than send it again.
+        let open = deps
+            .runs
+            .run(&sync_id, &run_id)
+            .await?
+            .is_none_or(|record| record.status != RunStatus::Closed);
+        if !open {
+            tracing::info!(sync = %sync_id, run = %run_id, rows = rows.len(), "late copies of a closed run's rows dropped");
+            continue;
+        }
         let (ledger, retry) = deliver_run(deps, &rows).await;
         if !ledger.is_empty() {
             deps.runs
