@@ -36,6 +36,7 @@ struct ServerState {
     behaviours: HashMap<String, RowBehaviour>,
     attempts_this_run: HashMap<String, u32>,
     rows_received: Vec<u64>,
+    keys_received: Vec<HashSet<String>>,
     requests: Vec<u64>,
     largest_request: usize,
     delivered: HashMap<String, Vec<usize>>,
@@ -49,6 +50,8 @@ struct ServerState {
 pub struct DestinationStats {
     /// Rows received in each run (duplicates included).
     pub rows_received: Vec<u64>,
+    /// Distinct keys received in each run.
+    pub keys_received: Vec<HashSet<String>>,
     /// Requests received in each run.
     pub requests: Vec<u64>,
     /// The largest request, in rows.
@@ -89,6 +92,7 @@ impl DestinationServer {
         let state = Arc::new(Mutex::new(ServerState {
             secret,
             rows_received: vec![0],
+            keys_received: vec![HashSet::new()],
             requests: vec![0],
             ..ServerState::default()
         }));
@@ -123,6 +127,7 @@ impl DestinationServer {
         let mut state = self.state.lock().expect("state");
         state.run += 1;
         state.rows_received.push(0);
+        state.keys_received.push(HashSet::new());
         state.requests.push(0);
         state.attempts_this_run.clear();
         state.behaviours.retain(|_, b| {
@@ -140,6 +145,7 @@ impl DestinationServer {
         let state = self.state.lock().expect("state");
         DestinationStats {
             rows_received: state.rows_received.clone(),
+            keys_received: state.keys_received.clone(),
             requests: state.requests.clone(),
             largest_request: state.largest_request,
             delivered_keys: state.delivered.keys().cloned().collect(),
@@ -201,6 +207,11 @@ async fn receive(
     let mut results = Vec::with_capacity(request.rows.len());
     for row in request.rows {
         state.idempotency_keys_seen.insert(row.idempotency_key);
+        state
+            .keys_received
+            .last_mut()
+            .expect("a run")
+            .insert(row.key.clone());
         if state
             .delivered
             .get(&row.key)

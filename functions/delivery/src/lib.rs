@@ -12,7 +12,11 @@
 //! Row-level errors never fail the batch; only a failure to record outcomes does, and
 //! then every message comes back and is tried again.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use futures::StreamExt;
@@ -28,7 +32,7 @@ use resync_shared::{
     ledger::{BatchLedger, FailedRow},
     message::RowMessage,
     outcome::{decide, Decision, RowError, RowResult},
-    RunId, SyncId,
+    PrimaryKey, RunId, SyncId,
 };
 
 /// Destination requests in flight at once within one invocation.
@@ -165,7 +169,7 @@ pub async fn handler(
 async fn send_chunk(
     destination: &dyn Destination,
     offset: usize,
-    chunk: &[Received],
+    chunk: &[&Received],
 ) -> (usize, Vec<RowResult>) {
     let outbound: Vec<OutboundRow<'_>> = chunk
         .iter()
@@ -195,8 +199,20 @@ async fn send_chunk(
 
 /// Sends one run's rows and returns its ledger item and the rows to retry (index, delay).
 async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Vec<(usize, Duration)>) {
+    // Copies of one key (at-least-once delivery) are sent once and share the answer:
+    // a destination request never upserts the same record twice.
+    let mut first_copy: HashMap<&PrimaryKey, usize> = HashMap::new();
+    let mut unique: Vec<&Received> = Vec::with_capacity(rows.len());
+    let mut answer_of: Vec<usize> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let slot = *first_copy.entry(&row.message.key).or_insert_with(|| {
+            unique.push(row);
+            unique.len() - 1
+        });
+        answer_of.push(slot);
+    }
     let batch_size = deps.destination.batch_size().max(1);
-    let chunks: Vec<(usize, &[Received])> = rows
+    let chunks: Vec<(usize, &[&Received])> = unique
         .chunks(batch_size)
         .enumerate()
         .map(|(i, chunk)| (i * batch_size, chunk))
@@ -214,32 +230,37 @@ async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Vec<(u
     let mut rng = rand::thread_rng();
     let mut ledger = BatchLedger::default();
     let mut retry = Vec::new();
+    let mut unique_results: Vec<Option<RowResult>> = vec![None; unique.len()];
     for (offset, results) in answers {
         for (i, result) in results.into_iter().enumerate() {
-            let index = offset + i;
-            let row = &rows[index];
-            match decide(result, row.attempt, policy, &mut rng) {
-                Decision::Delivered if row.message.carried_over => {
-                    ledger.recovered.push(row.message.key.clone())
-                }
-                Decision::Delivered => ledger.delivered.push(row.message.key.clone()),
-                Decision::RetryLater { visibility, error } => {
-                    tracing::debug!(key = %row.message.key, code = %error.code, attempt = row.attempt, "retrying later");
-                    ledger.retrying.push(row.message.key.clone());
-                    retry.push((index, visibility));
-                }
-                Decision::TerminalFailure(error) => {
-                    tracing::warn!(key = %row.message.key, class = error.class.as_str(), code = %error.code, attempt = row.attempt, "row failed");
-                    ledger.failed.push(FailedRow {
-                        key: row.message.key.clone(),
-                        error,
-                        attempts: row.attempt,
-                        prior_attempts: row.message.prior_attempts,
-                        carried_over: row.message.carried_over,
-                        first_failed_at: row.message.first_failed_at.clone(),
-                        payload: row.message.row.clone(),
-                    });
-                }
+            unique_results[offset + i] = Some(result);
+        }
+    }
+    for (index, row) in rows.iter().enumerate() {
+        let result = unique_results[answer_of[index]]
+            .clone()
+            .expect("every unique row was sent");
+        match decide(result, row.attempt, policy, &mut rng) {
+            Decision::Delivered if row.message.carried_over => {
+                ledger.recovered.push(row.message.key.clone())
+            }
+            Decision::Delivered => ledger.delivered.push(row.message.key.clone()),
+            Decision::RetryLater { visibility, error } => {
+                tracing::debug!(key = %row.message.key, code = %error.code, attempt = row.attempt, "retrying later");
+                ledger.retrying.push(row.message.key.clone());
+                retry.push((index, visibility));
+            }
+            Decision::TerminalFailure(error) => {
+                tracing::warn!(key = %row.message.key, class = error.class.as_str(), code = %error.code, attempt = row.attempt, "row failed");
+                ledger.failed.push(FailedRow {
+                    key: row.message.key.clone(),
+                    error,
+                    attempts: row.attempt,
+                    prior_attempts: row.message.prior_attempts,
+                    carried_over: row.message.carried_over,
+                    first_failed_at: row.message.first_failed_at.clone(),
+                    payload: row.message.row.clone(),
+                });
             }
         }
     }

@@ -527,8 +527,11 @@ impl RunStore {
             .condition_expression("open_run = :run")
             .expression_attribute_values(":run", s(record.run_id.as_str()));
         let state_expression = if let Some(cursor) = &record.cursor_after {
-            state_update = state_update.expression_attribute_values(":cursor", s(cursor));
-            "SET cursor = :cursor, last_run = :run REMOVE open_run, open_since"
+            // CURSOR is a DynamoDB reserved word.
+            state_update = state_update
+                .expression_attribute_values(":cursor", s(cursor))
+                .expression_attribute_names("#cursor", "cursor");
+            "SET #cursor = :cursor, last_run = :run REMOVE open_run, open_since"
         } else {
             "SET last_run = :run REMOVE open_run, open_since"
         };

@@ -17,7 +17,10 @@
 //! limit), honouring `Retry-After` (seconds); other 4xx permanent; timeouts and
 //! connection errors retryable.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
 
 use futures::future::BoxFuture;
 use hmac::{Hmac, Mac};
@@ -184,26 +187,36 @@ impl Webhook {
 }
 
 fn per_row(rows: &[OutboundRow<'_>], results: Vec<RowStatus>) -> Vec<RowResult> {
-    let mut by_key: HashMap<String, RowStatus> =
-        results.into_iter().map(|r| (r.key.clone(), r)).collect();
+    let mut by_key: HashMap<String, VecDeque<RowStatus>> = HashMap::new();
+    for result in results {
+        by_key
+            .entry(result.key.clone())
+            .or_default()
+            .push_back(result);
+    }
     rows.iter()
-        .map(|row| match by_key.remove(row.key.as_str()) {
-            None => Err(RowError::retryable(
-                "MISSING_RESULT",
-                "the webhook's answer has no result for this row",
-            )),
-            Some(result) => {
-                let code = result.code.unwrap_or_default();
-                let message = result.message.unwrap_or_default();
-                match result.status.as_str() {
-                    "delivered" | "ok" => Ok(()),
-                    "retry" => Err(RowError::retryable(code, message)
-                        .with_retry_after(result.retry_after_secs.map(Duration::from_secs))),
-                    "rejected" => Err(RowError::permanent(code, message)),
-                    other => Err(RowError::retryable(
-                        "UNKNOWN_STATUS",
-                        format!("unknown row status '{other}'"),
-                    )),
+        .map(|row| {
+            match by_key
+                .get_mut(row.key.as_str())
+                .and_then(VecDeque::pop_front)
+            {
+                None => Err(RowError::retryable(
+                    "MISSING_RESULT",
+                    "the webhook's answer has no result for this row",
+                )),
+                Some(result) => {
+                    let code = result.code.unwrap_or_default();
+                    let message = result.message.unwrap_or_default();
+                    match result.status.as_str() {
+                        "delivered" | "ok" => Ok(()),
+                        "retry" => Err(RowError::retryable(code, message)
+                            .with_retry_after(result.retry_after_secs.map(Duration::from_secs))),
+                        "rejected" => Err(RowError::permanent(code, message)),
+                        other => Err(RowError::retryable(
+                            "UNKNOWN_STATUS",
+                            format!("unknown row status '{other}'"),
+                        )),
+                    }
                 }
             }
         })

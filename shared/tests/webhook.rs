@@ -1,0 +1,234 @@
+//! The webhook destination against a real local HTTP server that answers what a test
+//! scripts: per-row bodies, bare statuses, bad bodies, slow answers.
+
+use std::time::Duration;
+
+use resync_shared::{
+    destination::{webhook::Webhook, Destination, OutboundRow},
+    outcome::ErrorClass,
+    PrimaryKey,
+};
+use serde_json::{json, Map, Value};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+/// Serves one canned HTTP response per connection; returns the URL and the requests seen.
+async fn serve(
+    status: &'static str,
+    headers: &'static str,
+    body: String,
+    delay: Duration,
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/rows", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let body = body.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 8192];
+                // Read headers and the announced body.
+                loop {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&request).to_string());
+                tokio::time::sleep(delay).await;
+                let response = format!(
+                    "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (url, rx)
+}
+
+fn rows() -> (Vec<PrimaryKey>, Map<String, Value>) {
+    let keys = vec![
+        PrimaryKey::parse("a").unwrap(),
+        PrimaryKey::parse("b").unwrap(),
+    ];
+    let fields = json!({"email": "x@example.com"})
+        .as_object()
+        .unwrap()
+        .clone();
+    (keys, fields)
+}
+
+async fn send(
+    url: &str,
+    secret: Option<&str>,
+    timeout: Duration,
+) -> Vec<Result<(), resync_shared::outcome::RowError>> {
+    let webhook = Webhook::new(url, secret.map(str::to_owned), 100, timeout).unwrap();
+    let (keys, fields) = rows();
+    let outbound: Vec<OutboundRow<'_>> = keys
+        .iter()
+        .map(|k| OutboundRow {
+            key: k,
+            idempotency_key: format!("run-1:{k}"),
+            fields: &fields,
+        })
+        .collect();
+    webhook.send(&outbound).await
+}
+
+#[tokio::test]
+async fn per_row_results_decide_each_row() {
+    let body = json!({"results": [
+        {"key": "b", "status": "rejected", "code": "INVALID_EMAIL", "message": "bad email"},
+        {"key": "a", "status": "delivered"}
+    ]})
+    .to_string();
+    let (url, mut requests) = serve("200 OK", "", body, Duration::ZERO).await;
+    let results = send(&url, Some("s3cret"), Duration::from_secs(5)).await;
+    assert_eq!(results[0], Ok(()));
+    let error = results[1].clone().unwrap_err();
+    assert_eq!(
+        (error.class, error.code.as_str()),
+        (ErrorClass::Permanent, "INVALID_EMAIL")
+    );
+
+    let request = requests.recv().await.unwrap().to_ascii_lowercase();
+    assert!(request.contains("x-resync-signature: v1="), "{request}");
+    assert!(request.contains("idempotency-key: "), "{request}");
+    assert!(
+        request.contains("\"idempotency_key\":\"run-1:a\""),
+        "{request}"
+    );
+}
+
+#[tokio::test]
+async fn a_row_missing_from_the_results_is_retried() {
+    let body = json!({"results": [{"key": "a", "status": "delivered"}]}).to_string();
+    let (url, _) = serve("200 OK", "", body, Duration::ZERO).await;
+    let results = send(&url, None, Duration::from_secs(5)).await;
+    assert_eq!(results[0], Ok(()));
+    assert_eq!(results[1].clone().unwrap_err().code, "MISSING_RESULT");
+}
+
+#[tokio::test]
+async fn without_a_results_body_the_status_decides() {
+    let cases = [
+        ("204 No Content", "", None),
+        (
+            "503 Service Unavailable",
+            "Retry-After: 7\r\n",
+            Some((ErrorClass::Retryable, "HTTP_503")),
+        ),
+        (
+            "429 Too Many Requests",
+            "Retry-After: 3\r\n",
+            Some((ErrorClass::RateLimited, "HTTP_429")),
+        ),
+        (
+            "408 Request Timeout",
+            "",
+            Some((ErrorClass::Retryable, "HTTP_408")),
+        ),
+        (
+            "400 Bad Request",
+            "",
+            Some((ErrorClass::Permanent, "HTTP_400")),
+        ),
+        (
+            "401 Unauthorized",
+            "",
+            Some((ErrorClass::Permanent, "HTTP_401")),
+        ),
+    ];
+    for (status, headers, expected) in cases {
+        let (url, _) = serve(status, headers, String::new(), Duration::ZERO).await;
+        let results = send(&url, None, Duration::from_secs(5)).await;
+        assert_eq!(results.len(), 2);
+        for result in results {
+            match expected {
+                None => assert_eq!(result, Ok(()), "{status}"),
+                Some((class, code)) => {
+                    let error = result.unwrap_err();
+                    assert_eq!(
+                        (error.class, error.code.as_str()),
+                        (class, code),
+                        "{status}"
+                    );
+                    if headers.contains("Retry-After") {
+                        assert!(
+                            error.retry_after.is_some(),
+                            "{status}: Retry-After honoured"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn html_error_pages_and_truncated_json_never_lose_rows() {
+    let (url, _) = serve(
+        "502 Bad Gateway",
+        "Content-Type: text/html\r\n",
+        "<html>oops</html>".into(),
+        Duration::ZERO,
+    )
+    .await;
+    let results = send(&url, None, Duration::from_secs(5)).await;
+    assert!(results
+        .iter()
+        .all(|r| r.as_ref().unwrap_err().class == ErrorClass::Retryable));
+
+    // A 200 whose body is cut off is not a per-row answer: the status decides.
+    let (url, _) = serve(
+        "200 OK",
+        "",
+        "{\"results\": [{\"key\": \"a\", \"sta".into(),
+        Duration::ZERO,
+    )
+    .await;
+    let results = send(&url, None, Duration::from_secs(5)).await;
+    assert!(results.iter().all(|r| r.is_ok()));
+}
+
+#[tokio::test]
+async fn timeouts_and_refused_connections_are_retryable() {
+    let (url, _) = serve("200 OK", "", String::new(), Duration::from_secs(5)).await;
+    let results = send(&url, None, Duration::from_millis(200)).await;
+    assert!(results
+        .iter()
+        .all(|r| r.as_ref().unwrap_err().code == "TIMEOUT"));
+
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/rows", closed.local_addr().unwrap());
+    drop(closed);
+    let results = send(&url, None, Duration::from_secs(2)).await;
+    assert!(results.iter().all(|r| {
+        let e = r.as_ref().unwrap_err();
+        e.class == ErrorClass::Retryable && e.code == "CONNECTION"
+    }));
+}
