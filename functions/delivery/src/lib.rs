@@ -266,3 +266,37 @@ async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Vec<(u
     }
     (ledger, retry)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BATCH: &str = include_str!("../../../tests/fixtures/sqs-delivery-batch.json");
+
+    #[test]
+    fn the_sqs_event_fixture_carries_rows_and_receive_counts() {
+        let event: SqsEvent = serde_json::from_str(BATCH).unwrap();
+        assert_eq!(event.records.len(), 2);
+        let first = &event.records[0];
+        assert_eq!(first.attributes["ApproximateReceiveCount"], "3");
+        let message = RowMessage::from_body(first.body.as_deref().unwrap()).unwrap();
+        assert_eq!(message.key.as_str(), "cust-000001");
+        assert!(!message.carried_over);
+        let second = RowMessage::from_body(event.records[1].body.as_deref().unwrap()).unwrap();
+        assert!(second.carried_over);
+        assert_eq!(second.prior_attempts, 5);
+    }
+
+    #[test]
+    fn partial_batch_responses_use_lambdas_field_names() {
+        let mut response = SqsBatchResponse::default();
+        let mut failure = BatchItemFailure::default();
+        failure.item_identifier = "059f36b4-87a3-44ab-83d2-661975830a7d".into();
+        response.batch_item_failures.push(failure);
+        let json = serde_json::to_value(&response).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"batchItemFailures": [{"itemIdentifier": "059f36b4-87a3-44ab-83d2-661975830a7d"}]})
+        );
+    }
+}

@@ -504,3 +504,33 @@ impl<'a> Sender<'a> {
         Ok((self.enqueued, self.carried_over))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEDULED: &str =
+        include_str!("../../../tests/fixtures/eventbridge-scheduled-sync-start.json");
+
+    #[test]
+    fn the_scheduled_event_fixture_names_the_sync_and_round_trips() {
+        let event: EventBridgeEvent<SyncStartDetail> = serde_json::from_str(SCHEDULED).unwrap();
+        assert_eq!(event.detail.sync_id, "customers");
+        assert_eq!(event.detail_type, "Scheduled Event");
+        let again: EventBridgeEvent<SyncStartDetail> =
+            serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
+        assert_eq!(again.id, event.id);
+        assert_eq!(again.time, event.time);
+    }
+
+    #[test]
+    fn outcomes_serialise_with_a_status_tag() {
+        let outcome = SyncStartOutcome::Skipped {
+            sync_id: SyncId::parse("customers").unwrap(),
+            open_run: RunId::parse("r1").unwrap(),
+        };
+        let json = serde_json::to_value(&outcome).unwrap();
+        assert_eq!(json["status"], "skipped");
+        assert_eq!(json["open_run"], "r1");
+    }
+}
