@@ -1,13 +1,16 @@
 //! An in-process AWS emulator for local runs and tests.
 //!
-//! [`Emulator::start`] serves SQS, DynamoDB, S3, SNS and EventBridge over HTTP/1.1 on
-//! one loopback port, built from the `rustack-*` crates. Point any AWS SDK client at
-//! [`Emulator::endpoint_url`] (S3 clients with `force_path_style(true)`); signatures
-//! are not validated, so any static credentials work. Requests are routed by:
+//! [`Emulator::start`] serves SQS, DynamoDB, S3, SNS, EventBridge and Secrets Manager
+//! over HTTP/1.1 on one loopback port, built from the `rustack-*` crates. Point any
+//! AWS SDK client at [`Emulator::endpoint_url`] (S3 clients with
+//! `force_path_style(true)`); signatures are not validated, so any static credentials
+//! work. Requests are routed by:
 //!
 //! - `X-Amz-Target: AmazonSQS.*` → SQS (queue URLs point back at this emulator),
 //! - `X-Amz-Target: DynamoDB_20120810.*` → DynamoDB,
 //! - `X-Amz-Target: AWSEvents.*` → EventBridge,
+//! - `X-Amz-Target: secretsmanager.*` → Secrets Manager (secrets are found by name or
+//!   by the ARN `CreateSecret` returned, which ends in a random six-character suffix),
 //! - a form-encoded `POST` whose `Action=` is an SNS operation → SNS,
 //! - anything else → S3 (path-style).
 //!

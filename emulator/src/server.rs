@@ -17,6 +17,11 @@ use rustack_events_core::{
 use rustack_events_http::service::{EventsHttpConfig, EventsHttpService};
 use rustack_s3_core::{RustackS3, S3Config};
 use rustack_s3_http::{S3HttpConfig, S3HttpService, S3Router};
+use rustack_secretsmanager_core::{
+    config::SecretsManagerConfig, handler::RustackSecretsManagerHandler,
+    provider::RustackSecretsManager,
+};
+use rustack_secretsmanager_http::{SecretsManagerHttpConfig, SecretsManagerHttpService};
 use rustack_sns_core::{config::SnsConfig, provider::RustackSns};
 use rustack_sqs_core::{config::SqsConfig, handler::RustackSqsHandler, provider::RustackSqs};
 use rustack_sqs_http::service::{SqsHttpConfig, SqsHttpService};
@@ -57,6 +62,7 @@ pub(crate) struct Services {
     sqs: SqsHttpService<RustackSqsHandler>,
     dynamodb: DynamoDBHttpService<RustackDynamoDBHandler>,
     events: EventsHttpService<RustackEventsHandler>,
+    secrets: SecretsManagerHttpService<RustackSecretsManagerHandler>,
     sns: Sns,
     s3: S3HttpService<S3Backend>,
     s3_backend: Arc<S3Backend>,
@@ -100,6 +106,11 @@ impl Services {
             skip_signature_validation: true,
             default_region: REGION.to_owned(),
         }));
+        let secrets = Arc::new(RustackSecretsManager::new(SecretsManagerConfig {
+            skip_signature_validation: true,
+            default_region: REGION.to_owned(),
+            default_account_id: ACCOUNT_ID.to_owned(),
+        }));
         let s3_config = S3HttpConfig {
             // Path-style is what the SDK clients use (`force_path_style(true)`);
             // `BUCKET.localhost:PORT` virtual-hosted requests work too.
@@ -139,6 +150,14 @@ impl Services {
                     credential_provider: None,
                 },
             ),
+            secrets: SecretsManagerHttpService::new(
+                Arc::new(RustackSecretsManagerHandler::new(secrets)),
+                SecretsManagerHttpConfig {
+                    skip_signature_validation: true,
+                    region: REGION.to_owned(),
+                    credential_provider: None,
+                },
+            ),
             sns: Sns::new(Arc::clone(&sns), ACCOUNT_ID),
             s3_router: S3Router::new(&s3_config.domain, s3_config.virtual_hosting),
             s3: S3HttpService::from_shared(Arc::clone(&s3_backend), s3_config),
@@ -168,6 +187,8 @@ impl Services {
             call(&self.dynamodb, req).await
         } else if target.starts_with("AWSEvents.") {
             call(&self.events, req).await
+        } else if target.starts_with("secretsmanager.") {
+            call(&self.secrets, req).await
         } else if is_form_post(&req) {
             self.form_post(req).await
         } else {

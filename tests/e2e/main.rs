@@ -505,3 +505,202 @@ async fn a_closed_run_emits_metrics_without_row_values() {
         "no row values in metrics (I6)"
     );
 }
+
+/// A run with failures publishes its summary to the run-events bus and an alert to the
+/// SNS topic (seen here through an EventBridge rule and an SNS subscription to queues).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_summaries_and_alerts_reach_eventbridge_and_sns() {
+    let env = TestEnv::with(EnvSettings {
+        max_attempts: 1,
+        ..EnvSettings::default()
+    })
+    .await;
+    let sdk = &env.runtime.sdk;
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let sink = |name: String| {
+        let sqs = sqs.clone();
+        async move {
+            let url = sqs
+                .create_queue()
+                .queue_name(name)
+                .send()
+                .await
+                .unwrap()
+                .queue_url
+                .unwrap();
+            let arn = sqs
+                .get_queue_attributes()
+                .queue_url(&url)
+                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .unwrap()
+                .attributes
+                .unwrap()
+                .remove(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                .unwrap();
+            (url, arn)
+        }
+    };
+    let stack = &env.runtime.resources.stack;
+    let (events_url, events_arn) = sink(format!("{stack}-events-sink")).await;
+    let (alerts_url, alerts_arn) = sink(format!("{stack}-alerts-sink")).await;
+    let events = aws_sdk_eventbridge::Client::new(sdk);
+    let bus = &env.runtime.resources.event_bus;
+    events
+        .put_rule()
+        .name(format!("{stack}-all"))
+        .event_bus_name(bus)
+        .event_pattern(r#"{"source":["resync"]}"#)
+        .send()
+        .await
+        .unwrap();
+    events
+        .put_targets()
+        .rule(format!("{stack}-all"))
+        .event_bus_name(bus)
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("sink")
+                .arn(&events_arn)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    aws_sdk_sns::Client::new(sdk)
+        .subscribe()
+        .topic_arn(env.runtime.resources.alert_topic_arn.clone().unwrap())
+        .protocol("sqs")
+        .endpoint(&alerts_arn)
+        .attributes("RawMessageDelivery", "true")
+        .send()
+        .await
+        .unwrap();
+
+    env.export_rows("batch.jsonl.gz", 0..10).await;
+    env.destination.set(
+        key(4),
+        RowBehaviour::Locked {
+            until_attempt: None,
+        },
+    );
+    let run = env.run().await;
+
+    let received = |url: String, want: usize| {
+        let sqs = sqs.clone();
+        async move {
+            let mut bodies = Vec::new();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while bodies.len() < want && std::time::Instant::now() < deadline {
+                let out = sqs
+                    .receive_message()
+                    .queue_url(&url)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(1)
+                    .send()
+                    .await
+                    .unwrap();
+                bodies.extend(
+                    out.messages
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|m| m.body),
+                );
+            }
+            bodies
+        }
+    };
+    let event_bodies = received(events_url, 2).await;
+    let events: Vec<serde_json::Value> = event_bodies
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    let closed = events
+        .iter()
+        .find(|e| e["detail-type"] == "Run Closed")
+        .expect("a Run Closed event");
+    assert_eq!(closed["detail"]["run_id"], run.record.run_id.as_str());
+    assert_eq!(closed["detail"]["delivered"], 9);
+    assert_eq!(closed["detail"]["failed"], 1);
+    assert_eq!(closed["detail"]["failed_index_size"], 1);
+    assert_eq!(closed["detail"]["top_errors"][0][0], "UNABLE_TO_LOCK_ROW");
+    let alert = events
+        .iter()
+        .find(|e| e["detail-type"] == "Sync Alert")
+        .expect("a Sync Alert event");
+    assert_eq!(alert["detail"]["severity"], "warn");
+
+    let alert_bodies = received(alerts_url, 1).await;
+    assert_eq!(alert_bodies.len(), 1, "one SNS alert");
+    assert!(
+        alert_bodies[0].contains("\"severity\": \"warn\""),
+        "{}",
+        alert_bodies[0]
+    );
+    for body in event_bodies.iter().chain(&alert_bodies) {
+        assert!(
+            !body.contains("@example.com"),
+            "no row values in events or alerts (I6)"
+        );
+    }
+}
+
+/// A clean run pays ledger writes per batch, not per row: ≤ 0.05 write units per
+/// delivered row, counted from the ledger items it wrote (1 unit per started KB, plus
+/// the settled-counter update of each item).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_run_costs_at_most_a_twentieth_of_a_write_unit_per_row() {
+    let rows = scaled(3_000, 300);
+    let env = TestEnv::with(EnvSettings {
+        options: LocalOptions {
+            batching_window: std::time::Duration::from_secs(1),
+            ..LocalOptions::default()
+        },
+        ..EnvSettings::default()
+    })
+    .await;
+    env.export_rows("batch.jsonl.gz", 0..rows).await;
+    let run = env.run().await;
+    let counts = run.record.counts.unwrap();
+    assert_eq!(counts.delivered, rows as u64);
+    let (batches, _) = env.runtime.runs().ledger(&run.record.run_id).await.unwrap();
+    let write_units: usize = batches
+        .iter()
+        .map(|b| {
+            // Item size: the ledger JSON plus keys and attribute names (~100 bytes).
+            let bytes = serde_json::to_string(b).unwrap().len() + 100;
+            bytes.div_ceil(1024) + 1
+        })
+        .sum();
+    let per_row = write_units as f64 / counts.delivered as f64;
+    assert!(
+        per_row <= 0.05,
+        "{write_units} write units for {} rows = {per_row:.3} per row ({} ledger items)",
+        counts.delivered,
+        batches.len()
+    );
+}
+
+/// The local scheduler fires each sync on its schedule and runs it to a close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_scheduler_runs_a_due_sync() {
+    let env = TestEnv::start().await;
+    env.export_rows("batch.jsonl.gz", 0..25).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let runs = std::sync::Mutex::new(Vec::new());
+    let stopper = stop.clone();
+    resync::local::schedule(&env.runtime, stop, &|sync, result| {
+        runs.lock()
+            .unwrap()
+            .push((sync.clone(), result.map(|r| r.record.counts)));
+        stopper.store(true, std::sync::atomic::Ordering::SeqCst);
+    })
+    .await;
+    let runs = runs.into_inner().unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].0, env.sync);
+    let counts = runs[0].1.as_ref().unwrap().unwrap();
+    assert_eq!(counts.delivered, 25);
+}
