@@ -32,6 +32,8 @@ pub struct EnvSettings {
     pub max_attempts: u32,
     pub batch_size: usize,
     pub options: LocalOptions,
+    /// Keep the webhook's signing secret in Secrets Manager instead of the file.
+    pub secret_in_secrets_manager: bool,
 }
 
 impl Default for EnvSettings {
@@ -40,6 +42,7 @@ impl Default for EnvSettings {
             max_attempts: 4,
             batch_size: 100,
             options: LocalOptions::default(),
+            secret_in_secrets_manager: false,
         }
     }
 }
@@ -70,6 +73,19 @@ impl TestEnv {
         let destination = DestinationServer::start(Some("test-secret".into()))
             .await
             .expect("destination starts");
+        let stack = format!("t{}", &uuid_like()[..10]);
+        let secret = if settings.secret_in_secrets_manager {
+            let created = aws_sdk_secretsmanager::Client::new(&sdk)
+                .create_secret()
+                .name(format!("{stack}/hook-signing-secret"))
+                .secret_string("test-secret")
+                .send()
+                .await
+                .expect("secret created");
+            format!("{{ secret_id: \"{}\" }}", created.arn.expect("an ARN"))
+        } else {
+            "{ value: test-secret }".to_owned()
+        };
         let yaml = format!(
             r#"
 destinations:
@@ -81,7 +97,7 @@ destinations:
     retry: {{ max_attempts: {max_attempts}, base_delay_secs: 1, max_delay_secs: 2 }}
     webhook:
       url: {url}
-      signing_secret: {{ value: test-secret }}
+      signing_secret: {secret}
 syncs:
   - id: customers
     source: {{ prefix: exports/customers/ }}
@@ -94,7 +110,6 @@ syncs:
             url = destination.url()
         );
         let config = Config::from_yaml(&yaml).expect("test config is valid");
-        let stack = format!("t{}", &uuid_like()[..10]);
         let runtime = LocalRuntime::new(sdk.clone(), config, &stack, settings.options)
             .await
             .expect("provisioning");
