@@ -187,3 +187,108 @@ fn uuid_like() -> String {
 }
 
 static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Queues subscribed to the stack's run-events bus (every `resync` event) and alert
+/// topic (raw SNS delivery), to see what operators would receive.
+pub struct Sinks {
+    sqs: aws_sdk_sqs::Client,
+    pub events_url: String,
+    pub alerts_url: String,
+}
+
+impl Sinks {
+    /// Bodies of up to `want` messages, waiting for them up to 20 seconds.
+    pub async fn receive(&self, url: &str, want: usize) -> Vec<String> {
+        let mut bodies = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while bodies.len() < want && std::time::Instant::now() < deadline {
+            let out = self
+                .sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .unwrap();
+            bodies.extend(
+                out.messages
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|m| m.body),
+            );
+        }
+        bodies
+    }
+}
+
+impl TestEnv {
+    pub async fn sinks(&self) -> Sinks {
+        let sdk = &self.runtime.sdk;
+        let sqs = aws_sdk_sqs::Client::new(sdk);
+        let stack = &self.runtime.resources.stack;
+        let (events_url, events_arn) = queue_with_arn(&sqs, &format!("{stack}-events-sink")).await;
+        let (alerts_url, alerts_arn) = queue_with_arn(&sqs, &format!("{stack}-alerts-sink")).await;
+        let events = aws_sdk_eventbridge::Client::new(sdk);
+        let bus = &self.runtime.resources.event_bus;
+        events
+            .put_rule()
+            .name(format!("{stack}-all"))
+            .event_bus_name(bus)
+            .event_pattern(r#"{"source":["resync"]}"#)
+            .send()
+            .await
+            .unwrap();
+        events
+            .put_targets()
+            .rule(format!("{stack}-all"))
+            .event_bus_name(bus)
+            .targets(
+                aws_sdk_eventbridge::types::Target::builder()
+                    .id("sink")
+                    .arn(&events_arn)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        aws_sdk_sns::Client::new(sdk)
+            .subscribe()
+            .topic_arn(self.runtime.resources.alert_topic_arn.clone().unwrap())
+            .protocol("sqs")
+            .endpoint(&alerts_arn)
+            .attributes("RawMessageDelivery", "true")
+            .send()
+            .await
+            .unwrap();
+        Sinks {
+            sqs,
+            events_url,
+            alerts_url,
+        }
+    }
+}
+
+async fn queue_with_arn(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()
+        .remove(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .unwrap();
+    (url, arn)
+}

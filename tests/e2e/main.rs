@@ -515,69 +515,7 @@ async fn run_summaries_and_alerts_reach_eventbridge_and_sns() {
         ..EnvSettings::default()
     })
     .await;
-    let sdk = &env.runtime.sdk;
-    let sqs = aws_sdk_sqs::Client::new(sdk);
-    let sink = |name: String| {
-        let sqs = sqs.clone();
-        async move {
-            let url = sqs
-                .create_queue()
-                .queue_name(name)
-                .send()
-                .await
-                .unwrap()
-                .queue_url
-                .unwrap();
-            let arn = sqs
-                .get_queue_attributes()
-                .queue_url(&url)
-                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-                .send()
-                .await
-                .unwrap()
-                .attributes
-                .unwrap()
-                .remove(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-                .unwrap();
-            (url, arn)
-        }
-    };
-    let stack = &env.runtime.resources.stack;
-    let (events_url, events_arn) = sink(format!("{stack}-events-sink")).await;
-    let (alerts_url, alerts_arn) = sink(format!("{stack}-alerts-sink")).await;
-    let events = aws_sdk_eventbridge::Client::new(sdk);
-    let bus = &env.runtime.resources.event_bus;
-    events
-        .put_rule()
-        .name(format!("{stack}-all"))
-        .event_bus_name(bus)
-        .event_pattern(r#"{"source":["resync"]}"#)
-        .send()
-        .await
-        .unwrap();
-    events
-        .put_targets()
-        .rule(format!("{stack}-all"))
-        .event_bus_name(bus)
-        .targets(
-            aws_sdk_eventbridge::types::Target::builder()
-                .id("sink")
-                .arn(&events_arn)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    aws_sdk_sns::Client::new(sdk)
-        .subscribe()
-        .topic_arn(env.runtime.resources.alert_topic_arn.clone().unwrap())
-        .protocol("sqs")
-        .endpoint(&alerts_arn)
-        .attributes("RawMessageDelivery", "true")
-        .send()
-        .await
-        .unwrap();
+    let sinks = env.sinks().await;
 
     env.export_rows("batch.jsonl.gz", 0..10).await;
     env.destination.set(
@@ -588,31 +526,7 @@ async fn run_summaries_and_alerts_reach_eventbridge_and_sns() {
     );
     let run = env.run().await;
 
-    let received = |url: String, want: usize| {
-        let sqs = sqs.clone();
-        async move {
-            let mut bodies = Vec::new();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-            while bodies.len() < want && std::time::Instant::now() < deadline {
-                let out = sqs
-                    .receive_message()
-                    .queue_url(&url)
-                    .max_number_of_messages(10)
-                    .wait_time_seconds(1)
-                    .send()
-                    .await
-                    .unwrap();
-                bodies.extend(
-                    out.messages
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter_map(|m| m.body),
-                );
-            }
-            bodies
-        }
-    };
-    let event_bodies = received(events_url, 2).await;
+    let event_bodies = sinks.receive(&sinks.events_url, 2).await;
     let events: Vec<serde_json::Value> = event_bodies
         .iter()
         .map(|b| serde_json::from_str(b).unwrap())
@@ -632,7 +546,7 @@ async fn run_summaries_and_alerts_reach_eventbridge_and_sns() {
         .expect("a Sync Alert event");
     assert_eq!(alert["detail"]["severity"], "warn");
 
-    let alert_bodies = received(alerts_url, 1).await;
+    let alert_bodies = sinks.receive(&sinks.alerts_url, 1).await;
     assert_eq!(alert_bodies.len(), 1, "one SNS alert");
     assert!(
         alert_bodies[0].contains("\"severity\": \"warn\""),
@@ -722,4 +636,28 @@ async fn signing_secrets_come_from_secrets_manager() {
         stats.bad_requests, 0,
         "every request carried a valid signature"
     );
+}
+
+/// A run that cannot run (its source bucket is gone) raises a critical alert, releases
+/// the sync and loses nothing: once the source is back, the next run delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_cannot_run_alerts_critical_and_releases_the_sync() {
+    let env = TestEnv::start().await;
+    let sinks = env.sinks().await;
+    let bucket = env.runtime.resources.source_bucket.clone();
+    env.s3.delete_bucket().bucket(&bucket).send().await.unwrap();
+
+    let err = env.runtime.start(&env.sync).await.unwrap_err();
+    assert!(format!("{err:#}").contains("S3.ListObjectsV2"), "{err:#}");
+    let events = sinks.receive(&sinks.events_url, 1).await;
+    let alert: serde_json::Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(alert["detail-type"], "Sync Alert");
+    assert_eq!(alert["detail"]["severity"], "critical");
+    let state = env.runtime.runs().state(&env.sync).await.unwrap();
+    assert_eq!(state.open_run, None, "the sync is released");
+
+    env.s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    env.export_rows("batch.jsonl.gz", 0..15).await;
+    let counts = env.run().await.record.counts.unwrap();
+    assert_eq!(counts.delivered, 15);
 }
