@@ -12,6 +12,7 @@
 //! - [`aws`]: building SDK configurations for the emulator or `AWS_ENDPOINT_URL`.
 
 pub mod aws;
+pub mod bench;
 pub mod demo;
 pub mod destination_server;
 pub mod local;

@@ -233,6 +233,36 @@ pub struct LocalRun {
     pub invocations: usize,
 }
 
+/// Invocations and time spent in each function's handler (what Lambda would bill).
+#[derive(Debug, Default)]
+pub struct HandlerClock {
+    inner: Mutex<std::collections::BTreeMap<&'static str, (u64, Duration)>>,
+}
+
+impl HandlerClock {
+    fn record(&self, function: &'static str, elapsed: Duration) {
+        let mut inner = self.inner.lock().expect("clock");
+        let entry = inner.entry(function).or_default();
+        entry.0 += 1;
+        entry.1 += elapsed;
+    }
+
+    /// Invocations and handler seconds per function.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, (u64, f64)> {
+        self.inner
+            .lock()
+            .expect("clock")
+            .iter()
+            .map(|(k, (n, d))| (*k, (*n, d.as_secs_f64())))
+            .collect()
+    }
+
+    /// Starts again from zero.
+    pub fn reset(&self) {
+        self.inner.lock().expect("clock").clear();
+    }
+}
+
 /// Everything a local run needs: the three functions' dependencies, built once.
 pub struct LocalRuntime {
     /// The SDK configuration (emulator or endpoint).
@@ -251,6 +281,8 @@ pub struct LocalRuntime {
     pub metrics: Arc<Mutex<Vec<serde_json::Value>>>,
     /// Options.
     pub options: LocalOptions,
+    /// Time spent in the handlers.
+    pub clock: Arc<HandlerClock>,
     crashes: Arc<Crashes>,
 }
 
@@ -312,6 +344,7 @@ impl LocalRuntime {
         Ok(Self {
             sync_start: SyncStart::new(&sdk, config.clone(), resources.clone(), reporter.clone()),
             finalizer: Finalizer::new(&sdk, config.clone(), resources.clone(), reporter),
+            clock: Arc::new(HandlerClock::default()),
             crashes: Arc::new(Crashes {
                 before_handler: AtomicUsize::new(options.crash_before_handler),
                 after_handler: AtomicUsize::new(options.crash_after_handler),
@@ -351,8 +384,10 @@ impl LocalRuntime {
         event.detail = SyncStartDetail {
             sync_id: sync.to_string(),
         };
-        let outcome = resync_sync_start::handler(&self.sync_start, lambda_event(event)).await?;
-        Ok(outcome)
+        let started = Instant::now();
+        let outcome = resync_sync_start::handler(&self.sync_start, lambda_event(event)).await;
+        self.clock.record("sync-start", started.elapsed());
+        Ok(outcome?)
     }
 
     /// Runs the finalizer for one sync.
@@ -364,7 +399,10 @@ impl LocalRuntime {
         event.detail = FinalizerDetail {
             sync_id: Some(sync.to_string()),
         };
-        let mut output = resync_finalizer::handler(&self.finalizer, lambda_event(event)).await?;
+        let started = Instant::now();
+        let output = resync_finalizer::handler(&self.finalizer, lambda_event(event)).await;
+        self.clock.record("finalizer", started.elapsed());
+        let mut output = output?;
         output
             .syncs
             .pop()
@@ -414,6 +452,7 @@ impl LocalRuntime {
                 stop.clone(),
                 invocations.clone(),
                 self.crashes.clone(),
+                self.clock.clone(),
                 self.options.batching_window,
             )));
         }
@@ -472,6 +511,7 @@ async fn poll(
     stop: Arc<AtomicBool>,
     invocations: Arc<AtomicUsize>,
     crashes: Arc<Crashes>,
+    clock: Arc<HandlerClock>,
     window: Duration,
 ) -> anyhow::Result<()> {
     let settings = QueueSettings::for_destination(&delivery.destination_config);
@@ -485,21 +525,15 @@ async fn poll(
         let mut messages = Vec::new();
         let mut window_ends: Option<Instant> = None;
         while messages.len() < batch_size && !stop.load(Ordering::SeqCst) {
-            let wait = if messages.is_empty() {
-                Duration::from_secs(1)
-            } else {
-                Duration::ZERO
-            };
-            let received = queue.receive(10, wait).await?;
-            let got_some = !received.is_empty();
+            // Long polls, as Lambda's pollers do: an empty queue costs one request a
+            // second per poller, not a busy loop.
+            let received = queue.receive(10, Duration::from_secs(1)).await?;
             messages.extend(received);
             if !messages.is_empty() && window_ends.is_none() {
                 window_ends = Some(Instant::now() + window);
             }
-            match window_ends {
-                Some(end) if Instant::now() >= end => break,
-                Some(_) if !got_some => tokio::time::sleep(Duration::from_millis(20)).await,
-                _ => {}
+            if window_ends.is_some_and(|end| Instant::now() >= end) {
+                break;
             }
         }
         if messages.is_empty() {
@@ -515,7 +549,9 @@ async fn poll(
             tracing::warn!("simulated crash before the handler ran");
             continue;
         }
+        let started = Instant::now();
         let response = resync_delivery::handler(&delivery, lambda_event(event)).await;
+        clock.record("delivery", started.elapsed());
         if Crashes::take(&crashes.after_handler) {
             tracing::warn!("simulated crash: the invocation's response is lost");
             continue;

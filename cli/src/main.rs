@@ -63,6 +63,45 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure throughput against the emulator's ceiling, AWS requests and cost per row, retry efficiency and sync-start's memory.
+    Bench {
+        /// Rows of the clean pipeline run.
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        /// Share of rows failing in the retry case.
+        #[arg(long, default_value_t = 0.05)]
+        fail_share: f64,
+        /// Attempts each failing row fails before it succeeds.
+        #[arg(long, default_value_t = 2)]
+        fail_times: u32,
+        /// Rows of the sync-start memory case (0 skips it).
+        #[arg(long, default_value_t = 1_000_000)]
+        memory_rows: usize,
+        /// Failed-row index keys of the memory case.
+        #[arg(long, default_value_t = 100_000)]
+        memory_failed_keys: usize,
+        /// Rows per destination request.
+        #[arg(long, default_value_t = 100)]
+        batch_size: usize,
+        /// Delivery concurrency.
+        #[arg(long, default_value_t = 4)]
+        concurrency: u32,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// (Used by `bench`.) Run sync-start once against an endpoint and print its peak memory.
+    #[command(hide = true)]
+    BenchSyncStart {
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        stack: String,
+        #[arg(long)]
+        sync: String,
+    },
     /// List a sync's failed rows with their last error (keys and errors only).
     Failed {
         /// The sync configuration file.
@@ -107,6 +146,41 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 print!("{}", demo::table(&report));
             }
+        }
+        Command::Bench {
+            rows,
+            fail_share,
+            fail_times,
+            memory_rows,
+            memory_failed_keys,
+            batch_size,
+            concurrency,
+            json,
+        } => {
+            let report = resync::bench::run(&resync::bench::BenchOptions {
+                rows,
+                fail_share,
+                fail_times,
+                memory_rows,
+                memory_failed_keys,
+                batch_size,
+                concurrency,
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", resync::bench::table(&report));
+            }
+        }
+        Command::BenchSyncStart {
+            endpoint,
+            config,
+            stack,
+            sync,
+        } => {
+            let result = resync::bench::sync_start_once(&endpoint, &config, &stack, &sync).await?;
+            println!("{result}");
         }
         Command::Run {
             config,
