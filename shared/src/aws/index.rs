@@ -116,26 +116,44 @@ impl FailedRowIndex {
         Ok(entries)
     }
 
-    /// The sync's index as planning needs it.
+    /// The sync's index as planning needs it: only key, payload text, first failure
+    /// and attempts are read (a projection), and payloads stay unparsed.
     pub async fn load_for_planning(
         &self,
         sync: &SyncId,
     ) -> Result<HashMap<PrimaryKey, CarriedEntry>, AwsError> {
-        Ok(self
-            .entries(sync)
-            .await?
-            .into_iter()
-            .map(|e| {
-                (
-                    e.key,
-                    CarriedEntry {
-                        payload: e.payload,
-                        first_failed_at: e.first_failed_at,
-                        attempts: e.attempts,
-                    },
-                )
-            })
-            .collect())
+        let mut index = HashMap::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("sync_id = :sync")
+            .expression_attribute_values(":sync", s(sync.as_str()))
+            .projection_expression("#key, payload, first_failed_at, attempts")
+            .expression_attribute_names("#key", "key")
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| AwsError::sdk("DynamoDB.Query", e))?;
+            let Some(key) = get_s(&item, "key").and_then(|k| PrimaryKey::parse(k).ok()) else {
+                continue;
+            };
+            index.insert(
+                key,
+                CarriedEntry {
+                    payload: get_s(&item, "payload").map(String::into_boxed_str),
+                    first_failed_at: get_s(&item, "first_failed_at").unwrap_or_default(),
+                    attempts: item
+                        .get("attempts")
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                },
+            );
+        }
+        Ok(index)
     }
 
     /// Size and oldest failure of a sync's index.
