@@ -248,6 +248,8 @@ fn duplicate_body(run_id: &RunId, i: usize) -> String {
         carried_over: false,
         first_failed_at: None,
         prior_attempts: 0,
+        attempts_before: 0,
+        rate_limit_deferrals: 0,
     }
     .to_body()
 }
