@@ -490,7 +490,9 @@ async fn poll(
             } else {
                 Duration::ZERO
             };
-            let received = queue.receive(10, wait).await?;
+            // Like Lambda's event source mapping, never more than the batch size.
+            let want = (batch_size - messages.len()).min(10) as i32;
+            let received = queue.receive(want, wait).await?;
             let got_some = !received.is_empty();
             messages.extend(received);
             if !messages.is_empty() && window_ends.is_none() {
