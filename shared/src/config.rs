@@ -701,6 +701,42 @@ syncs:
     }
 
     #[test]
+    fn the_vendor_examples_load() {
+        for text in [
+            include_str!("../../examples/salesforce.yaml"),
+            include_str!("../../examples/hubspot.yaml"),
+        ] {
+            let config = Config::from_yaml(text).unwrap();
+            let d = &config.destinations[0];
+            assert_eq!(d.effective_batch_size(), d.kind_max_batch());
+        }
+    }
+
+    #[test]
+    fn vendor_sections_are_checked_field_by_field() {
+        let salesforce = include_str!("../../examples/salesforce.yaml");
+        let text = salesforce.replace("sobject: Contact", "sobject: \"Contact; DROP\"");
+        assert_eq!(error_field(&text), "destinations[0].salesforce.sobject");
+        let text = salesforce.replace("api_version: \"62.0\"", "api_version: \"45.0\"");
+        assert_eq!(error_field(&text), "destinations[0].salesforce.api_version");
+        let text = salesforce.replace(
+            "        client_secret: { env: SALESFORCE_CLIENT_SECRET }",
+            "",
+        );
+        assert_eq!(
+            error_field(&text),
+            "destinations[0].salesforce.auth.client_secret"
+        );
+        let text = salesforce.replace("https://login.salesforce.com", "http://login.example.com");
+        assert_eq!(error_field(&text), "destinations[0].salesforce.login_url");
+        let hubspot = include_str!("../../examples/hubspot.yaml");
+        let text = hubspot.replace("    hubspot:\n", "    hubspot_settings:\n");
+        assert!(Config::from_yaml(&text).is_err());
+        let text = hubspot.replace("kind: hubspot", "kind: hubspot\n    batch_size: 101");
+        assert_eq!(error_field(&text), "destinations[0].batch_size");
+    }
+
+    #[test]
     fn a_webhook_without_its_section_is_refused() {
         let text = GOOD.replace("    webhook:\n      url: https://hooks.example.com/rows\n      signing_secret: { secret_id: \"arn:aws:secretsmanager:us-east-1:123456789012:secret:crm\" }\n", "");
         assert_eq!(error_field(&text), "destinations[0].webhook");

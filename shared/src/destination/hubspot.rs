@@ -434,6 +434,75 @@ mod tests {
         );
     }
 
+    fn portal() -> Hubspot {
+        let config: HubspotConfig = serde_yaml::from_str(
+            "{ object_type: contacts, id_property: resync_id, fields: { email: email }, access_token: { value: t } }",
+        )
+        .unwrap();
+        Hubspot::new(&config, "t".into(), 100, Duration::from_secs(1)).unwrap()
+    }
+
+    fn settle(body: &str) -> Vec<RowResult> {
+        let keys: Vec<crate::PrimaryKey> = ["a", "b", "c"]
+            .map(|k| crate::PrimaryKey::parse(k).unwrap())
+            .into();
+        let fields = Map::new();
+        let rows: Vec<OutboundRow<'_>> = keys
+            .iter()
+            .map(|key| OutboundRow {
+                key,
+                idempotency_key: String::new(),
+                fields: &fields,
+            })
+            .collect();
+        portal().per_input(&rows, body)
+    }
+
+    #[test]
+    fn multi_status_errors_name_their_rows_and_the_rest_are_written() {
+        let results = settle(
+            r#"{"status":"COMPLETE","results":[{"id":"1"},{"id":"2"}],"numErrors":1,
+               "errors":[{"status":"error","category":"VALIDATION_ERROR","message":"bad","context":{"ids":["b"]}}]}"#,
+        );
+        assert!(results[0].is_ok() && results[2].is_ok());
+        let error = results[1].clone().unwrap_err();
+        assert_eq!(
+            (error.class, error.code.as_str()),
+            (ErrorClass::Permanent, "VALIDATION_ERROR")
+        );
+    }
+
+    #[test]
+    fn bad_answers_retry_every_row_with_a_clear_message() {
+        for (body, expected) in [
+            (r#"{"status":"COMPLETE","results":[{"id""#, "truncated JSON"),
+            ("<html><body>502 Bad Gateway</body></html>", "an HTML page"),
+        ] {
+            for result in settle(body) {
+                let error = result.unwrap_err();
+                assert_eq!(
+                    (error.class, error.code.as_str()),
+                    (ErrorClass::Retryable, "BAD_RESPONSE")
+                );
+                assert!(error.message.contains(expected), "{}", error.message);
+            }
+        }
+        // Two results for three inputs and no errors: which one is missing is unknown.
+        let results = settle(r#"{"status":"COMPLETE","results":[{"id":"1"},{"id":"2"}]}"#);
+        assert!(results
+            .iter()
+            .all(|r| r.as_ref().unwrap_err().code == "RESULT_COUNT_MISMATCH"));
+        // Unless HubSpot echoes the id property: then the echoed ones are written.
+        let results = settle(
+            r#"{"status":"COMPLETE","results":[{"id":"1","properties":{"resync_id":"a"}}]}"#,
+        );
+        assert!(results[0].is_ok());
+        assert_eq!(
+            results[1].clone().unwrap_err().code,
+            "RESULT_COUNT_MISMATCH"
+        );
+    }
+
     #[test]
     fn categories_map_to_classes() {
         assert_eq!(classify("VALIDATION_ERROR"), Some(ErrorClass::Permanent));
