@@ -526,8 +526,9 @@ async fn poll(
         let mut window_ends: Option<Instant> = None;
         while messages.len() < batch_size && !stop.load(Ordering::SeqCst) {
             // Long polls, as Lambda's pollers do: an empty queue costs one request a
-            // second per poller, not a busy loop.
-            let received = queue.receive(10, Duration::from_secs(1)).await?;
+            // second per poller, not a busy loop; never more than the batch size.
+            let want = (batch_size - messages.len()).min(10) as i32;
+            let received = queue.receive(want, Duration::from_secs(1)).await?;
             messages.extend(received);
             if !messages.is_empty() && window_ends.is_none() {
                 window_ends = Some(Instant::now() + window);

@@ -5,7 +5,11 @@
 //! at start, not in the middle of a run. The Lambdas read the file named by
 //! `RESYNC_CONFIG` (a path bundled with the function); the CLI takes `--config`.
 
-use std::{collections::HashSet, path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::Path,
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -68,6 +72,10 @@ pub struct Config {
 pub enum DestinationKind {
     /// JSON batches POSTed to an HTTPS endpoint, signed with HMAC-SHA256.
     Webhook,
+    /// Salesforce REST API: sObject Collections upsert by external ID (200 per call).
+    Salesforce,
+    /// HubSpot CRM v3: batch upsert by a unique property (100 per call).
+    Hubspot,
 }
 
 /// One destination: its API, batch size, concurrency and retry policy.
@@ -91,6 +99,10 @@ pub struct DestinationConfig {
     pub retry: RetryPolicy,
     /// Settings of a `kind: webhook` destination.
     pub webhook: Option<WebhookConfig>,
+    /// Settings of a `kind: salesforce` destination.
+    pub salesforce: Option<SalesforceConfig>,
+    /// Settings of a `kind: hubspot` destination.
+    pub hubspot: Option<HubspotConfig>,
 }
 
 fn default_concurrency() -> u32 {
@@ -106,6 +118,8 @@ impl DestinationConfig {
     pub fn kind_max_batch(&self) -> usize {
         match self.kind {
             DestinationKind::Webhook => 1000,
+            DestinationKind::Salesforce => 200,
+            DestinationKind::Hubspot => 100,
         }
     }
 
@@ -113,6 +127,7 @@ impl DestinationConfig {
     pub fn effective_batch_size(&self) -> usize {
         self.batch_size.unwrap_or(match self.kind {
             DestinationKind::Webhook => 100,
+            DestinationKind::Salesforce | DestinationKind::Hubspot => self.kind_max_batch(),
         })
     }
 
@@ -130,6 +145,99 @@ pub struct WebhookConfig {
     pub url: String,
     /// Secret for the `X-Resync-Signature` HMAC-SHA256 header.
     pub signing_secret: Option<SecretRef>,
+}
+
+/// A Salesforce destination: sObject Collections upsert by external ID.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SalesforceConfig {
+    /// Where tokens are requested: `https://login.salesforce.com`, `https://test.salesforce.com`
+    /// for sandboxes, or the org's My Domain URL.
+    #[serde(default = "default_salesforce_login_url")]
+    pub login_url: String,
+    /// The REST API base, when it must differ from the `instance_url` the token answer names.
+    pub instance_url: Option<String>,
+    /// REST API version, e.g. `62.0` (sObject Collections upsert needs 46.0 or later).
+    #[serde(default = "default_salesforce_api_version")]
+    pub api_version: String,
+    /// The sObject, e.g. `Contact` or `Invoice__c`.
+    pub sobject: String,
+    /// The external ID field the sync's primary key is written to (the upsert key).
+    pub external_id_field: String,
+    /// Source column → Salesforce field; only mapped columns are sent (at least one).
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    /// A parent lookup field (e.g. `AccountId`): rows are ordered by it before they are
+    /// cut into requests, so rows under one parent share a call (fewer lock conflicts).
+    pub parent_field: Option<String>,
+    /// Share of the org's daily API limit (from `Sforce-Limit-Info`) past which resync
+    /// stops calling and lets rows wait as rate-limited (0 < share ≤ 1).
+    #[serde(default = "default_api_budget_share")]
+    pub api_budget_share: f64,
+    /// OAuth 2.0 server-to-server credentials.
+    pub auth: SalesforceAuth,
+}
+
+/// The OAuth 2.0 flow resync uses to get a Salesforce access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SalesforceFlow {
+    /// Client credentials: consumer key and secret of an app with a run-as integration user.
+    ClientCredentials,
+    /// JWT bearer: an RS256 assertion signed with the app's certificate key, for `username`.
+    JwtBearer,
+}
+
+/// Salesforce OAuth settings; which fields are needed depends on `flow`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SalesforceAuth {
+    /// The flow.
+    pub flow: SalesforceFlow,
+    /// The app's consumer key (`client_id`, the JWT's `iss`).
+    pub client_id: String,
+    /// The consumer secret (client credentials flow).
+    pub client_secret: Option<SecretRef>,
+    /// The integration user's username (JWT bearer flow: the JWT's `sub`).
+    pub username: Option<String>,
+    /// PEM private key that signs the assertion (JWT bearer flow).
+    pub private_key: Option<SecretRef>,
+    /// The JWT's `aud` (default: the login URL).
+    pub audience: Option<String>,
+}
+
+fn default_salesforce_login_url() -> String {
+    "https://login.salesforce.com".into()
+}
+
+fn default_salesforce_api_version() -> String {
+    "62.0".into()
+}
+
+fn default_api_budget_share() -> f64 {
+    0.9
+}
+
+/// A HubSpot destination: CRM v3 batch upsert by a unique property.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubspotConfig {
+    /// API base URL.
+    #[serde(default = "default_hubspot_base_url")]
+    pub base_url: String,
+    /// Object type, e.g. `contacts`, `companies` or a custom object's `2-…` id.
+    pub object_type: String,
+    /// The unique property the sync's primary key is matched on (e.g. `email`).
+    pub id_property: String,
+    /// Source column → HubSpot property; only mapped columns are sent (at least one).
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    /// The private app's access token (sent as `Authorization: Bearer`).
+    pub access_token: SecretRef,
+}
+
+fn default_hubspot_base_url() -> String {
+    "https://api.hubapi.com".into()
 }
 
 /// Source file format; by default taken from the object's name
@@ -302,6 +410,8 @@ impl Config {
                     crate::destination::check_endpoint_url(&webhook.url)
                         .map_err(|message| invalid(format!("{at}.webhook.url"), message))?;
                 }
+                DestinationKind::Salesforce => validate_salesforce(&at, d.salesforce.as_ref())?,
+                DestinationKind::Hubspot => validate_hubspot(&at, d.hubspot.as_ref())?,
             }
         }
         let mut sync_ids = HashSet::new();
@@ -341,6 +451,114 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn validate_salesforce(at: &str, section: Option<&SalesforceConfig>) -> Result<(), ConfigError> {
+    let Some(sf) = section else {
+        return Err(invalid(
+            format!("{at}.salesforce"),
+            "a destination of kind 'salesforce' needs a `salesforce:` section (sobject, external_id_field, auth)",
+        ));
+    };
+    let at = format!("{at}.salesforce");
+    crate::destination::check_endpoint_url(&sf.login_url)
+        .map_err(|message| invalid(format!("{at}.login_url"), message))?;
+    if let Some(url) = &sf.instance_url {
+        crate::destination::check_endpoint_url(url)
+            .map_err(|message| invalid(format!("{at}.instance_url"), message))?;
+    }
+    let version_ok = sf
+        .api_version
+        .split_once('.')
+        .and_then(|(major, minor)| Some((major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?)))
+        .is_some_and(|(major, _)| major >= 46);
+    if !version_ok {
+        return Err(invalid(
+            format!("{at}.api_version"),
+            format!(
+                "'{}' is not an API version of 46.0 or later (sObject Collections upsert)",
+                sf.api_version
+            ),
+        ));
+    }
+    for (field, value) in [
+        ("sobject", &sf.sobject),
+        ("external_id_field", &sf.external_id_field),
+    ] {
+        if !is_api_name(value) {
+            return Err(invalid(
+                format!("{at}.{field}"),
+                format!("'{value}' is not a Salesforce API name (letters, digits, '_')"),
+            ));
+        }
+    }
+    if sf.fields.is_empty() {
+        return Err(invalid(
+            format!("{at}.fields"),
+            "map at least one source column to a Salesforce field (column: Field__c)",
+        ));
+    }
+    if !(sf.api_budget_share > 0.0 && sf.api_budget_share <= 1.0) {
+        return Err(invalid(
+            format!("{at}.api_budget_share"),
+            "must be in (0, 1]",
+        ));
+    }
+    let auth = &sf.auth;
+    match auth.flow {
+        SalesforceFlow::ClientCredentials if auth.client_secret.is_none() => Err(invalid(
+            format!("{at}.auth.client_secret"),
+            "the client_credentials flow needs the consumer secret",
+        )),
+        SalesforceFlow::JwtBearer if auth.username.is_none() => Err(invalid(
+            format!("{at}.auth.username"),
+            "the jwt_bearer flow needs the integration user's username",
+        )),
+        SalesforceFlow::JwtBearer if auth.private_key.is_none() => Err(invalid(
+            format!("{at}.auth.private_key"),
+            "the jwt_bearer flow needs the PEM private key that signs the assertion",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn validate_hubspot(at: &str, section: Option<&HubspotConfig>) -> Result<(), ConfigError> {
+    let Some(hs) = section else {
+        return Err(invalid(
+            format!("{at}.hubspot"),
+            "a destination of kind 'hubspot' needs a `hubspot:` section (object_type, id_property, access_token)",
+        ));
+    };
+    let at = format!("{at}.hubspot");
+    crate::destination::check_endpoint_url(&hs.base_url)
+        .map_err(|message| invalid(format!("{at}.base_url"), message))?;
+    for (field, value) in [
+        ("object_type", &hs.object_type),
+        ("id_property", &hs.id_property),
+    ] {
+        if value.is_empty()
+            || !value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(
+                format!("{at}.{field}"),
+                format!("'{value}' is not a HubSpot name (letters, digits, '_', '-')"),
+            ));
+        }
+    }
+    if hs.fields.is_empty() {
+        return Err(invalid(
+            format!("{at}.fields"),
+            "map at least one source column to a HubSpot property (column: property)",
+        ));
+    }
+    Ok(())
+}
+
+fn is_api_name(name: &str) -> bool {
+    name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Parses the period of a `rate(...)` expression; `None` for `cron(...)`.
@@ -480,6 +698,42 @@ syncs:
             "syncs:\n  - id: accounts\n    source: { prefix: a/ }\n    primary_key: id\n    destination: crm\n    schedule: rate(1 hour)\n",
         );
         assert_eq!(error_field(&text), "syncs[1].id");
+    }
+
+    #[test]
+    fn the_vendor_examples_load() {
+        for text in [
+            include_str!("../../examples/salesforce.yaml"),
+            include_str!("../../examples/hubspot.yaml"),
+        ] {
+            let config = Config::from_yaml(text).unwrap();
+            let d = &config.destinations[0];
+            assert_eq!(d.effective_batch_size(), d.kind_max_batch());
+        }
+    }
+
+    #[test]
+    fn vendor_sections_are_checked_field_by_field() {
+        let salesforce = include_str!("../../examples/salesforce.yaml");
+        let text = salesforce.replace("sobject: Contact", "sobject: \"Contact; DROP\"");
+        assert_eq!(error_field(&text), "destinations[0].salesforce.sobject");
+        let text = salesforce.replace("api_version: \"62.0\"", "api_version: \"45.0\"");
+        assert_eq!(error_field(&text), "destinations[0].salesforce.api_version");
+        let text = salesforce.replace(
+            "        client_secret: { env: SALESFORCE_CLIENT_SECRET }",
+            "",
+        );
+        assert_eq!(
+            error_field(&text),
+            "destinations[0].salesforce.auth.client_secret"
+        );
+        let text = salesforce.replace("https://login.salesforce.com", "http://login.example.com");
+        assert_eq!(error_field(&text), "destinations[0].salesforce.login_url");
+        let hubspot = include_str!("../../examples/hubspot.yaml");
+        let text = hubspot.replace("    hubspot:\n", "    hubspot_settings:\n");
+        assert!(Config::from_yaml(&text).is_err());
+        let text = hubspot.replace("kind: hubspot", "kind: hubspot\n    batch_size: 101");
+        assert_eq!(error_field(&text), "destinations[0].batch_size");
     }
 
     #[test]

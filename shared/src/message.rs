@@ -28,6 +28,14 @@ pub struct RowMessage {
     /// Attempts spent on the key by earlier runs.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub prior_attempts: u32,
+    /// In-run attempts spent by earlier copies of this message. A rate-limited row is
+    /// re-enqueued as a fresh copy (whose `ApproximateReceiveCount` restarts at 1), so
+    /// the row's attempt is `attempts_before + ApproximateReceiveCount`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts_before: u32,
+    /// How often a rate limit deferred the row in this run (bounded; see delivery).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rate_limit_deferrals: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -68,6 +76,8 @@ mod tests {
             carried_over: false,
             first_failed_at: None,
             prior_attempts: 0,
+            attempts_before: 0,
+            rate_limit_deferrals: 0,
         };
         let body = message.to_body();
         assert!(!body.contains("carried_over"));

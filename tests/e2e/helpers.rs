@@ -10,6 +10,36 @@ use resync::{
 };
 use resync_emulator::Emulator;
 use resync_shared::{aws::index::IndexEntry, config::Config, SyncId};
+use resync_tests::{
+    hubspot::HubspotServer,
+    salesforce::{OrgAuth, SalesforceServer},
+};
+
+/// The Salesforce app's consumer key in the tests.
+pub const SF_CLIENT_ID: &str = "3MVG9resyncTestConsumerKey";
+/// The Salesforce integration user in the tests.
+pub const SF_USERNAME: &str = "integration@resync.example.com";
+/// The HubSpot private app token in the tests.
+pub const HUBSPOT_TOKEN: &str = "pat-na1-resync-test-token";
+/// The test app's private key (JWT bearer flow) and its public half (the org's copy).
+pub const SF_PRIVATE_KEY: &str = include_str!("../fixtures/salesforce-test-key.pem");
+const SF_PUBLIC_KEY: &str = include_str!("../fixtures/salesforce-test-key.pub.pem");
+
+/// Which destination a test environment syncs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vendor {
+    /// The local webhook destination.
+    Webhook,
+    /// The local Salesforce org, authenticated with the JWT bearer flow (private key in
+    /// Secrets Manager) or the client credentials flow.
+    Salesforce {
+        jwt: bool,
+        /// Order rows by the `account` column (mapped to `AccountId`).
+        parent_field: bool,
+    },
+    /// The local HubSpot portal.
+    Hubspot,
+}
 
 /// Row counts: the embedded emulator takes the full scenario, a remote emulator a
 /// smaller one (moto's SQS slows down with queue length).
@@ -34,6 +64,10 @@ pub struct EnvSettings {
     pub options: LocalOptions,
     /// Keep the webhook's signing secret in Secrets Manager instead of the file.
     pub secret_in_secrets_manager: bool,
+    /// The destination.
+    pub vendor: Vendor,
+    /// Delivery invocations at once.
+    pub concurrency: u32,
 }
 
 impl Default for EnvSettings {
@@ -43,6 +77,8 @@ impl Default for EnvSettings {
             batch_size: 100,
             options: LocalOptions::default(),
             secret_in_secrets_manager: false,
+            vendor: Vendor::Webhook,
+            concurrency: 2,
         }
     }
 }
@@ -50,6 +86,8 @@ impl Default for EnvSettings {
 pub struct TestEnv {
     pub runtime: LocalRuntime,
     pub destination: DestinationServer,
+    pub salesforce: Option<SalesforceServer>,
+    pub hubspot: Option<HubspotServer>,
     pub s3: aws_sdk_s3::Client,
     pub sync: SyncId,
     _emulator: Option<Emulator>,
@@ -86,28 +124,113 @@ impl TestEnv {
         } else {
             "{ value: test-secret }".to_owned()
         };
-        let yaml = format!(
-            r#"
-destinations:
+        let retry = format!(
+            "{{ max_attempts: {}, base_delay_secs: 1, max_delay_secs: 2 }}",
+            settings.max_attempts
+        );
+        let concurrency = settings.concurrency;
+        let mut salesforce = None;
+        let mut hubspot = None;
+        let destination_yaml = match settings.vendor {
+            Vendor::Webhook => format!(
+                r#"
   - id: hook
     kind: webhook
     batch_size: {batch_size}
-    concurrency: 2
+    concurrency: {concurrency}
     timeout_secs: 10
-    retry: {{ max_attempts: {max_attempts}, base_delay_secs: 1, max_delay_secs: 2 }}
+    retry: {retry}
     webhook:
       url: {url}
-      signing_secret: {secret}
+      signing_secret: {secret}"#,
+                batch_size = settings.batch_size,
+                url = destination.url()
+            ),
+            Vendor::Salesforce { jwt, parent_field } => {
+                let org = SalesforceServer::start(
+                    OrgAuth {
+                        client_id: SF_CLIENT_ID.into(),
+                        client_secret: "consumer-secret".into(),
+                        username: SF_USERNAME.into(),
+                        public_key_pem: Some(SF_PUBLIC_KEY.into()),
+                        audience: "https://login.salesforce.com".into(),
+                    },
+                    "Contact",
+                    "External_Id__c",
+                )
+                .await
+                .expect("the Salesforce org starts");
+                let auth = if jwt {
+                    let created = aws_sdk_secretsmanager::Client::new(&sdk)
+                        .create_secret()
+                        .name(format!("{stack}/salesforce-jwt-key"))
+                        .secret_string(SF_PRIVATE_KEY)
+                        .send()
+                        .await
+                        .expect("secret created");
+                    format!(
+                        "{{ flow: jwt_bearer, client_id: {SF_CLIENT_ID}, username: \"{SF_USERNAME}\", audience: \"https://login.salesforce.com\", private_key: {{ secret_id: \"{}\" }} }}",
+                        created.arn.expect("an ARN")
+                    )
+                } else {
+                    format!("{{ flow: client_credentials, client_id: {SF_CLIENT_ID}, client_secret: {{ value: consumer-secret }} }}")
+                };
+                let parent = if parent_field {
+                    "\n      parent_field: AccountId"
+                } else {
+                    ""
+                };
+                let yaml = format!(
+                    r#"
+  - id: hook
+    kind: salesforce
+    concurrency: {concurrency}
+    timeout_secs: 10
+    retry: {retry}
+    salesforce:
+      login_url: {url}
+      sobject: Contact
+      external_id_field: External_Id__c
+      fields: {{ email: Email, version: Resync_Version__c, account: AccountId }}{parent}
+      auth: {auth}"#,
+                    url = org.url()
+                );
+                salesforce = Some(org);
+                yaml
+            }
+            Vendor::Hubspot => {
+                let portal = HubspotServer::start(HUBSPOT_TOKEN, "contacts", "resync_id")
+                    .await
+                    .expect("the HubSpot portal starts");
+                let yaml = format!(
+                    r#"
+  - id: hook
+    kind: hubspot
+    concurrency: {concurrency}
+    timeout_secs: 10
+    retry: {retry}
+    hubspot:
+      base_url: {url}
+      object_type: contacts
+      id_property: resync_id
+      fields: {{ email: email, version: resync_version }}
+      access_token: {{ value: {HUBSPOT_TOKEN} }}"#,
+                    url = portal.url()
+                );
+                hubspot = Some(portal);
+                yaml
+            }
+        };
+        let yaml = format!(
+            r#"
+destinations:{destination_yaml}
 syncs:
   - id: customers
     source: {{ prefix: exports/customers/ }}
     primary_key: id
     destination: hook
     schedule: rate(1 hour)
-"#,
-            batch_size = settings.batch_size,
-            max_attempts = settings.max_attempts,
-            url = destination.url()
+"#
         );
         let config = Config::from_yaml(&yaml).expect("test config is valid");
         let runtime = LocalRuntime::new(sdk.clone(), config, &stack, settings.options)
@@ -117,6 +240,8 @@ syncs:
             s3: resync::aws::s3_client(&sdk),
             runtime,
             destination,
+            salesforce,
+            hubspot,
             sync: SyncId::parse("customers").unwrap(),
             _emulator: emulator,
         }

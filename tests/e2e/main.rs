@@ -6,10 +6,11 @@ mod helpers;
 
 use std::collections::HashSet;
 
-use helpers::{key, row, scaled, EnvSettings, TestEnv};
+use helpers::{key, row, scaled, EnvSettings, TestEnv, Vendor};
 use resync::{destination_server::RowBehaviour, local::LocalOptions};
 use resync_shared::{message::RowMessage, outcome::ErrorClass, PrimaryKey, RunId};
 use resync_sync_start::SyncStartOutcome;
+use resync_tests::Behaviour;
 
 /// The seed scenario: 5 rows locked; 2 unlock during run 1, 3 only for run 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,6 +249,8 @@ fn duplicate_body(run_id: &RunId, i: usize) -> String {
         carried_over: false,
         first_failed_at: None,
         prior_attempts: 0,
+        attempts_before: 0,
+        rate_limit_deferrals: 0,
     }
     .to_body()
 }
@@ -660,4 +663,279 @@ async fn a_run_that_cannot_run_alerts_critical_and_releases_the_sync() {
     env.export_rows("batch.jsonl.gz", 0..15).await;
     let counts = env.run().await.record.counts.unwrap();
     assert_eq!(counts.delivered, 15);
+}
+
+/// Options for the vendor scenarios: one delivery invocation at a time and a batching
+/// window long enough to fill it, so every destination call is as full as it can be.
+fn full_batches() -> LocalOptions {
+    LocalOptions {
+        batching_window: std::time::Duration::from_secs(3),
+        ..LocalOptions::default()
+    }
+}
+
+/// Issue 4 — the seed scenario with Salesforce as the destination: 5 records locked
+/// (`UNABLE_TO_LOCK_ROW`), 2 released during run 1, 3 only for run 2; JWT bearer auth
+/// with the key in Secrets Manager and tokens that expire every 20 calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salesforce_seed_scenario_recovers_locked_records() {
+    let rows = scaled(10_000, 400);
+    let env = TestEnv::with(EnvSettings {
+        max_attempts: 5,
+        vendor: Vendor::Salesforce {
+            jwt: true,
+            parent_field: false,
+        },
+        concurrency: 1,
+        options: full_batches(),
+        ..EnvSettings::default()
+    })
+    .await;
+    let org = env.salesforce.as_ref().unwrap();
+    org.expire_tokens_after(20);
+    env.export_rows("part-0000.jsonl.gz", 0..rows / 2).await;
+    env.export_rows("part-0001.jsonl.gz", rows / 2..rows).await;
+    let released_in_run = [7, rows / 2 + 3];
+    let locked_until_next = [1, rows / 3, rows - 1];
+    for i in released_in_run {
+        org.set(
+            key(i),
+            Behaviour::Locked {
+                until_attempt: Some(2),
+            },
+        );
+    }
+    for i in locked_until_next {
+        org.set(
+            key(i),
+            Behaviour::Locked {
+                until_attempt: None,
+            },
+        );
+    }
+
+    let counts = env.run().await.record.counts.unwrap();
+    assert_eq!(counts.planned, rows as u64);
+    assert_eq!((counts.delivered, counts.failed), (rows as u64 - 3, 3));
+    assert_eq!(counts.retried_in_run, 5);
+    let index = env.index().await;
+    let expected: HashSet<String> = locked_until_next.iter().map(|&i| key(i)).collect();
+    assert_eq!(
+        index
+            .iter()
+            .map(|e| e.key.to_string())
+            .collect::<HashSet<_>>(),
+        expected
+    );
+    for entry in &index {
+        assert_eq!(entry.error_code, "UNABLE_TO_LOCK_ROW");
+        assert_eq!(entry.error_class, ErrorClass::Retryable.as_str());
+        assert_eq!(entry.attempts, 5, "threshold reached, not exceeded (I4)");
+    }
+    let stats = org.stats();
+    // Retries send only the failing records: every record once, the 2 released ones
+    // 3 times, the 3 locked ones 5 times.
+    let first_pass_calls = rows.div_ceil(200) as u64;
+    assert_eq!(stats.records[0], rows as u64 + 2 * 2 + 3 * 4);
+    assert_eq!(stats.ids[0].len(), rows);
+    assert!(
+        (first_pass_calls..=first_pass_calls + 2 * 2 + 3 * 4).contains(&stats.calls[0]),
+        "{} calls for {rows} records",
+        stats.calls[0]
+    );
+    assert_eq!(stats.largest_call, 200);
+
+    org.next_run();
+    let counts = env.run().await.record.counts.unwrap();
+    assert_eq!((counts.planned, counts.carried_over), (3, 3));
+    assert_eq!(
+        (counts.delivered, counts.recovered, counts.failed),
+        (3, 3, 0)
+    );
+    assert!(
+        env.index().await.is_empty(),
+        "the index is empty after run 2"
+    );
+    let stats = org.stats();
+    assert_eq!(stats.ids[1], expected, "run 2 sends only those 3");
+    assert_eq!(stats.calls[1], 1, "in one call");
+    assert_eq!(
+        stats.received_after_written, 0,
+        "successes are never re-sent (I3)"
+    );
+    assert_eq!(stats.written.len(), rows);
+    assert_eq!(
+        stats.malformed_calls, 0,
+        "every call had the documented shape"
+    );
+    // Tokens expire every 20 calls; each expiry cost exactly one refresh.
+    let accepted: u64 = stats.calls.iter().sum();
+    assert!(
+        stats.unauthorized_calls >= 1,
+        "tokens expired during the run"
+    );
+    assert_eq!(stats.tokens_issued, accepted.div_ceil(20));
+    eprintln!(
+        "salesforce seed scenario: calls per run {:?}, records per run {:?}, tokens {}, refused for expiry {}",
+        stats.calls, stats.records, stats.tokens_issued, stats.unauthorized_calls
+    );
+}
+
+/// Issue 4 — a clean Salesforce run of N rows makes exactly ⌈N/200⌉ calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_salesforce_run_makes_one_call_per_200_rows() {
+    let rows = scaled(1_000, 300);
+    let env = TestEnv::with(EnvSettings {
+        vendor: Vendor::Salesforce {
+            jwt: false,
+            parent_field: false,
+        },
+        concurrency: 1,
+        options: full_batches(),
+        ..EnvSettings::default()
+    })
+    .await;
+    env.export_rows("batch.jsonl.gz", 0..rows).await;
+    let counts = env.run().await.record.counts.unwrap();
+    assert_eq!(counts.delivered, rows as u64);
+    let stats = env.salesforce.as_ref().unwrap().stats();
+    assert_eq!(stats.calls[0], rows.div_ceil(200) as u64, "{rows} rows");
+    assert_eq!(stats.records[0], rows as u64);
+    assert_eq!(
+        stats.tokens_issued, 1,
+        "the token is cached across invocations"
+    );
+}
+
+/// Issue 4 — lock-aware batching: rows are ordered by their parent (`AccountId`) before
+/// they are cut into calls, so each account's rows share one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salesforce_rows_of_one_account_share_a_call() {
+    let env = TestEnv::with(EnvSettings {
+        vendor: Vendor::Salesforce {
+            jwt: false,
+            parent_field: true,
+        },
+        concurrency: 1,
+        options: full_batches(),
+        ..EnvSettings::default()
+    })
+    .await;
+    let org = env.salesforce.as_ref().unwrap();
+    org.group_calls_by("AccountId");
+    // 400 rows of 20 accounts, interleaved in the export.
+    let mut jsonl = String::new();
+    for i in 0..400 {
+        let mut value = row(i, "v1");
+        value["account"] = serde_json::json!(format!("001-acc-{:02}", i % 20));
+        jsonl.push_str(&format!("{value}\n"));
+    }
+    env.export("accounts.jsonl", jsonl.into_bytes()).await;
+    let counts = env.run().await.record.counts.unwrap();
+    assert_eq!(counts.delivered, 400);
+    let stats = org.stats();
+    assert_eq!(stats.calls[0], 2);
+    let mut calls_per_account = std::collections::HashMap::new();
+    for groups in &stats.groups_per_call {
+        for account in groups {
+            *calls_per_account.entry(account.clone()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(calls_per_account.len(), 20);
+    assert!(
+        calls_per_account.values().all(|&n| n == 1),
+        "every account in exactly one call: {calls_per_account:?}"
+    );
+}
+
+/// Issue 4 — the FAQ scenario with HubSpot: 1,000 rows, 400 refused with validation
+/// errors in a 207 multi-status answer → the next run sends only those 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_only_failed_rows_are_retried_next_run() {
+    let rows = scaled(1_000, 200);
+    let failing = rows * 2 / 5;
+    let env = TestEnv::with(EnvSettings {
+        max_attempts: 2,
+        vendor: Vendor::Hubspot,
+        concurrency: 1,
+        options: full_batches(),
+        ..EnvSettings::default()
+    })
+    .await;
+    let portal = env.hubspot.as_ref().unwrap();
+    env.export_rows("batch.jsonl.gz", 0..rows).await;
+    for i in 0..failing {
+        portal.set(
+            key(i * 5 / 2),
+            Behaviour::RejectThisRun {
+                code: "VALIDATION_ERROR".into(),
+            },
+        );
+    }
+    let run1 = env.run().await.record.counts.unwrap();
+    assert_eq!(
+        (run1.delivered, run1.failed, run1.retried_in_run),
+        ((rows - failing) as u64, failing as u64, 0)
+    );
+    let index = env.index().await;
+    assert_eq!(index.len(), failing);
+    assert!(index
+        .iter()
+        .all(|e| e.error_class == "permanent" && e.error_code == "VALIDATION_ERROR"));
+    let stats = portal.stats();
+    assert_eq!(
+        stats.calls[0],
+        rows.div_ceil(100) as u64,
+        "full 100-input calls"
+    );
+    assert_eq!(stats.records[0], rows as u64);
+
+    portal.next_run();
+    let run2 = env.run().await.record.counts.unwrap();
+    assert_eq!(
+        (run2.planned, run2.delivered),
+        (failing as u64, failing as u64)
+    );
+    let stats = portal.stats();
+    assert_eq!(stats.ids[1].len(), failing, "only the failed rows are sent");
+    assert_eq!(stats.calls[1], failing.div_ceil(100) as u64);
+    assert_eq!(stats.received_after_written, 0);
+    assert_eq!(stats.malformed_calls + stats.unauthorized_calls, 0);
+    assert!(env.index().await.is_empty());
+}
+
+/// Issue 4 — rate limits do not burn attempts: with a threshold of ONE attempt and a
+/// portal that takes 3 calls per 2 seconds, every row is still delivered, each exactly
+/// once: rate-limited rows wait (re-enqueued with a delay) instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_rate_limits_delay_rows_without_failing_them() {
+    let rows = scaled(1_000, 200);
+    let env = TestEnv::with(EnvSettings {
+        max_attempts: 1,
+        vendor: Vendor::Hubspot,
+        concurrency: 2,
+        ..EnvSettings::default()
+    })
+    .await;
+    let portal = env.hubspot.as_ref().unwrap();
+    portal.limit_calls(3, std::time::Duration::from_secs(2));
+    env.export_rows("batch.jsonl.gz", 0..rows).await;
+    let counts = env.run().await.record.counts.unwrap();
+    assert_eq!((counts.delivered, counts.failed), (rows as u64, 0));
+    assert!(env.index().await.is_empty());
+    let stats = portal.stats();
+    assert_eq!(
+        stats.records[0], rows as u64,
+        "each row written exactly once"
+    );
+    assert_eq!(stats.ids[0].len(), rows);
+    eprintln!(
+        "hubspot rate limit: {} accepted calls, {} answered 429, {} rows waited",
+        stats.calls[0], stats.rate_limited_calls, counts.retried_in_run
+    );
+    assert!(
+        counts.retried_in_run > 0,
+        "{} calls in a 3-per-2s window: some rows had to wait",
+        stats.calls[0]
+    );
 }

@@ -7,13 +7,38 @@
 //! and reported in `batchItemFailures`; threshold reached or permanent → recorded as a
 //! terminal failure with its last error. Attempts come from `ApproximateReceiveCount`.
 //!
+//! # Rate limits do not spend attempts
+//!
+//! A row refused by a rate limit (`ErrorClass::RateLimited`: a 429, Salesforce's
+//! `REQUEST_LIMIT_EXCEEDED` or its daily API budget, HubSpot's ten-second window) did
+//! nothing wrong, and the limit may take longer to reset than the whole backoff
+//! schedule. Hiding the message with `ChangeMessageVisibility` would still count every
+//! receive in `ApproximateReceiveCount`, so a long limit would push healthy rows over
+//! the threshold. Instead such a row is **re-enqueued as a fresh copy** with
+//! `DelaySeconds` (the limit's wait, or a backoff that grows with the number of
+//! deferrals; at most SQS's 15 minutes) carrying `attempts_before` = the attempts that
+//! counted so far, and the original is deleted (not listed in `batchItemFailures`).
+//! The copy's receive count restarts, so the row's attempt stays
+//! `attempts_before + ApproximateReceiveCount` and only non-rate-limited tries count (I4).
+//! Safety: the copy is sent before the original is deleted, so a crash in between only
+//! duplicates the row (the ledger settles by key, I1); if SQS refuses the copy the
+//! original is kept and retried the ordinary way. Deferrals are bounded by
+//! [`MAX_RATE_LIMIT_DEFERRALS`] (≥ a day of waiting at 15-minute delays); past it a
+//! rate limit counts as an ordinary retryable attempt, so a run always ends.
+//!
+//! # Order before chunking
+//!
+//! Rows are ordered by [`Destination::order_key`] (stable; rows without a key keep
+//! their order, last) before they are cut into requests, so e.g. Salesforce contacts of
+//! one account share a call instead of contending for the account's lock.
+//!
 //! Outcomes are written as one ledger item per run touched, *before* the function
 //! returns — so before Lambda deletes any message (see `resync_shared::ledger`).
 //! Row-level errors never fail the batch; only a failure to record outcomes does, and
 //! then every message comes back and is tried again.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
@@ -23,7 +48,7 @@ use futures::StreamExt;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use resync_shared::{
     aws::{
-        queue::WorkQueue,
+        queue::{WorkQueue, MAX_DELAY_SECONDS},
         runs::{RunStatus, RunStore},
         AwsError,
     },
@@ -31,12 +56,15 @@ use resync_shared::{
     destination::{Destination, OutboundRow},
     ledger::{BatchLedger, FailedRow},
     message::RowMessage,
-    outcome::{decide, Decision, RowError, RowResult},
+    outcome::{decide, Decision, ErrorClass, RowError, RowResult},
     PrimaryKey, RunId, SyncId,
 };
 
 /// Destination requests in flight at once within one invocation.
 pub const REQUESTS_IN_FLIGHT: usize = 4;
+
+/// Rate-limit deferrals of one row in one run before a rate limit counts as an attempt.
+pub const MAX_RATE_LIMIT_DEFERRALS: u32 = 100;
 
 /// Why an invocation failed as a whole (its messages all come back).
 #[derive(Debug, thiserror::Error)]
@@ -95,8 +123,9 @@ pub async fn handler(
                 let attempt = record
                     .attributes
                     .get("ApproximateReceiveCount")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1);
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(1)
+                    .saturating_add(message.attempts_before);
                 by_run
                     .entry((message.sync_id.clone(), message.run_id.clone()))
                     .or_default()
@@ -121,6 +150,7 @@ pub async fn handler(
         event.context.request_id.clone()
     };
     let mut visibility: Vec<(String, Duration)> = Vec::new();
+    let mut deferred: Vec<(String, String, String, Duration)> = Vec::new();
     for ((sync_id, run_id), rows) in by_run {
         // A copy that comes back after its run closed (a duplicate, or a crashed
         // invocation's message) is already settled: drop it rather than send it again.
@@ -133,7 +163,7 @@ pub async fn handler(
             tracing::info!(sync = %sync_id, run = %run_id, rows = rows.len(), "late copies of a closed run's rows dropped");
             continue;
         }
-        let (ledger, retry) = deliver_run(deps, &rows).await;
+        let (ledger, retry, defer) = deliver_run(deps, &rows).await;
         if !ledger.is_empty() {
             deps.runs
                 .record_batch(&sync_id, &run_id, &batch_id, &ledger)
@@ -150,6 +180,40 @@ pub async fn handler(
         for (index, delay) in retry {
             failures.push(rows[index].message_id.clone());
             visibility.push((rows[index].receipt_handle.clone(), delay));
+        }
+        let mut copied: HashSet<&PrimaryKey> = HashSet::new();
+        for (index, delay) in defer {
+            let row = &rows[index];
+            if !copied.insert(&row.message.key) {
+                // Another copy of the key is already re-enqueued: this one is settled.
+                continue;
+            }
+            let mut copy = row.message.clone();
+            copy.attempts_before = row.attempt.saturating_sub(1);
+            copy.rate_limit_deferrals += 1;
+            deferred.push((
+                row.message_id.clone(),
+                row.receipt_handle.clone(),
+                copy.to_body(),
+                delay,
+            ));
+        }
+    }
+    for chunk in deferred.chunks(10) {
+        let bodies: Vec<String> = chunk.iter().map(|d| d.2.clone()).collect();
+        let delays: Vec<Duration> = chunk.iter().map(|d| d.3).collect();
+        let refused: Vec<usize> = match deps.queue.send_batch_delayed(&bodies, &delays).await {
+            Ok(unsent) => unsent.into_iter().map(|u| u.index).collect(),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot re-enqueue rate-limited rows; keeping the originals");
+                (0..chunk.len()).collect()
+            }
+        };
+        for index in refused {
+            // Kept: the original comes back after its backoff (this receive counts).
+            let (message_id, receipt, _, delay) = &chunk[index];
+            failures.push(message_id.clone());
+            visibility.push((receipt.clone(), *delay));
         }
     }
     if !visibility.is_empty() {
@@ -197,8 +261,12 @@ async fn send_chunk(
     (offset, results)
 }
 
-/// Sends one run's rows and returns its ledger item and the rows to retry (index, delay).
-async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Vec<(usize, Duration)>) {
+/// Rows to retry (index into the run's rows, delay).
+type Retries = Vec<(usize, Duration)>;
+
+/// Sends one run's rows and returns its ledger item, the rows to retry with a visibility
+/// backoff, and the rate-limited rows to re-enqueue with a delay (index, delay).
+async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Retries, Retries) {
     // Copies of one key (at-least-once delivery) are sent once and share the answer:
     // a destination request never upserts the same record twice.
     let mut first_copy: HashMap<&PrimaryKey, usize> = HashMap::new();
@@ -211,8 +279,11 @@ async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Vec<(u
         });
         answer_of.push(slot);
     }
+    // Order by the destination's key (stable), remembering where each row came from.
+    let order = send_order(deps.destination.as_ref(), &unique);
+    let sorted: Vec<&Received> = order.iter().map(|&i| unique[i]).collect();
     let batch_size = deps.destination.batch_size().max(1);
-    let chunks: Vec<(usize, &[&Received])> = unique
+    let chunks: Vec<(usize, &[&Received])> = sorted
         .chunks(batch_size)
         .enumerate()
         .map(|(i, chunk)| (i * batch_size, chunk))
@@ -230,16 +301,34 @@ async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Vec<(u
     let mut rng = rand::thread_rng();
     let mut ledger = BatchLedger::default();
     let mut retry = Vec::new();
+    let mut defer = Vec::new();
     let mut unique_results: Vec<Option<RowResult>> = vec![None; unique.len()];
     for (offset, results) in answers {
         for (i, result) in results.into_iter().enumerate() {
-            unique_results[offset + i] = Some(result);
+            unique_results[order[offset + i]] = Some(result);
         }
     }
     for (index, row) in rows.iter().enumerate() {
         let result = unique_results[answer_of[index]]
             .clone()
             .expect("every unique row was sent");
+        if let Err(error) = &result {
+            if error.class == ErrorClass::RateLimited
+                && row.message.rate_limit_deferrals < MAX_RATE_LIMIT_DEFERRALS
+            {
+                let delay = policy
+                    .visibility_backoff(
+                        row.message.rate_limit_deferrals + 1,
+                        error.retry_after,
+                        &mut rng,
+                    )
+                    .min(Duration::from_secs(MAX_DELAY_SECONDS));
+                tracing::debug!(key = %row.message.key, code = %error.code, deferrals = row.message.rate_limit_deferrals, "rate limited; deferring without spending an attempt");
+                ledger.retrying.push(row.message.key.clone());
+                defer.push((index, delay));
+                continue;
+            }
+        }
         match decide(result, row.attempt, policy, &mut rng) {
             Decision::Delivered if row.message.carried_over => {
                 ledger.recovered.push(row.message.key.clone())
@@ -264,7 +353,32 @@ async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Vec<(u
             }
         }
     }
-    (ledger, retry)
+    (ledger, retry, defer)
+}
+
+/// Indexes of `unique` in sending order: by the destination's order key (stable), rows
+/// without a key last in their original order.
+fn send_order(destination: &dyn Destination, unique: &[&Received]) -> Vec<usize> {
+    let keys: Vec<Option<String>> = unique
+        .iter()
+        .map(|r| {
+            destination.order_key(&OutboundRow {
+                key: &r.message.key,
+                idempotency_key: String::new(),
+                fields: &r.message.row,
+            })
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..unique.len()).collect();
+    if keys.iter().any(Option::is_some) {
+        order.sort_by(|&a, &b| match (&keys[a], &keys[b]) {
+            (Some(x), Some(y)) => x.cmp(y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        });
+    }
+    order
 }
 
 #[cfg(test)]

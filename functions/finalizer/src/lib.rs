@@ -374,8 +374,9 @@ async fn drain_dead_letters(deps: &Finalizer, destination: &DestinationId) -> Re
                 .and_then(|a| {
                     a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
                 })
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0)
+                + row.attempts_before;
             by_run
                 .entry((row.sync_id.clone(), row.run_id.clone()))
                 .or_default()

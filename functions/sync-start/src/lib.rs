@@ -416,6 +416,8 @@ impl<'a> Sender<'a> {
             carried_over: planned.carried.is_some(),
             first_failed_at: planned.carried.as_ref().map(|c| c.first_failed_at.clone()),
             prior_attempts: planned.carried.as_ref().map_or(0, |c| c.attempts),
+            attempts_before: 0,
+            rate_limit_deferrals: 0,
         };
         let body = message.to_body();
         if body.len() > self.queue.max_message_bytes() {

@@ -18,6 +18,9 @@ use super::AwsError;
 /// Tries of one batch call (the first included) before its failed entries are given up.
 const SEND_TRIES: u32 = 6;
 
+/// The longest `DelaySeconds` SQS accepts (15 minutes).
+pub const MAX_DELAY_SECONDS: u64 = 900;
+
 /// An SQS queue by URL.
 #[derive(Debug, Clone)]
 pub struct WorkQueue {
@@ -81,6 +84,20 @@ impl WorkQueue {
     /// Sends up to 10 bodies in one `SendMessageBatch`, retrying failed entries that are
     /// not the sender's fault with backoff. Returns the entries SQS refused for good.
     pub async fn send_batch(&self, bodies: &[String]) -> Result<Vec<Unsent>, AwsError> {
+        self.send_batch_delayed(bodies, &[]).await
+    }
+
+    /// Like [`Self::send_batch`], with a per-message `DelaySeconds` (SQS takes at most
+    /// 900 s; longer delays are capped). `delays` is empty or has one entry per body.
+    pub async fn send_batch_delayed(
+        &self,
+        bodies: &[String],
+        delays: &[Duration],
+    ) -> Result<Vec<Unsent>, AwsError> {
+        assert!(
+            delays.is_empty() || delays.len() == bodies.len(),
+            "one delay per body"
+        );
         assert!(
             bodies.len() <= 10,
             "SendMessageBatch takes at most 10 entries"
@@ -95,6 +112,11 @@ impl WorkQueue {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(&bodies[i])
+                        .set_delay_seconds(
+                            delays
+                                .get(i)
+                                .map(|d| d.as_secs().min(MAX_DELAY_SECONDS) as i32),
+                        )
                         .build()
                         .expect("id and body are set")
                 })

@@ -14,6 +14,8 @@ use crate::{
     secrets::{SecretError, SecretResolver},
 };
 
+pub mod hubspot;
+pub mod salesforce;
 pub mod webhook;
 
 /// One row as a destination receives it.
@@ -34,6 +36,15 @@ pub trait Destination: Send + Sync {
 
     /// Sends one request's rows; the answer has one result per row, in order.
     fn send<'a>(&'a self, rows: &'a [OutboundRow<'a>]) -> BoxFuture<'a, Vec<RowResult>>;
+
+    /// The key by which delivery orders an invocation's rows before cutting them into
+    /// requests, so rows that share it land in the same request (e.g. contacts of one
+    /// Salesforce account: one call takes the parent's lock once instead of several
+    /// concurrent calls fighting over it). `None` (the default) keeps the queue's order.
+    fn order_key(&self, row: &OutboundRow<'_>) -> Option<String> {
+        let _ = row;
+        None
+    }
 }
 
 /// A destination could not be set up.
@@ -94,6 +105,70 @@ pub async fn build(
                 })?,
             ))
         }
+        DestinationKind::Salesforce => {
+            let section = config
+                .salesforce
+                .as_ref()
+                .ok_or_else(|| setup(config, "missing salesforce section"))?;
+            let credentials = salesforce::Credentials::resolve(&section.auth, secrets)
+                .await
+                .map_err(|err| match err {
+                    salesforce::CredentialError::Secret(source) => DestinationError::Secret {
+                        destination: config.id.to_string(),
+                        source,
+                    },
+                    salesforce::CredentialError::Key(message) => setup(config, &message),
+                })?;
+            Ok(Arc::new(
+                salesforce::Salesforce::new(
+                    section,
+                    credentials,
+                    config.effective_batch_size(),
+                    config.timeout(),
+                )
+                .map_err(|message| setup(config, &message))?,
+            ))
+        }
+        DestinationKind::Hubspot => {
+            let section = config
+                .hubspot
+                .as_ref()
+                .ok_or_else(|| setup(config, "missing hubspot section"))?;
+            let token = secrets
+                .resolve(&section.access_token)
+                .await
+                .map_err(|source| DestinationError::Secret {
+                    destination: config.id.to_string(),
+                    source,
+                })?;
+            Ok(Arc::new(
+                hubspot::Hubspot::new(
+                    section,
+                    token,
+                    config.effective_batch_size(),
+                    config.timeout(),
+                )
+                .map_err(|message| setup(config, &message))?,
+            ))
+        }
+    }
+}
+
+fn setup(config: &DestinationConfig, message: &str) -> DestinationError {
+    DestinationError::Setup {
+        destination: config.id.to_string(),
+        message: message.to_owned(),
+    }
+}
+
+/// The text of a JSON field value as a destination sends it as an identifier: strings
+/// as they are, numbers and booleans in their JSON form; `None` for null, arrays and objects.
+pub fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
     }
 }
 
