@@ -23,3 +23,12 @@ export function configFile(text: string): string {
   fs.writeFileSync(file, text);
   return file;
 }
+
+/** The synthesised CloudFormation of the default configuration, environment-agnostic
+ *  (`${AWS::Region}`/`${AWS::AccountId}` stay references, as in template.yaml). */
+export function synthTemplate(props: Partial<ResyncProps> = {}): any {
+  const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
+  const stack = new Stack(app, 'Resync');
+  new Resync(stack, 'Resync', { configPath: CONFIG, ...props });
+  return Template.fromStack(stack).toJSON();
+}
