@@ -102,6 +102,30 @@ enum Command {
         #[arg(long)]
         sync: String,
     },
+    /// Start the embedded AWS emulator on a port, provision a stack in it and wait for
+    /// Ctrl-C: an endpoint (`AWS_ENDPOINT_URL`) for the Lambda binaries run by
+    /// `cargo lambda watch`, `resync run`, or any SDK.
+    Emulator {
+        /// Loopback port to listen on.
+        #[arg(long, default_value_t = 4566)]
+        port: u16,
+        /// Provision the stack of this sync configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Name prefix of the stack's resources.
+        #[arg(long, default_value = "resync")]
+        stack: String,
+    },
+    /// Provision a stack's resources at the endpoint in AWS_ENDPOINT_URL (LocalStack,
+    /// moto); deploy to AWS with template.yaml or infra/ instead.
+    Provision {
+        /// The sync configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Name prefix of the stack's resources.
+        #[arg(long, default_value = "resync")]
+        stack: String,
+    },
     /// List a sync's failed rows with their last error (keys and errors only).
     Failed {
         /// The sync configuration file.
@@ -190,6 +214,21 @@ async fn main() -> anyhow::Result<()> {
             watch,
             json,
         } => run(config, sync, stack, upload, watch, json).await?,
+        Command::Emulator {
+            port,
+            config,
+            stack,
+        } => emulator(port, config, stack).await?,
+        Command::Provision { config, stack } => {
+            let endpoint = std::env::var("AWS_ENDPOINT_URL").context(
+                "AWS_ENDPOINT_URL is not set: `resync provision` is for LocalStack or moto; deploy to AWS with template.yaml (SAM) or infra/ (CDK)",
+            )?;
+            let config = Config::load(&config)?;
+            let sdk = resync::aws::from_env().await;
+            let resources =
+                resync::local::provision(&sdk, &config, &stack, &LocalOptions::default()).await?;
+            print_stack(&endpoint, &resources);
+        }
         Command::Failed {
             config,
             sync,
@@ -213,6 +252,33 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `resync emulator`: the embedded emulator on a fixed port with a provisioned stack.
+async fn emulator(port: u16, config: PathBuf, stack: String) -> anyhow::Result<()> {
+    let config = Config::load(&config)?;
+    let emulator =
+        resync_emulator::Emulator::start_on(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .with_context(|| format!("starting the emulator on 127.0.0.1:{port}"))?;
+    let sdk = resync::aws::for_endpoint(emulator.endpoint_url()).await;
+    let resources =
+        resync::local::provision(&sdk, &config, &stack, &LocalOptions::default()).await?;
+    print_stack(emulator.endpoint_url(), &resources);
+    println!("# ready; Ctrl-C stops the emulator");
+    tokio::signal::ctrl_c().await?;
+    emulator.shutdown().await;
+    Ok(())
+}
+
+/// The environment a function (or the CLI) needs to use a provisioned stack, as
+/// shell lines.
+fn print_stack(endpoint: &str, resources: &resync_shared::resources::Resources) {
+    println!("export AWS_ENDPOINT_URL={endpoint}");
+    println!("export RESYNC_STACK={}", resources.stack);
+    if let Some(arn) = &resources.alert_topic_arn {
+        println!("export RESYNC_ALERT_TOPIC_ARN={arn}");
+    }
 }
 
 async fn run(

@@ -5,7 +5,7 @@
 use crate::{config::DestinationConfig, ids::DestinationId};
 
 /// Timeout of the delivery function, in seconds (the queue's visibility timeout is
-/// six times this, as AWS advises for SQS event sources).
+/// six times this plus the batching window, as AWS advises for SQS event sources).
 pub const DELIVERY_FUNCTION_TIMEOUT_SECS: u32 = 60;
 /// Source queue retention: 4 days.
 pub const QUEUE_RETENTION_SECS: u32 = 4 * 24 * 3600;
@@ -87,7 +87,7 @@ impl Resources {
 /// Settings of a destination's delivery queue and its dead-letter queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueSettings {
-    /// Visibility timeout: 6 × the delivery function's timeout.
+    /// Visibility timeout: 6 × the delivery function's timeout + the batching window.
     pub visibility_timeout_secs: u32,
     /// Largest message.
     pub max_message_bytes: u32,
@@ -107,15 +107,16 @@ pub struct QueueSettings {
 impl QueueSettings {
     /// The settings for one destination.
     pub fn for_destination(destination: &DestinationConfig) -> Self {
+        let batching_window_secs = 1;
         Self {
-            visibility_timeout_secs: 6 * DELIVERY_FUNCTION_TIMEOUT_SECS,
+            visibility_timeout_secs: 6 * DELIVERY_FUNCTION_TIMEOUT_SECS + batching_window_secs,
             max_message_bytes: MAX_MESSAGE_BYTES,
             retention_secs: QUEUE_RETENTION_SECS,
             max_receive_count: destination.retry.max_attempts + 2,
             dlq_retention_secs: DLQ_RETENTION_SECS,
             // Several destination batches per invocation keep ledger writes per row low.
             event_batch_size: (destination.effective_batch_size() as u32 * 2).clamp(20, 1000),
-            batching_window_secs: 1,
+            batching_window_secs,
         }
     }
 }
