@@ -21,10 +21,14 @@
 //! The copy's receive count restarts, so the row's attempt stays
 //! `attempts_before + ApproximateReceiveCount` and only non-rate-limited tries count (I4).
 //! Safety: the copy is sent before the original is deleted, so a crash in between only
-//! duplicates the row (the ledger settles by key, I1); if SQS refuses the copy the
-//! original is kept and retried the ordinary way. Deferrals are bounded by
-//! [`MAX_RATE_LIMIT_DEFERRALS`] (≥ a day of waiting at 15-minute delays); past it a
-//! rate limit counts as an ordinary retryable attempt, so a run always ends.
+//! duplicates the row (the ledger settles by key, I1); copies are sent before the
+//! invocation's ledger item is written, so a row whose copy SQS refused is settled the
+//! ordinary way in that same item (this receive counts; at the threshold it fails).
+//! Deferrals are bounded by [`MAX_RATE_LIMIT_DEFERRALS`]: each waits at least the
+//! limit's own wait (Retry-After, the HubSpot window, the Salesforce budget recheck)
+//! and otherwise a full-jitter backoff that grows with the deferral count up to the
+//! policy's maximum; past the bound a rate limit counts as an ordinary retryable
+//! attempt, so a run always ends.
 //!
 //! # Order before chunking
 //!
