@@ -18,7 +18,9 @@
 //!   run with exact counts.
 //! - [`resources`]: the names and settings of every queue, table, bucket, topic and bus
 //!   (one place, used by provisioning and by the functions).
-//! - [`destination`]: the `Destination` port and the webhook destination.
+//! - [`destination`]: the `Destination` port and its adapters: the webhook, Salesforce
+//!   (sObject Collections upsert, OAuth 2.0 server-to-server) and HubSpot (CRM v3 batch
+//!   upsert).
 //! - [`aws`]: adapters over the AWS SDK (DynamoDB run ledger and failed-row index, SQS
 //!   work queue, S3 source, SNS/EventBridge/EMF run reporting).
 //! - [`secrets`]: where destination secrets come from (Secrets Manager in production).

@@ -51,6 +51,11 @@ pub fn scaled(embedded: usize, remote: usize) -> usize {
     }
 }
 
+/// Whether the suite runs against a remote endpoint (e.g. moto's server).
+pub fn remote() -> bool {
+    remote_endpoint().is_some()
+}
+
 fn remote_endpoint() -> Option<String> {
     std::env::var("RESYNC_TEST_ENDPOINT")
         .ok()

@@ -21,10 +21,14 @@
 //! The copy's receive count restarts, so the row's attempt stays
 //! `attempts_before + ApproximateReceiveCount` and only non-rate-limited tries count (I4).
 //! Safety: the copy is sent before the original is deleted, so a crash in between only
-//! duplicates the row (the ledger settles by key, I1); if SQS refuses the copy the
-//! original is kept and retried the ordinary way. Deferrals are bounded by
-//! [`MAX_RATE_LIMIT_DEFERRALS`] (≥ a day of waiting at 15-minute delays); past it a
-//! rate limit counts as an ordinary retryable attempt, so a run always ends.
+//! duplicates the row (the ledger settles by key, I1); copies are sent before the
+//! invocation's ledger item is written, so a row whose copy SQS refused is settled the
+//! ordinary way in that same item (this receive counts; at the threshold it fails).
+//! Deferrals are bounded by [`MAX_RATE_LIMIT_DEFERRALS`]: each waits at least the
+//! limit's own wait (Retry-After, the HubSpot window, the Salesforce budget recheck)
+//! and otherwise a full-jitter backoff that grows with the deferral count up to the
+//! policy's maximum; past the bound a rate limit counts as an ordinary retryable
+//! attempt, so a run always ends.
 //!
 //! # Order before chunking
 //!
@@ -150,7 +154,6 @@ pub async fn handler(
         event.context.request_id.clone()
     };
     let mut visibility: Vec<(String, Duration)> = Vec::new();
-    let mut deferred: Vec<(String, String, String, Duration)> = Vec::new();
     for ((sync_id, run_id), rows) in by_run {
         // A copy that comes back after its run closed (a duplicate, or a crashed
         // invocation's message) is already settled: drop it rather than send it again.
@@ -163,7 +166,32 @@ pub async fn handler(
             tracing::info!(sync = %sync_id, run = %run_id, rows = rows.len(), "late copies of a closed run's rows dropped");
             continue;
         }
-        let (ledger, retry, defer) = deliver_run(deps, &rows).await;
+        let (mut ledger, mut retry, defer) = deliver_run(deps, &rows).await;
+        // Re-enqueue rate-limited rows *before* the ledger is written, so a row whose
+        // copy SQS refused is settled the ordinary way (this receive counts) in the
+        // same ledger item — at the threshold that is a terminal failure (I4).
+        let kept = defer_rows(&deps.queue, &rows, &defer).await;
+        {
+            // Not held across an await: the thread-local RNG is not Send.
+            let mut rng = rand::thread_rng();
+            for position in kept {
+                let (index, _, error) = &defer[position];
+                let row = &rows[*index];
+                match decide(
+                    Err(error.clone()),
+                    row.attempt,
+                    &deps.destination_config.retry,
+                    &mut rng,
+                ) {
+                    Decision::RetryLater { visibility, .. } => retry.push((*index, visibility)),
+                    Decision::TerminalFailure(error) => {
+                        ledger.retrying.retain(|key| key != &row.message.key);
+                        ledger.failed.push(failed_row(row, error));
+                    }
+                    Decision::Delivered => {}
+                }
+            }
+        }
         if !ledger.is_empty() {
             deps.runs
                 .record_batch(&sync_id, &run_id, &batch_id, &ledger)
@@ -181,40 +209,6 @@ pub async fn handler(
             failures.push(rows[index].message_id.clone());
             visibility.push((rows[index].receipt_handle.clone(), delay));
         }
-        let mut copied: HashSet<&PrimaryKey> = HashSet::new();
-        for (index, delay) in defer {
-            let row = &rows[index];
-            if !copied.insert(&row.message.key) {
-                // Another copy of the key is already re-enqueued: this one is settled.
-                continue;
-            }
-            let mut copy = row.message.clone();
-            copy.attempts_before = row.attempt.saturating_sub(1);
-            copy.rate_limit_deferrals += 1;
-            deferred.push((
-                row.message_id.clone(),
-                row.receipt_handle.clone(),
-                copy.to_body(),
-                delay,
-            ));
-        }
-    }
-    for chunk in deferred.chunks(10) {
-        let bodies: Vec<String> = chunk.iter().map(|d| d.2.clone()).collect();
-        let delays: Vec<Duration> = chunk.iter().map(|d| d.3).collect();
-        let refused: Vec<usize> = match deps.queue.send_batch_delayed(&bodies, &delays).await {
-            Ok(unsent) => unsent.into_iter().map(|u| u.index).collect(),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot re-enqueue rate-limited rows; keeping the originals");
-                (0..chunk.len()).collect()
-            }
-        };
-        for index in refused {
-            // Kept: the original comes back after its backoff (this receive counts).
-            let (message_id, receipt, _, delay) = &chunk[index];
-            failures.push(message_id.clone());
-            visibility.push((receipt.clone(), *delay));
-        }
     }
     if !visibility.is_empty() {
         // A refused change only means the row comes back at the queue's own timeout.
@@ -227,6 +221,52 @@ pub async fn handler(
         response.batch_item_failures.push(failure);
     }
     Ok(response)
+}
+
+/// Re-enqueues rate-limited rows as delayed copies (one per key) that carry the attempts
+/// spent so far; their originals are then deleted by the caller's partial batch
+/// response. Returns the positions in `defer` whose rows must be kept instead because
+/// SQS refused their copy.
+async fn defer_rows(queue: &WorkQueue, rows: &[Received], defer: &[Deferral]) -> Vec<usize> {
+    let mut copies: Vec<(usize, String, Duration)> = Vec::new();
+    let mut copied: HashSet<&PrimaryKey> = HashSet::new();
+    for (position, (index, delay, _)) in defer.iter().enumerate() {
+        let row = &rows[*index];
+        if !copied.insert(&row.message.key) {
+            // A copy of the key is already going back to the queue; if SQS refuses it,
+            // that message is kept, so this duplicate can go.
+            continue;
+        }
+        let mut copy = row.message.clone();
+        copy.attempts_before = row.attempt.saturating_sub(1);
+        copy.rate_limit_deferrals += 1;
+        copies.push((position, copy.to_body(), *delay));
+    }
+    let mut kept = Vec::new();
+    for chunk in copies.chunks(10) {
+        let bodies: Vec<String> = chunk.iter().map(|c| c.1.clone()).collect();
+        let delays: Vec<Duration> = chunk.iter().map(|c| c.2).collect();
+        match queue.send_batch_delayed(&bodies, &delays).await {
+            Ok(unsent) => kept.extend(unsent.into_iter().map(|u| chunk[u.index].0)),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot re-enqueue rate-limited rows; keeping the originals");
+                kept.extend(chunk.iter().map(|c| c.0));
+            }
+        }
+    }
+    kept
+}
+
+fn failed_row(row: &Received, error: RowError) -> FailedRow {
+    FailedRow {
+        key: row.message.key.clone(),
+        error,
+        attempts: row.attempt,
+        prior_attempts: row.message.prior_attempts,
+        carried_over: row.message.carried_over,
+        first_failed_at: row.message.first_failed_at.clone(),
+        payload: row.message.row.clone(),
+    }
 }
 
 /// Sends one destination request; a wrong result count retries the request's rows.
@@ -264,9 +304,12 @@ async fn send_chunk(
 /// Rows to retry (index into the run's rows, delay).
 type Retries = Vec<(usize, Duration)>;
 
+/// A rate-limited row to re-enqueue: index into the run's rows, delay, the error.
+type Deferral = (usize, Duration, RowError);
+
 /// Sends one run's rows and returns its ledger item, the rows to retry with a visibility
 /// backoff, and the rate-limited rows to re-enqueue with a delay (index, delay).
-async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Retries, Retries) {
+async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Retries, Vec<Deferral>) {
     // Copies of one key (at-least-once delivery) are sent once and share the answer:
     // a destination request never upserts the same record twice.
     let mut first_copy: HashMap<&PrimaryKey, usize> = HashMap::new();
@@ -325,7 +368,7 @@ async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Retrie
                     .min(Duration::from_secs(MAX_DELAY_SECONDS));
                 tracing::debug!(key = %row.message.key, code = %error.code, deferrals = row.message.rate_limit_deferrals, "rate limited; deferring without spending an attempt");
                 ledger.retrying.push(row.message.key.clone());
-                defer.push((index, delay));
+                defer.push((index, delay, error.clone()));
                 continue;
             }
         }
@@ -341,15 +384,7 @@ async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Retrie
             }
             Decision::TerminalFailure(error) => {
                 tracing::warn!(key = %row.message.key, class = error.class.as_str(), code = %error.code, attempt = row.attempt, "row failed");
-                ledger.failed.push(FailedRow {
-                    key: row.message.key.clone(),
-                    error,
-                    attempts: row.attempt,
-                    prior_attempts: row.message.prior_attempts,
-                    carried_over: row.message.carried_over,
-                    first_failed_at: row.message.first_failed_at.clone(),
-                    payload: row.message.row.clone(),
-                });
+                ledger.failed.push(failed_row(row, error));
             }
         }
     }
@@ -399,6 +434,67 @@ mod tests {
         let second = RowMessage::from_body(event.records[1].body.as_deref().unwrap()).unwrap();
         assert!(second.carried_over);
         assert_eq!(second.prior_attempts, 5);
+    }
+
+    struct ByParent;
+
+    impl Destination for ByParent {
+        fn batch_size(&self) -> usize {
+            2
+        }
+
+        fn send<'a>(
+            &'a self,
+            rows: &'a [OutboundRow<'a>],
+        ) -> futures::future::BoxFuture<'a, Vec<RowResult>> {
+            Box::pin(async move { vec![Ok(()); rows.len()] })
+        }
+
+        fn order_key(&self, row: &OutboundRow<'_>) -> Option<String> {
+            row.fields.get("parent")?.as_str().map(str::to_owned)
+        }
+    }
+
+    fn received(key: &str, parent: Option<&str>) -> Received {
+        let mut row = serde_json::Map::new();
+        if let Some(parent) = parent {
+            row.insert("parent".into(), parent.into());
+        }
+        Received {
+            message_id: key.into(),
+            receipt_handle: key.into(),
+            attempt: 1,
+            message: RowMessage {
+                run_id: RunId::parse("r").unwrap(),
+                sync_id: SyncId::parse("s").unwrap(),
+                key: PrimaryKey::parse(key).unwrap(),
+                row,
+                carried_over: false,
+                first_failed_at: None,
+                prior_attempts: 0,
+                attempts_before: 0,
+                rate_limit_deferrals: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn rows_are_ordered_by_parent_stably_with_unkeyed_rows_last() {
+        let rows = [
+            received("a", Some("p2")),
+            received("b", None),
+            received("c", Some("p1")),
+            received("d", Some("p2")),
+            received("e", None),
+            received("f", Some("p1")),
+        ];
+        let unique: Vec<&Received> = rows.iter().collect();
+        let order = send_order(&ByParent, &unique);
+        let keys: Vec<&str> = order
+            .iter()
+            .map(|&i| unique[i].message.key.as_str())
+            .collect();
+        assert_eq!(keys, ["c", "f", "a", "d", "b", "e"]);
     }
 
     #[test]
