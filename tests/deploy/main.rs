@@ -191,6 +191,53 @@ impl Template {
     }
 }
 
+/// What a function's role grants `action` on: referenced logical ids (`!GetAtt X.Arn`)
+/// and ARN texts (`!Sub ...`).
+fn granted(template: &Template, function: &Value, action: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let Some(role) = get(function, &["Properties", "Role"])
+        .and_then(referenced)
+        .and_then(|r| template.resource(&r))
+    else {
+        return out;
+    };
+    for policy in get(role, &["Properties", "Policies"])
+        .map(untag)
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+    {
+        for statement in get(policy, &["PolicyDocument", "Statement"])
+            .map(untag)
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            if !strings(get(statement, &["Action"]))
+                .iter()
+                .any(|a| a == action)
+            {
+                continue;
+            }
+            let resources = get(statement, &["Resource"])
+                .cloned()
+                .unwrap_or(Value::Null);
+            let list = match untag(&resources) {
+                Value::Sequence(items) if tag(&resources).is_none() => items.clone(),
+                _ => vec![resources.clone()],
+            };
+            for resource in &list {
+                if let Some(id) = referenced(resource) {
+                    out.insert(id);
+                } else if let Some(text) = text(resource) {
+                    out.insert(text);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Every disagreement between the template and the configuration.
 fn problems(template: &Template, config: &Config) -> Vec<String> {
     let mut out = Vec::new();
@@ -349,6 +396,66 @@ fn problems(template: &Template, config: &Config) -> Vec<String> {
             if actions != expected {
                 fail(format!(
                     "{name}: IAM actions {actions:?}, want exactly {expected:?}"
+                ));
+            }
+        }
+    }
+
+    // Wiring: sync-start sends to every delivery queue, the finalizer drains every
+    // dead-letter queue, each function has an errors alarm, each DLQ a depth alarm.
+    let alarms = template.of_type("AWS::CloudWatch::Alarm");
+    let alarm_on = |metric: &str, dimension: &str, target: &str| {
+        alarms.iter().any(|(_, a)| {
+            get(a, &["Properties", "MetricName"])
+                .and_then(text)
+                .as_deref()
+                == Some(metric)
+                && get(a, &["Properties", "Dimensions"])
+                    .map(untag)
+                    .and_then(Value::as_sequence)
+                    .is_some_and(|dims| {
+                        dims.iter().any(|d| {
+                            get(d, &["Name"]).and_then(text).as_deref() == Some(dimension)
+                                && get(d, &["Value"]).and_then(referenced).as_deref()
+                                    == Some(target)
+                        })
+                    })
+        })
+    };
+    for (name, _) in &functions {
+        if !alarm_on("Errors", "FunctionName", name) {
+            fail(format!("{name}: no AWS/Lambda Errors alarm"));
+        }
+    }
+    for destination in &config.destinations {
+        let id = destination.id.as_str();
+        let queue = template.named("AWS::SQS::Queue", "QueueName", &format!("{id}-delivery"));
+        let dlq = template.named("AWS::SQS::Queue", "QueueName", &format!("{id}-dlq"));
+        for (binary, action, queue) in [
+            ("sync-start", "sqs:SendMessage", &queue),
+            ("finalizer", "sqs:ReceiveMessage", &dlq),
+        ] {
+            let Some((queue, _)) = queue else { continue };
+            for (name, function) in by_binary.get(binary).into_iter().flatten() {
+                if !granted(template, function, action).contains(queue) {
+                    fail(format!("{name}: no {action} on {queue} (destination {id})"));
+                }
+            }
+        }
+        if let Some((dlq, _)) = &dlq {
+            if !alarm_on("ApproximateNumberOfMessagesVisible", "QueueName", dlq) {
+                fail(format!("{dlq}: no dead-letter depth alarm"));
+            }
+        }
+    }
+    for (name, function) in by_binary.get("sync-start").into_iter().flatten() {
+        let reads = granted(template, function, "s3:GetObject");
+        for sync in config.syncs.iter().filter(|s| s.source.bucket.is_none()) {
+            let suffix = format!("/{}*", sync.source.prefix);
+            if !reads.iter().any(|r| r.ends_with(&suffix)) {
+                fail(format!(
+                    "{name}: no s3:GetObject on the prefix of sync {}",
+                    sync.id
                 ));
             }
         }
@@ -835,5 +942,41 @@ fn a_missing_ttl_or_wrong_key_is_caught() {
             "{ AttributeName: row_key, KeyType: RANGE }",
         ),
         "keys",
+    );
+}
+
+#[test]
+fn a_destination_queue_missing_from_sync_start_or_the_finalizer_is_caught() {
+    assert_named(
+        &edited(
+            "                Resource:\n                  - !GetAtt CrmWebhookDeliveryQueue.Arn",
+            "                Resource:\n                  - !GetAtt CrmWebhookDeadLetterQueue.Arn",
+        ),
+        "no sqs:SendMessage",
+    );
+    assert_named(
+        &edited(
+            "                Resource:\n                  - !GetAtt CrmWebhookDeadLetterQueue.Arn",
+            "                Resource:\n                  - !GetAtt CrmWebhookDeliveryQueue.Arn",
+        ),
+        "no sqs:ReceiveMessage",
+    );
+}
+
+#[test]
+fn a_missing_alarm_or_source_prefix_is_caught() {
+    assert_named(
+        &edited(
+            "Value: !Ref FinalizerFunction",
+            "Value: !Ref SyncStartFunction",
+        ),
+        "no AWS/Lambda Errors alarm",
+    );
+    assert_named(
+        &edited(
+            "${Bucket}/exports/accounts/*",
+            "${Bucket}/exports/acounts/*",
+        ),
+        "no s3:GetObject on the prefix of sync accounts",
     );
 }
