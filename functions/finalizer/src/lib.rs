@@ -15,14 +15,14 @@
 //! A run stuck in planning (sync-start killed) past [`STALE_PLANNING`] is abandoned,
 //! which releases the sync without losing a row.
 
-use std::{collections::BTreeMap, collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use resync_shared::{
     aws::{
         index::FailedRowIndex,
-        queue::WorkQueue,
+        queue::{QueueDirectory, WorkQueue},
         report::{warn_due, Reporter, RunSummary, Severity},
         runs::{RunRecord, RunStatus, RunStore},
         AwsError,
@@ -35,7 +35,6 @@ use resync_shared::{
     time_util, DestinationId, RunId, SyncId,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 
 /// A run still planning after this long lost its sync-start invocation (Lambda's
 /// longest timeout is 15 minutes).
@@ -132,8 +131,7 @@ pub struct Finalizer {
     pub index: FailedRowIndex,
     /// Reporting.
     pub reporter: Reporter,
-    sqs: aws_sdk_sqs::Client,
-    dead_letter_queues: Mutex<HashMap<DestinationId, WorkQueue>>,
+    dead_letter_queues: QueueDirectory,
 }
 
 impl Finalizer {
@@ -148,8 +146,7 @@ impl Finalizer {
         Self {
             runs: RunStore::new(dynamo.clone(), &resources.runs_table),
             index: FailedRowIndex::new(dynamo, &resources.failed_rows_table),
-            sqs: aws_sdk_sqs::Client::new(sdk),
-            dead_letter_queues: Mutex::new(HashMap::new()),
+            dead_letter_queues: QueueDirectory::new(aws_sdk_sqs::Client::new(sdk)),
             config,
             resources,
             reporter,
@@ -157,17 +154,9 @@ impl Finalizer {
     }
 
     async fn dead_letter_queue(&self, destination: &DestinationId) -> Result<WorkQueue, AwsError> {
-        let mut queues = self.dead_letter_queues.lock().await;
-        if let Some(queue) = queues.get(destination) {
-            return Ok(queue.clone());
-        }
-        let queue = WorkQueue::resolve(
-            self.sqs.clone(),
-            &self.resources.dead_letter_queue(destination),
-        )
-        .await?;
-        queues.insert(destination.clone(), queue.clone());
-        Ok(queue)
+        self.dead_letter_queues
+            .get(&self.resources.dead_letter_queue(destination))
+            .await
     }
 }
 

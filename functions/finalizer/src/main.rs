@@ -4,11 +4,7 @@ use std::sync::Arc;
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use resync_finalizer::{handler, Finalizer};
-use resync_shared::{
-    aws::report::{MetricsSink, Reporter},
-    config::Config,
-    resources::Resources,
-};
+use resync_shared::{aws::report::Reporter, config::Config, resources::Resources};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -16,17 +12,7 @@ async fn main() -> Result<(), Error> {
     let config = Arc::new(Config::from_env()?);
     let resources = Resources::from_env()?;
     let sdk = aws_config::load_from_env().await;
-    let reporter = Reporter::new(
-        Some((
-            aws_sdk_eventbridge::Client::new(&sdk),
-            resources.event_bus.clone(),
-        )),
-        resources
-            .alert_topic_arn
-            .clone()
-            .map(|arn| (aws_sdk_sns::Client::new(&sdk), arn)),
-        MetricsSink::Stdout,
-    );
+    let reporter = Reporter::for_lambda(&sdk, &resources);
     let deps = Finalizer::new(&sdk, config, resources, reporter);
     lambda_runtime::run(service_fn(|event: LambdaEvent<_>| handler(&deps, event))).await
 }

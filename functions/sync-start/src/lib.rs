@@ -17,7 +17,7 @@ use lambda_runtime::{Diagnostic, LambdaEvent};
 use resync_shared::{
     aws::{
         index::FailedRowIndex,
-        queue::WorkQueue,
+        queue::{QueueDirectory, WorkQueue},
         report::{Reporter, Severity},
         runs::{Acquired, RunStatus, RunStore},
         s3_source::S3Source,
@@ -33,7 +33,6 @@ use resync_shared::{
     time_util, DestinationId, PrimaryKey,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 
 /// How many `SendMessageBatch` calls are in flight at once.
 pub const SEND_CONCURRENCY: usize = 16;
@@ -126,8 +125,7 @@ pub struct SyncStart {
     pub source: S3Source,
     /// Reports alerts.
     pub reporter: Reporter,
-    sqs: aws_sdk_sqs::Client,
-    queues: Mutex<HashMap<DestinationId, WorkQueue>>,
+    queues: QueueDirectory,
 }
 
 impl SyncStart {
@@ -151,8 +149,7 @@ impl SyncStart {
             runs: RunStore::new(dynamo.clone(), &resources.runs_table),
             index: FailedRowIndex::new(dynamo, &resources.failed_rows_table),
             source: S3Source::new(s3),
-            sqs: aws_sdk_sqs::Client::new(sdk),
-            queues: Mutex::new(HashMap::new()),
+            queues: QueueDirectory::new(aws_sdk_sqs::Client::new(sdk)),
             config,
             resources,
             reporter,
@@ -160,17 +157,9 @@ impl SyncStart {
     }
 
     async fn queue(&self, destination: &DestinationId) -> Result<WorkQueue, AwsError> {
-        let mut queues = self.queues.lock().await;
-        if let Some(queue) = queues.get(destination) {
-            return Ok(queue.clone());
-        }
-        let queue = WorkQueue::resolve(
-            self.sqs.clone(),
-            &self.resources.delivery_queue(destination),
-        )
-        .await?;
-        queues.insert(destination.clone(), queue.clone());
-        Ok(queue)
+        self.queues
+            .get(&self.resources.delivery_queue(destination))
+            .await
     }
 }
 

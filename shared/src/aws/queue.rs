@@ -21,6 +21,35 @@ const SEND_TRIES: u32 = 6;
 /// The longest `DelaySeconds` SQS accepts (15 minutes).
 pub const MAX_DELAY_SECONDS: u64 = 900;
 
+/// Queues looked up by name once per container (a `GetQueueUrl` and a
+/// `GetQueueAttributes` per queue, then cached).
+#[derive(Debug)]
+pub struct QueueDirectory {
+    client: Client,
+    resolved: tokio::sync::Mutex<std::collections::HashMap<String, WorkQueue>>,
+}
+
+impl QueueDirectory {
+    /// An empty directory over an SQS client.
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            resolved: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// The queue of that name, resolved on first use.
+    pub async fn get(&self, name: &str) -> Result<WorkQueue, AwsError> {
+        let mut resolved = self.resolved.lock().await;
+        if let Some(queue) = resolved.get(name) {
+            return Ok(queue.clone());
+        }
+        let queue = WorkQueue::resolve(self.client.clone(), name).await?;
+        resolved.insert(name.to_owned(), queue.clone());
+        Ok(queue)
+    }
+}
+
 /// An SQS queue by URL.
 #[derive(Debug, Clone)]
 pub struct WorkQueue {

@@ -83,6 +83,25 @@ impl Reporter {
         }
     }
 
+    /// The deployed reporter: events to the stack's bus, alerts to its topic when
+    /// `RESYNC_ALERT_TOPIC_ARN` is set, metrics as EMF lines on standard output.
+    pub fn for_lambda(
+        sdk: &aws_config::SdkConfig,
+        resources: &crate::resources::Resources,
+    ) -> Self {
+        Self::new(
+            Some((
+                aws_sdk_eventbridge::Client::new(sdk),
+                resources.event_bus.clone(),
+            )),
+            resources
+                .alert_topic_arn
+                .clone()
+                .map(|arn| (aws_sdk_sns::Client::new(sdk), arn)),
+            MetricsSink::Stdout,
+        )
+    }
+
     /// Emits the metrics line of a closed run.
     pub fn metrics(&self, summary: &RunSummary) {
         let mut line = serde_json::json!({
