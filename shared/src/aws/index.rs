@@ -68,7 +68,26 @@ fn get_s(item: &Item, name: &str) -> Option<String> {
     item.get(name).and_then(|v| v.as_s().ok()).cloned()
 }
 
+fn get_attempts(item: &Item) -> u32 {
+    item.get("attempts")
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 impl FailedRowIndex {
+    /// A query of all of one sync's entries (callers add a projection and page it).
+    fn query_sync(
+        &self,
+        sync: &SyncId,
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        self.client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("sync_id = :sync")
+            .expression_attribute_values(":sync", s(sync.as_str()))
+    }
+
     /// Wraps a client and the table name.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
@@ -81,11 +100,7 @@ impl FailedRowIndex {
     pub async fn entries(&self, sync: &SyncId) -> Result<Vec<IndexEntry>, AwsError> {
         let mut entries = Vec::new();
         let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("sync_id = :sync")
-            .expression_attribute_values(":sync", s(sync.as_str()))
+            .query_sync(sync)
             .consistent_read(true)
             .into_paginator()
             .items()
@@ -102,11 +117,7 @@ impl FailedRowIndex {
                 error_class: get_s(&item, "error_class").unwrap_or_default(),
                 error_code: get_s(&item, "error_code").unwrap_or_default(),
                 error_message: get_s(&item, "error_message").unwrap_or_default(),
-                attempts: item
-                    .get("attempts")
-                    .and_then(|v| v.as_n().ok())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
+                attempts: get_attempts(&item),
                 first_failed_at: get_s(&item, "first_failed_at").unwrap_or_default(),
                 last_failed_at: get_s(&item, "last_failed_at").unwrap_or_default(),
                 last_run_id: get_s(&item, "last_run_id").unwrap_or_default(),
@@ -124,11 +135,7 @@ impl FailedRowIndex {
     ) -> Result<HashMap<PrimaryKey, CarriedEntry>, AwsError> {
         let mut index = HashMap::new();
         let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("sync_id = :sync")
-            .expression_attribute_values(":sync", s(sync.as_str()))
+            .query_sync(sync)
             .projection_expression("#key, payload, first_failed_at, attempts")
             .expression_attribute_names("#key", "key")
             .consistent_read(true)
@@ -145,11 +152,7 @@ impl FailedRowIndex {
                 CarriedEntry {
                     payload: get_s(&item, "payload").map(String::into_boxed_str),
                     first_failed_at: get_s(&item, "first_failed_at").unwrap_or_default(),
-                    attempts: item
-                        .get("attempts")
-                        .and_then(|v| v.as_n().ok())
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0),
+                    attempts: get_attempts(&item),
                 },
             );
         }
@@ -160,11 +163,7 @@ impl FailedRowIndex {
     pub async fn summary(&self, sync: &SyncId) -> Result<IndexSummary, AwsError> {
         let mut summary = IndexSummary::default();
         let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("sync_id = :sync")
-            .expression_attribute_values(":sync", s(sync.as_str()))
+            .query_sync(sync)
             .projection_expression("first_failed_at")
             .consistent_read(true)
             .into_paginator()
