@@ -91,6 +91,16 @@ pub struct BenchReport {
     pub pipeline_rows_per_s: f64,
     /// pipeline / ceiling.
     pub ratio: f64,
+    /// CPU time of this process (all threads: emulator, destination, functions) per
+    /// ceiling message, microseconds.
+    pub ceiling_cpu_us_per_msg: f64,
+    /// CPU time of this process per pipeline row, microseconds.
+    pub pipeline_cpu_us_per_row: f64,
+    /// Cores busy on average during the pipeline run (CPU time / wall time).
+    pub pipeline_cores_busy: f64,
+    /// Where the pipeline's wall time went, seconds: sync-start's handler, then until
+    /// the destination's last request, then until the run closed.
+    pub pipeline_phases_s: BTreeMap<&'static str, f64>,
     /// SQS requests per row on the clean run.
     pub sqs_requests_per_row: f64,
     /// DynamoDB requests per delivered row.
@@ -295,16 +305,25 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let bucket = runtime.resources.source_bucket.clone();
 
     // 1. Ceiling.
-    let ceiling_msgs_per_s = ceiling(&sdk, options.rows.min(50_000), 16).await?;
+    let ceiling_messages = options.rows.min(50_000);
+    let cpu_before = process_cpu_seconds();
+    let ceiling_msgs_per_s = ceiling(&sdk, ceiling_messages, 16).await?;
+    let ceiling_cpu_us_per_msg =
+        (process_cpu_seconds() - cpu_before) * 1e6 / ceiling_messages.div_ceil(10) as f64 / 10.0;
 
     // 2–3. Clean pipeline run, counted.
     export(&s3, &bucket, "clean", options.rows).await?;
     counter.reset();
     runtime.clock.reset();
     let clean = SyncId::parse("clean")?;
+    perf_control("enable");
     let started = Instant::now();
+    let cpu_before = process_cpu_seconds();
     let run = runtime.run_sync(&clean, &|_| {}).await?;
-    let elapsed = started.elapsed().as_secs_f64();
+    // The pipeline ends when the run is closed (not when the pollers have stopped).
+    let elapsed = run.closed_at.duration_since(started).as_secs_f64();
+    let pipeline_cpu_seconds = process_cpu_seconds() - cpu_before;
+    perf_control("disable");
     let requests = counter.snapshot();
     let handler_seconds = runtime.clock.snapshot();
     let counts = run.record.counts.context("the clean run has no counts")?;
@@ -315,6 +334,15 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         options.rows
     );
     let stats = destination.stats();
+    let planning_s = handler_seconds.get("sync-start").map_or(0.0, |(_, s)| *s);
+    let last_request_s = stats
+        .last_request_at
+        .map_or(elapsed, |at| at.duration_since(started).as_secs_f64());
+    let pipeline_phases_s = BTreeMap::from([
+        ("1 planning", planning_s),
+        ("2 delivering", last_request_s - planning_s),
+        ("3 closing", elapsed - last_request_s),
+    ]);
     let delivered = counts.delivered.max(1) as f64;
     let rows = options.rows.max(1) as f64;
     let pipeline_rows_per_s = options.rows as f64 / elapsed;
@@ -415,6 +443,10 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         ceiling_msgs_per_s,
         pipeline_rows_per_s,
         ratio: pipeline_rows_per_s / ceiling_msgs_per_s,
+        ceiling_cpu_us_per_msg,
+        pipeline_cpu_us_per_row: pipeline_cpu_seconds * 1e6 / rows,
+        pipeline_cores_busy: pipeline_cpu_seconds / elapsed,
+        pipeline_phases_s,
         sqs_requests_per_row: per_row(requests.service("sqs")),
         dynamodb_requests_per_delivered_row: requests.service("dynamodb") as f64 / delivered,
         dynamodb_write_units_per_delivered_row: requests.dynamodb_write_units as f64 / delivered,
@@ -548,6 +580,36 @@ pub async fn sync_start_once(
     }))
 }
 
+/// With `RESYNC_PERF_CTL=<fifo>`, tells `perf record --control fifo:<fifo> -D -1` to
+/// sample only the pipeline run.
+fn perf_control(command: &str) {
+    if let Some(path) = std::env::var_os("RESYNC_PERF_CTL") {
+        if let Err(err) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut fifo| writeln!(fifo, "{command}"))
+        {
+            eprintln!("RESYNC_PERF_CTL: {err}");
+        }
+    }
+}
+
+/// CPU time (user + system, all threads) this process has used, in seconds.
+pub fn process_cpu_seconds() -> f64 {
+    // Fields 14 and 15 of /proc/self/stat, counted after the parenthesised command name
+    // (which may contain spaces), in clock ticks of 1/100 s on Linux.
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime = fields.get(11)?.parse::<f64>().ok()?;
+            let stime = fields.get(12)?.parse::<f64>().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// Peak resident memory of this process (VmHWM), in MB.
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -580,6 +642,24 @@ pub fn table(report: &BenchReport) -> String {
         format!("{:.0}", report.pipeline_rows_per_s),
     );
     line("ratio pipeline / ceiling", format!("{:.2}", report.ratio));
+    line(
+        "CPU per message / row, all threads (µs)",
+        format!(
+            "ceiling {:.0} / pipeline {:.0} ({:.1} cores busy)",
+            report.ceiling_cpu_us_per_msg,
+            report.pipeline_cpu_us_per_row,
+            report.pipeline_cores_busy
+        ),
+    );
+    line(
+        "pipeline phases (s)",
+        report
+            .pipeline_phases_s
+            .iter()
+            .map(|(phase, s)| format!("{} {s:.2}", &phase[2..]))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
     line(
         "SQS requests per row",
         format!("{:.3}", report.sqs_requests_per_row),

@@ -42,7 +42,7 @@ struct ServerState {
     delivered: HashMap<String, Vec<usize>>,
     received_after_delivered: u64,
     bad_requests: u64,
-    idempotency_keys_seen: HashSet<String>,
+    last_request_at: Option<std::time::Instant>,
 }
 
 /// What the destination saw.
@@ -64,6 +64,8 @@ pub struct DestinationStats {
     pub received_after_delivered: u64,
     /// Requests refused for a bad signature or body.
     pub bad_requests: u64,
+    /// When the last well-formed request arrived.
+    pub last_request_at: Option<std::time::Instant>,
 }
 
 /// A running local destination.
@@ -156,6 +158,7 @@ impl DestinationServer {
                 .count() as u64,
             received_after_delivered: state.received_after_delivered,
             bad_requests: state.bad_requests,
+            last_request_at: state.last_request_at,
         }
     }
 }
@@ -200,13 +203,25 @@ async fn receive(
             return Err((StatusCode::BAD_REQUEST, format!("bad body: {err}")));
         }
     };
+    // The contract: each row's idempotency key is `run_id:primary_key`.
+    if let Some(row) = request.rows.iter().find(|row| {
+        row.idempotency_key
+            .strip_suffix(row.key.as_str())
+            .is_none_or(|run| run.len() < 2 || !run.ends_with(':'))
+    }) {
+        state.bad_requests += 1;
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("row '{}': idempotency_key is not run_id:key", row.key),
+        ));
+    }
     let run = state.run;
+    state.last_request_at = Some(std::time::Instant::now());
     *state.requests.last_mut().expect("a run") += 1;
     *state.rows_received.last_mut().expect("a run") += request.rows.len() as u64;
     state.largest_request = state.largest_request.max(request.rows.len());
     let mut results = Vec::with_capacity(request.rows.len());
     for row in request.rows {
-        state.idempotency_keys_seen.insert(row.idempotency_key);
         state
             .keys_received
             .last_mut()
@@ -219,12 +234,17 @@ async fn receive(
         {
             state.received_after_delivered += 1;
         }
-        let attempts = {
-            let count = state.attempts_this_run.entry(row.key.clone()).or_insert(0);
-            *count += 1;
-            *count
+        // Attempts are counted only for keys with a scripted behaviour.
+        let behaviour = state.behaviours.get(&row.key).cloned();
+        let attempts = match behaviour {
+            Some(_) => {
+                let count = state.attempts_this_run.entry(row.key.clone()).or_insert(0);
+                *count += 1;
+                *count
+            }
+            None => 0,
         };
-        let status = match state.behaviours.get(&row.key).cloned() {
+        let status = match behaviour {
             Some(RowBehaviour::Locked { until_attempt })
                 if until_attempt.is_none_or(|n| attempts <= n) =>
             {

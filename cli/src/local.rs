@@ -231,6 +231,8 @@ pub struct LocalRun {
     pub record: RunRecord,
     /// Delivery invocations made.
     pub invocations: usize,
+    /// When the finalizer saw the run closed.
+    pub closed_at: Instant,
 }
 
 /// Invocations and time spent in each function's handler (what Lambda would bill).
@@ -409,25 +411,41 @@ impl LocalRuntime {
             .context("the finalizer reported nothing for the sync")
     }
 
-    /// Starts a run and drives it to its close.
+    /// Starts a run and drives it to its close. The destination's pollers run from
+    /// before sync-start, as an event source mapping does: rows are delivered while
+    /// the run is still being planned.
     pub async fn run_sync(
         &self,
         sync: &SyncId,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> anyhow::Result<LocalRun> {
-        let started = self.start(sync).await?;
-        let run_id = match &started {
-            SyncStartOutcome::Started { run_id, .. } => run_id.clone(),
-            SyncStartOutcome::AlreadyPlanned { run_id, .. } => run_id.clone(),
-            SyncStartOutcome::Skipped { open_run, .. } => {
-                bail!("run {open_run} of sync {sync} is still open; not overlapping it")
-            }
-        };
-        let (record, invocations) = self.drive(sync, &run_id, progress).await?;
+        let pollers = self.pollers(sync)?;
+        let result = async {
+            let started = self.start(sync).await?;
+            let run_id = match &started {
+                SyncStartOutcome::Started { run_id, .. } => run_id.clone(),
+                SyncStartOutcome::AlreadyPlanned { run_id, .. } => run_id.clone(),
+                SyncStartOutcome::Skipped { open_run, .. } => {
+                    bail!("run {open_run} of sync {sync} is still open; not overlapping it")
+                }
+            };
+            let (record, closed_at) = self
+                .finalize_until_closed(sync, &run_id, &pollers, progress)
+                .await?;
+            Ok((started, record, closed_at))
+        }
+        .await;
+        let invocations = pollers.stop().await?;
+        let (started, record, closed_at) = result?;
+        progress(Progress {
+            settled: record.enqueued,
+            enqueued: record.enqueued,
+        });
         Ok(LocalRun {
             started,
             record,
             invocations,
+            closed_at,
         })
     }
 
@@ -438,6 +456,21 @@ impl LocalRuntime {
         run_id: &RunId,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> anyhow::Result<(RunRecord, usize)> {
+        let pollers = self.pollers(sync)?;
+        let result = self
+            .finalize_until_closed(sync, run_id, &pollers, progress)
+            .await;
+        let invocations = pollers.stop().await?;
+        let (record, _) = result?;
+        progress(Progress {
+            settled: record.enqueued,
+            enqueued: record.enqueued,
+        });
+        Ok((record, invocations))
+    }
+
+    /// Starts the pollers of the sync's destination queue.
+    fn pollers(&self, sync: &SyncId) -> anyhow::Result<Pollers> {
         let sync_config = self
             .config
             .sync(sync)
@@ -445,51 +478,75 @@ impl LocalRuntime {
         let delivery = self.deliveries[&sync_config.destination].clone();
         let stop = Arc::new(AtomicBool::new(false));
         let invocations = Arc::new(AtomicUsize::new(0));
-        let mut pollers = Vec::new();
-        for _ in 0..delivery.destination_config.concurrency {
-            pollers.push(tokio::spawn(poll(
-                delivery.clone(),
-                stop.clone(),
-                invocations.clone(),
-                self.crashes.clone(),
-                self.clock.clone(),
-                self.options.batching_window,
-            )));
-        }
-        let result = async {
-            loop {
-                match self.finalize(sync).await? {
-                    SyncReport::Closed { run_id: closed, .. } if &closed == run_id => break,
-                    SyncReport::InFlight {
-                        settled, enqueued, ..
-                    } => progress(Progress { settled, enqueued }),
-                    SyncReport::Idle { .. } => break,
-                    SyncReport::Abandoned { .. } => bail!("run {run_id} was abandoned"),
-                    SyncReport::Closed { .. } => {}
-                }
-                for poller in &pollers {
-                    if poller.is_finished() {
-                        bail!("a delivery poller stopped unexpectedly");
-                    }
-                }
-                tokio::time::sleep(self.options.finalize_every).await;
+        let tasks = (0..delivery.destination_config.concurrency)
+            .map(|_| {
+                tokio::spawn(poll(
+                    delivery.clone(),
+                    stop.clone(),
+                    invocations.clone(),
+                    self.crashes.clone(),
+                    self.clock.clone(),
+                    self.options.batching_window,
+                ))
+            })
+            .collect();
+        Ok(Pollers {
+            stop,
+            invocations,
+            tasks,
+        })
+    }
+
+    /// Runs the finalizer every `finalize_every` until the run closes; returns its
+    /// record and when the finalizer saw it closed.
+    async fn finalize_until_closed(
+        &self,
+        sync: &SyncId,
+        run_id: &RunId,
+        pollers: &Pollers,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> anyhow::Result<(RunRecord, Instant)> {
+        loop {
+            match self.finalize(sync).await? {
+                SyncReport::Closed { run_id: closed, .. } if &closed == run_id => break,
+                SyncReport::InFlight {
+                    settled, enqueued, ..
+                } => progress(Progress { settled, enqueued }),
+                SyncReport::Idle { .. } => break,
+                SyncReport::Abandoned { .. } => bail!("run {run_id} was abandoned"),
+                SyncReport::Closed { .. } => {}
             }
-            self.runs()
-                .run(sync, run_id)
-                .await?
-                .context("the closed run has no record")
+            if pollers.tasks.iter().any(|poller| poller.is_finished()) {
+                bail!("a delivery poller stopped unexpectedly");
+            }
+            tokio::time::sleep(self.options.finalize_every).await;
         }
-        .await;
-        stop.store(true, Ordering::SeqCst);
-        for poller in pollers {
+        let closed_at = Instant::now();
+        let record = self
+            .runs()
+            .run(sync, run_id)
+            .await?
+            .context("the closed run has no record")?;
+        Ok((record, closed_at))
+    }
+}
+
+/// The running pollers of one destination queue.
+struct Pollers {
+    stop: Arc<AtomicBool>,
+    invocations: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Pollers {
+    /// Stops the pollers (each finishes its current batch and long poll) and returns
+    /// the delivery invocations they made.
+    async fn stop(self) -> anyhow::Result<usize> {
+        self.stop.store(true, Ordering::SeqCst);
+        for poller in self.tasks {
             poller.await.context("a delivery poller panicked")??;
         }
-        let record = result?;
-        progress(Progress {
-            settled: record.enqueued,
-            enqueued: record.enqueued,
-        });
-        Ok((record, invocations.load(Ordering::SeqCst)))
+        Ok(self.invocations.load(Ordering::SeqCst))
     }
 }
 
@@ -500,6 +557,9 @@ fn lambda_event<T>(payload: T) -> LambdaEvent<T> {
         "arn:aws:lambda:us-east-1:000000000000:function:resync-local".into();
     LambdaEvent::new(payload, context)
 }
+
+/// Receives one poller keeps in flight while the queue has a backlog.
+const MAX_RECEIVES_IN_FLIGHT: usize = 4;
 
 /// One poller of an event source mapping: gathers a batch (up to the mapping's batch
 /// size, within the batching window), invokes delivery with a real `SqsEvent`, and
@@ -521,15 +581,29 @@ async fn poll(
         "arn:aws:sqs:us-east-1:000000000000:{}",
         queue.url().rsplit('/').next().unwrap_or_default()
     );
+    let mut running: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
     while !stop.load(Ordering::SeqCst) {
         let mut messages = Vec::new();
         let mut window_ends: Option<Instant> = None;
+        // Receives in flight at once: one while the queue looks empty (an idle poller
+        // costs one long poll a second), more while receives come back full, as
+        // Lambda's pollers scale with the backlog.
+        let mut fan_out = 1;
         while messages.len() < batch_size && !stop.load(Ordering::SeqCst) {
-            // Long polls, as Lambda's pollers do: an empty queue costs one request a
-            // second per poller, not a busy loop; never more than the batch size.
-            let want = (batch_size - messages.len()).min(10) as i32;
-            let received = queue.receive(want, Duration::from_secs(1)).await?;
-            messages.extend(received);
+            // Long polls, as Lambda's pollers do; never more than the batch size.
+            let wanted = batch_size - messages.len();
+            let mut receives = Vec::new();
+            for i in 0..fan_out.min(wanted.div_ceil(10)) {
+                let want = (wanted - i * 10).min(10) as i32;
+                receives.push(queue.receive(want, Duration::from_secs(1)));
+            }
+            let mut full = true;
+            for received in futures::future::join_all(receives).await {
+                let received = received?;
+                full &= received.len() == 10;
+                messages.extend(received);
+            }
+            fan_out = if full { MAX_RECEIVES_IN_FLIGHT } else { 1 };
             if !messages.is_empty() && window_ends.is_none() {
                 window_ends = Some(Instant::now() + window);
             }
@@ -540,49 +614,81 @@ async fn poll(
         if messages.is_empty() {
             continue;
         }
-        let receipts: HashMap<String, String> = messages
-            .iter()
-            .filter_map(|m| Some((m.message_id.clone()?, m.receipt_handle.clone()?)))
-            .collect();
-        let event = sqs_event(&messages, &queue_arn);
-        invocations.fetch_add(1, Ordering::SeqCst);
-        if Crashes::take(&crashes.before_handler) {
-            tracing::warn!("simulated crash before the handler ran");
-            continue;
+        // The next batch is gathered while this one's invocation runs, as Lambda's
+        // pollers keep polling while functions run; at most one invocation per poller.
+        if let Some(previous) = running.take() {
+            previous.await.context("a delivery invocation panicked")??;
         }
-        let started = Instant::now();
-        let response = resync_delivery::handler(&delivery, lambda_event(event)).await;
-        clock.record("delivery", started.elapsed());
-        if Crashes::take(&crashes.after_handler) {
-            tracing::warn!("simulated crash: the invocation's response is lost");
-            continue;
-        }
-        let response = match response {
-            Ok(response) => response,
-            Err(err) => {
-                tracing::error!(error = %err, "delivery invocation failed; the batch returns to the queue");
-                continue;
-            }
-        };
-        let failed: HashSet<&str> = response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.as_str())
-            .collect();
-        if failed
-            .iter()
-            .any(|id| id.is_empty() || !receipts.contains_key(*id))
-        {
-            tracing::error!("partial batch response names an empty or unknown itemIdentifier; the whole batch fails");
-            continue;
-        }
-        let to_delete: Vec<String> = receipts
-            .iter()
-            .filter(|(id, _)| !failed.contains(id.as_str()))
-            .map(|(_, receipt)| receipt.clone())
-            .collect();
-        queue.delete(&to_delete).await?;
+        running = Some(tokio::spawn(invoke(
+            delivery.clone(),
+            messages,
+            queue_arn.clone(),
+            invocations.clone(),
+            crashes.clone(),
+            clock.clone(),
+        )));
     }
+    if let Some(previous) = running.take() {
+        previous.await.context("a delivery invocation panicked")??;
+    }
+    Ok(())
+}
+
+/// One delivery invocation of a gathered batch, then the deletes the partial batch
+/// response allows.
+async fn invoke(
+    delivery: Arc<Delivery>,
+    messages: Vec<aws_sdk_sqs::types::Message>,
+    queue_arn: String,
+    invocations: Arc<AtomicUsize>,
+    crashes: Arc<Crashes>,
+    clock: Arc<HandlerClock>,
+) -> anyhow::Result<()> {
+    let receipts: HashMap<String, String> = messages
+        .iter()
+        .filter_map(|m| Some((m.message_id.clone()?, m.receipt_handle.clone()?)))
+        .collect();
+    let event = sqs_event(&messages, &queue_arn);
+    drop(messages);
+    invocations.fetch_add(1, Ordering::SeqCst);
+    if Crashes::take(&crashes.before_handler) {
+        tracing::warn!("simulated crash before the handler ran");
+        return Ok(());
+    }
+    let started = Instant::now();
+    let response = resync_delivery::handler(&delivery, lambda_event(event)).await;
+    clock.record("delivery", started.elapsed());
+    if Crashes::take(&crashes.after_handler) {
+        tracing::warn!("simulated crash: the invocation's response is lost");
+        return Ok(());
+    }
+    let response = match response {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::error!(error = %err, "delivery invocation failed; the batch returns to the queue");
+            return Ok(());
+        }
+    };
+    let failed: HashSet<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    if failed
+        .iter()
+        .any(|id| id.is_empty() || !receipts.contains_key(*id))
+    {
+        tracing::error!(
+            "partial batch response names an empty or unknown itemIdentifier; the whole batch fails"
+        );
+        return Ok(());
+    }
+    let to_delete: Vec<String> = receipts
+        .iter()
+        .filter(|(id, _)| !failed.contains(id.as_str()))
+        .map(|(_, receipt)| receipt.clone())
+        .collect();
+    delivery.queue.delete(&to_delete).await?;
     Ok(())
 }
 

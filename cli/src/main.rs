@@ -11,6 +11,12 @@ use resync::{
 };
 use resync_shared::{config::Config, SyncId};
 
+// The local runtime hosts the emulator, the destination server and all three functions
+// in one process, with many small allocations freed on other threads than allocated
+// them: glibc's malloc took a third of the pipeline's CPU (`perf`, see the README).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "resync",

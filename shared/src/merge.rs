@@ -65,7 +65,12 @@ pub struct DuplicateFinder {
 impl DuplicateFinder {
     /// Notes one occurrence.
     pub fn observe(&mut self, key: &PrimaryKey) {
-        self.hashes.push(key_hash(key.as_str()));
+        self.observe_key(key.as_str());
+    }
+
+    /// Notes one occurrence of a key given as text (already validated).
+    pub fn observe_key(&mut self, key: &str) {
+        self.hashes.push(key_hash(key));
     }
 
     /// The hashes of keys seen more than once.

@@ -118,6 +118,124 @@ pub fn read_object(
     }
 }
 
+/// Reads only the keys of one object's valid rows — the first pass of planning. Calls
+/// `emit` with exactly the keys [`read_object`] would give rows for (same validation and
+/// normalisation), without building any row's fields. Unreadable lines and objects are
+/// skipped silently: the second pass reports them.
+pub fn read_keys(
+    body: impl Read,
+    object: &str,
+    encoding: Encoding,
+    primary_key: &str,
+    emit: &mut dyn FnMut(&str),
+) -> Result<(), SourceReadError> {
+    if encoding.format == SourceFormat::Csv {
+        return read_object(body, object, encoding, primary_key, &mut |row| {
+            if let Ok(row) = row {
+                emit(row.key.as_str());
+            }
+        });
+    }
+    let reader: Box<dyn Read> = if encoding.gzip {
+        Box::new(flate2::read::MultiGzDecoder::new(body))
+    } else {
+        Box::new(body)
+    };
+    let mut reader = BufReader::with_capacity(64 * 1024, reader);
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(err) if is_data_error(&err) => return Ok(()),
+            Err(source) => {
+                return Err(SourceReadError {
+                    object: object.to_owned(),
+                    source,
+                })
+            }
+        }
+        let Ok(text) = std::str::from_utf8(&buf) else {
+            continue;
+        };
+        let mut de = serde_json::Deserializer::from_str(text.trim());
+        let Ok(Some(value)) =
+            serde::de::DeserializeSeed::deserialize(KeyField { primary_key }, &mut de)
+        else {
+            continue;
+        };
+        if de.end().is_err() {
+            continue;
+        }
+        let key = match &value {
+            Value::String(s) => std::borrow::Cow::Borrowed(s.trim()),
+            Value::Number(n) => std::borrow::Cow::Owned(n.to_string()),
+            _ => continue,
+        };
+        if !key.is_empty() && key.len() <= PrimaryKey::MAX_BYTES {
+            emit(&key);
+        }
+    }
+}
+
+/// Deserialises a JSON object into the value of one field (the last occurrence, as a
+/// parsed map keeps it), skipping every other field without allocating it.
+struct KeyField<'a> {
+    primary_key: &'a str,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyField<'_> {
+    type Value = Option<Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyField<'_> {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(is_key) = map.next_key_seed(FieldIs(self.primary_key))? {
+            if is_key {
+                found = Some(map.next_value::<Value>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Whether a field name equals the given one (escaped names included).
+struct FieldIs<'a>(&'a str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<bool, D::Error> {
+        de.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<bool, E> {
+        Ok(name == self.0)
+    }
+}
+
 fn is_data_error(err: &std::io::Error) -> bool {
     matches!(
         err.kind(),
@@ -339,6 +457,60 @@ mod tests {
         })
         .unwrap();
         (rows, rejected)
+    }
+
+    fn keys_of(bytes: &[u8], object: &str) -> Vec<String> {
+        let encoding = encoding_for(object, None).unwrap();
+        let mut keys = Vec::new();
+        read_keys(bytes, object, encoding, "id", &mut |k| {
+            keys.push(k.to_owned())
+        })
+        .unwrap();
+        keys
+    }
+
+    #[test]
+    fn the_key_pass_finds_exactly_the_keys_of_the_rows_the_full_read_gives() {
+        let lines = concat!(
+            "{\"id\": \" a-1 \", \"v\": {\"nested\": [1, 2, {\"id\": \"inner\"}]}}\n",
+            "{\"v\": 1, \"id\": 42}\n",
+            "{\"id\": 1.5e3}\n",
+            "{\"id\": \"x\", \"id\": \"last-wins\"}\n",
+            "{\"\\u0069d\": \"escaped-name\"}\n",
+            "\n",
+            "not json\n",
+            "[1, 2]\n",
+            "{\"id\": \"trailing\"} garbage\n",
+            "{\"id\": null}\n",
+            "{\"id\": true}\n",
+            "{\"id\": \"   \"}\n",
+            "{\"other\": 1}\n",
+            "{\"id\": \"ok-2\", \"name\": \"\\\"quoted\\\"\"}\n",
+        );
+        let (rows, _) = read_all(lines.as_bytes(), "x.jsonl");
+        let full: Vec<String> = rows.iter().map(|r| r.key.as_str().to_owned()).collect();
+        assert_eq!(
+            full,
+            ["a-1", "42", "1500.0", "last-wins", "escaped-name", "ok-2"]
+        );
+        assert_eq!(keys_of(lines.as_bytes(), "x.jsonl"), full);
+    }
+
+    #[test]
+    fn the_key_pass_reads_csv_and_gzip_like_the_full_read() {
+        let csv = "id,name\n a ,x\nb,\"y, z\"\n,empty\nshort\n";
+        let (rows, _) = read_all(csv.as_bytes(), "x.csv");
+        let full: Vec<String> = rows.iter().map(|r| r.key.as_str().to_owned()).collect();
+        assert_eq!(keys_of(csv.as_bytes(), "x.csv"), full);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(b"{\"id\": \"g1\"}\n{\"id\": \"g2\"}\n")
+            .unwrap();
+        let gz = gz.finish().unwrap();
+        let truncated = &gz[..gz.len() - 6];
+        let (rows, _) = read_all(truncated, "x.jsonl.gz");
+        let full: Vec<String> = rows.iter().map(|r| r.key.as_str().to_owned()).collect();
+        assert_eq!(keys_of(truncated, "x.jsonl.gz"), full);
+        assert_eq!(keys_of(&gz, "x.jsonl.gz"), ["g1", "g2"]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use resync_shared::{
         queue::{QueueDirectory, WorkQueue},
         report::{Reporter, Severity},
         runs::{Acquired, RunStatus, RunStore},
-        s3_source::S3Source,
+        s3_source::{ObjectReadError, S3Source},
         AwsError,
     },
     config::{Config, SyncConfig},
@@ -94,6 +94,15 @@ pub enum SyncStartError {
     /// A source object could not be read.
     #[error(transparent)]
     Source(#[from] SourceReadError),
+}
+
+impl From<ObjectReadError> for SyncStartError {
+    fn from(err: ObjectReadError) -> Self {
+        match err {
+            ObjectReadError::Aws(err) => Self::Aws(err),
+            ObjectReadError::Read(err) => Self::Source(err),
+        }
+    }
 }
 
 impl From<SyncStartError> for Diagnostic {
@@ -270,16 +279,10 @@ async fn start(
     // Pass 1: find keys that occur more than once in this run's source.
     let mut finder = DuplicateFinder::default();
     for (object, encoding) in &readable {
-        let (mut rows, reader) = deps
+        finder = deps
             .source
-            .stream(&bucket, object, *encoding, &sync.primary_key)
+            .observe_keys(&bucket, object, *encoding, &sync.primary_key, finder)
             .await?;
-        while let Some(event) = rows.recv().await {
-            if let Ok(row) = event {
-                finder.observe(&row.key);
-            }
-        }
-        join(reader).await?;
     }
 
     // Pass 2: plan and enqueue.
@@ -359,6 +362,24 @@ async fn join(
     }
 }
 
+impl Drop for Sender<'_> {
+    /// Planning that stops early (an error) cancels the sends still in flight, as it
+    /// would by dropping their futures.
+    fn drop(&mut self) {
+        for task in self.in_flight.iter() {
+            task.abort();
+        }
+    }
+}
+
+/// A send task's result; a panic in it is the caller's panic.
+fn joined(done: Result<BatchResult, tokio::task::JoinError>) -> BatchResult {
+    match done {
+        Ok(result) => result,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
 /// One queued row, kept until SQS has accepted it.
 struct Pending {
     key: PrimaryKey,
@@ -374,7 +395,7 @@ struct Sender<'a> {
     run_id: &'a RunId,
     sync_id: &'a SyncId,
     batch: Vec<Pending>,
-    in_flight: FuturesUnordered<futures::future::BoxFuture<'a, BatchResult>>,
+    in_flight: FuturesUnordered<tokio::task::JoinHandle<BatchResult>>,
     enqueued: u64,
     carried_over: u64,
 }
@@ -442,16 +463,22 @@ impl<'a> Sender<'a> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batch);
-        let queue = self.queue;
-        self.in_flight.push(Box::pin(async move {
-            let bodies: Vec<String> = batch.iter().map(|p| p.body.clone()).collect();
+        let mut batch = std::mem::take(&mut self.batch);
+        let queue = self.queue.clone();
+        // Each request is its own task: the SDK's per-request work (serialising,
+        // signing, parsing the answer) runs beside the parsing of the next rows where
+        // the machine has more than one core.
+        self.in_flight.push(tokio::spawn(async move {
+            let bodies: Vec<String> = batch
+                .iter_mut()
+                .map(|p| std::mem::take(&mut p.body))
+                .collect();
             let refused = queue.send_batch(&bodies).await?;
             Ok((batch, refused))
         }));
         while self.in_flight.len() >= SEND_CONCURRENCY {
             let done = self.in_flight.next().await.expect("in flight");
-            self.settle(done?, rejections);
+            self.settle(joined(done)?, rejections);
         }
         Ok(())
     }
@@ -490,7 +517,7 @@ impl<'a> Sender<'a> {
     ) -> Result<(u64, u64), AwsError> {
         self.flush(rejections).await?;
         while let Some(done) = self.in_flight.next().await {
-            self.settle(done?, rejections);
+            self.settle(joined(done)?, rejections);
         }
         Ok((self.enqueued, self.carried_over))
     }

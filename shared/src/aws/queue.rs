@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use aws_sdk_sqs::{
     types::{
         ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
@@ -20,6 +22,9 @@ const SEND_TRIES: u32 = 6;
 
 /// The longest `DelaySeconds` SQS accepts (15 minutes).
 pub const MAX_DELAY_SECONDS: u64 = 900;
+
+/// `DeleteMessageBatch` requests one [`WorkQueue::delete`] keeps in flight.
+const DELETES_IN_FLIGHT: usize = 10;
 
 /// Queues looked up by name once per container (a `GetQueueUrl` and a
 /// `GetQueueAttributes` per queue, then cached).
@@ -259,27 +264,32 @@ impl WorkQueue {
 
     /// Deletes messages by receipt handle. Returns how many SQS refused.
     pub async fn delete(&self, receipts: &[String]) -> Result<usize, AwsError> {
+        // Built eagerly: each request owns its entries.
+        let batches: Vec<_> = receipts
+            .chunks(10)
+            .map(|chunk| {
+                let entries = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, receipt)| {
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(receipt)
+                            .build()
+                            .expect("id and receipt are set")
+                    })
+                    .collect::<Vec<_>>();
+                self.client
+                    .delete_message_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries))
+                    .send()
+            })
+            .collect();
+        let mut outputs = futures::stream::iter(batches).buffer_unordered(DELETES_IN_FLIGHT);
         let mut refused = 0;
-        for chunk in receipts.chunks(10) {
-            let batch = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, receipt)| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(receipt)
-                        .build()
-                        .expect("id and receipt are set")
-                })
-                .collect::<Vec<_>>();
-            let output = self
-                .client
-                .delete_message_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(batch))
-                .send()
-                .await
-                .map_err(|e| AwsError::sdk("SQS.DeleteMessageBatch", e))?;
+        while let Some(output) = outputs.next().await {
+            let output = output.map_err(|e| AwsError::sdk("SQS.DeleteMessageBatch", e))?;
             for failed in output.failed() {
                 tracing::warn!(code = failed.code(), "DeleteMessage refused an entry");
             }

@@ -5,7 +5,10 @@ use aws_sdk_s3::Client;
 use tokio::sync::mpsc;
 
 use super::AwsError;
-use crate::source::{read_object, Encoding, Rejection, SourceReadError, SourceRow};
+use crate::{
+    merge::DuplicateFinder,
+    source::{read_keys, read_object, Encoding, Rejection, SourceReadError, SourceRow},
+};
 
 /// Rows (or rejections) of one object, in order.
 pub type RowStream = mpsc::Receiver<Result<SourceRow, Rejection>>;
@@ -63,6 +66,49 @@ impl S3Source {
         Ok(keys)
     }
 
+    /// The first pass over one object: notes every valid row's key in `finder`, which
+    /// comes back. Only keys are parsed (see [`read_keys`]).
+    pub async fn observe_keys(
+        &self,
+        bucket: &str,
+        object: &str,
+        encoding: Encoding,
+        primary_key: &str,
+        mut finder: DuplicateFinder,
+    ) -> Result<DuplicateFinder, ObjectReadError> {
+        let reader = self.body(bucket, object).await?;
+        let object = object.to_owned();
+        let primary_key = primary_key.to_owned();
+        let scan = tokio::task::spawn_blocking(move || {
+            read_keys(reader, &object, encoding, &primary_key, &mut |key| {
+                finder.observe_key(key)
+            })
+            .map(|()| finder)
+        });
+        match scan.await {
+            Ok(result) => Ok(result?),
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+
+    async fn body(
+        &self,
+        bucket: &str,
+        object: &str,
+    ) -> Result<tokio_util::io::SyncIoBridge<impl tokio::io::AsyncRead + Unpin>, AwsError> {
+        let output = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(object)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("S3.GetObject", e))?;
+        Ok(tokio_util::io::SyncIoBridge::new(
+            output.body.into_async_read(),
+        ))
+    }
+
     /// Streams one object's rows. The parser runs on a blocking thread fed by the
     /// object's body stream; rows arrive through a bounded channel, so memory stays
     /// flat however large the object is. Await the handle for read errors.
@@ -79,15 +125,7 @@ impl S3Source {
         ),
         AwsError,
     > {
-        let output = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(object)
-            .send()
-            .await
-            .map_err(|e| AwsError::sdk("S3.GetObject", e))?;
-        let reader = tokio_util::io::SyncIoBridge::new(output.body.into_async_read());
+        let reader = self.body(bucket, object).await?;
         let (tx, rx) = mpsc::channel(1024);
         let object = object.to_owned();
         let primary_key = primary_key.to_owned();
