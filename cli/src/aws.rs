@@ -2,10 +2,12 @@
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
+use resync_shared::aws::https_client;
 
 /// An SDK configuration for an emulator at `endpoint` (static test credentials).
 pub async fn for_endpoint(endpoint: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https_client())
         .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "resync-local"))
@@ -13,14 +15,19 @@ pub async fn for_endpoint(endpoint: &str) -> SdkConfig {
         .await
 }
 
-/// The SDK's standard configuration (`AWS_ENDPOINT_URL`, profiles, ...), with
-/// `us-east-1` when no region is configured.
+/// The SDK's standard configuration (`AWS_ENDPOINT_URL`, profiles, SSO, ...), with
+/// `us-east-1` when no region is configured. The credential providers that call AWS
+/// (SSO, STS) use the same HTTPS client as the service clients.
 pub async fn from_env() -> SdkConfig {
-    let loaded = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    let loaded = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https_client())
+        .load()
+        .await;
     if loaded.region().is_some() {
         loaded
     } else {
         aws_config::defaults(BehaviorVersion::latest())
+            .http_client(https_client())
             .region(Region::new("us-east-1"))
             .load()
             .await

@@ -26,7 +26,9 @@ use resync_emulator::Emulator;
 use tokio::io::AsyncReadExt;
 
 async fn sdk_config(emu: &Emulator) -> SdkConfig {
+    // Plain HTTP to the loopback emulator; the SDK crates build no default client.
     aws_config::defaults(BehaviorVersion::latest())
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
         .endpoint_url(emu.endpoint_url())
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "static"))

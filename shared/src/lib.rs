@@ -22,8 +22,10 @@
 //!   (sObject Collections upsert, OAuth 2.0 server-to-server) and HubSpot (CRM v3 batch
 //!   upsert).
 //! - [`aws`]: adapters over the AWS SDK (DynamoDB run ledger and failed-row index, SQS
-//!   work queue, S3 source, SNS/EventBridge/EMF run reporting).
+//!   work queue, S3 source, SNS/EventBridge/EMF run reporting), the one HTTPS client
+//!   of every build and the functions' SDK configuration from the Lambda environment.
 //! - [`secrets`]: where destination secrets come from (Secrets Manager in production).
+//! - [`logging`]: the functions' log subscriber (JSON lines, one level, no regex).
 #![warn(missing_docs)]
 
 pub mod aws;
@@ -31,6 +33,7 @@ pub mod config;
 pub mod destination;
 pub mod ids;
 pub mod ledger;
+pub mod logging;
 pub mod merge;
 pub mod message;
 pub mod outcome;

@@ -15,7 +15,7 @@ use resync_shared::{
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    resync_shared::logging::init_lambda_logging();
     let config = Arc::new(Config::from_env()?);
     let resources = Resources::from_env()?;
     let destination_id = DestinationId::parse(std::env::var("RESYNC_DESTINATION")?)?;
@@ -25,7 +25,7 @@ async fn main() -> Result<(), Error> {
             format!("RESYNC_DESTINATION: no destination '{destination_id}' in the configuration")
         })?
         .clone();
-    let sdk = aws_config::load_from_env().await;
+    let sdk = resync_shared::aws::lambda_sdk_config();
     let secrets = SecretResolver::new(aws_sdk_secretsmanager::Client::new(&sdk));
     let deps = Delivery {
         destination: destination::build(&destination_config, &secrets).await?,

@@ -8,10 +8,10 @@ use resync_shared::{aws::report::Reporter, config::Config, resources::Resources}
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    resync_shared::logging::init_lambda_logging();
     let config = Arc::new(Config::from_env()?);
     let resources = Resources::from_env()?;
-    let sdk = aws_config::load_from_env().await;
+    let sdk = resync_shared::aws::lambda_sdk_config();
     let reporter = Reporter::for_lambda(&sdk, &resources);
     let deps = Finalizer::new(&sdk, config, resources, reporter);
     lambda_runtime::run(service_fn(|event: LambdaEvent<_>| handler(&deps, event))).await

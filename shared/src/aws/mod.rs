@@ -6,6 +6,9 @@ pub mod queue;
 pub mod report;
 pub mod runs;
 pub mod s3_source;
+pub mod sdk;
+
+pub use sdk::{https_client, lambda_sdk_config};
 
 /// An AWS call failed; the SDK error is kept as the source so throttling, validation
 /// and conditional failures stay distinguishable.
