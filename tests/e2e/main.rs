@@ -406,6 +406,43 @@ async fn bad_lines_and_duplicate_keys_are_rejected_while_the_rest_is_delivered()
     assert_eq!(env.index().await.len(), 1);
 }
 
+/// A row too large for one queue message is rejected with its size; its neighbours
+/// (in the same batch of ten) are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_larger_than_a_message_is_rejected_and_its_batch_still_delivered() {
+    let env = TestEnv::start().await;
+    let mut jsonl = String::new();
+    for i in 0..12 {
+        if i == 4 {
+            let huge = "x".repeat(300_000);
+            jsonl.push_str(&format!(
+                "{{\"id\": \"{}\", \"notes\": \"{huge}\"}}\n",
+                key(i)
+            ));
+        } else {
+            jsonl.push_str(&format!("{}\n", row(i, "v1")));
+        }
+    }
+    env.export("big.jsonl", jsonl.into_bytes()).await;
+
+    let run = env.run().await;
+    let counts = run.record.counts.unwrap();
+    assert_eq!(counts.delivered, 11);
+    assert_eq!(counts.rejected, 1);
+    let index = env.index().await;
+    assert_eq!(index.len(), 1);
+    assert_eq!(index[0].key.as_str(), key(4));
+    assert_eq!(index[0].error_code, "row_too_large");
+    assert!(
+        index[0].error_message.contains("bytes as a message"),
+        "{}",
+        index[0].error_message
+    );
+    let delivered = env.destination.stats().delivered_keys;
+    assert!(!delivered.contains(&key(4)));
+    assert!(delivered.contains(&key(5)) && delivered.contains(&key(11)));
+}
+
 /// New rows and failed keys merge: each key once, the source's values win.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_run_merges_new_rows_with_failed_keys_once_each() {

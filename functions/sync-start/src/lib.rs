@@ -294,21 +294,23 @@ async fn start(
             .source
             .stream(&bucket, object, *encoding, &sync.primary_key)
             .await?;
-        while let Some(event) = rows.recv().await {
-            match event {
-                Ok(row) => match planner.plan(row, object) {
-                    Planned::Enqueue(planned) => sender.push(planned, &mut rejections).await?,
-                    Planned::Reject(rejection, carried) => rejections.push(RecordedRejection {
+        while let Some(chunk) = rows.recv().await {
+            for event in chunk {
+                match event {
+                    Ok(row) => match planner.plan(row, object) {
+                        Planned::Enqueue(planned) => sender.push(planned, &mut rejections).await?,
+                        Planned::Reject(rejection, carried) => rejections.push(RecordedRejection {
+                            rejection,
+                            first_failed_at: carried.as_ref().map(|c| c.first_failed_at.clone()),
+                            in_index: carried.is_some(),
+                        }),
+                    },
+                    Err(rejection) => rejections.push(RecordedRejection {
                         rejection,
-                        first_failed_at: carried.as_ref().map(|c| c.first_failed_at.clone()),
-                        in_index: carried.is_some(),
+                        first_failed_at: None,
+                        in_index: false,
                     }),
-                },
-                Err(rejection) => rejections.push(RecordedRejection {
-                    rejection,
-                    first_failed_at: None,
-                    in_index: false,
-                }),
+                }
             }
         }
         join(reader).await?;
@@ -384,10 +386,18 @@ fn joined(done: Result<BatchResult, tokio::task::JoinError>) -> BatchResult {
 struct Pending {
     key: PrimaryKey,
     carried: Option<CarriedEntry>,
-    body: String,
+    message: RowMessage,
 }
 
-type BatchResult = Result<(Vec<Pending>, Vec<resync_shared::aws::queue::Unsent>), AwsError>;
+/// Why a row of a batch did not reach the queue.
+enum NotSent {
+    /// Its message is larger than the queue accepts.
+    TooLarge { bytes: usize },
+    /// SQS refused the entry.
+    Refused(resync_shared::aws::queue::Unsent),
+}
+
+type BatchResult = Result<(Vec<Pending>, Vec<(usize, NotSent)>), AwsError>;
 
 /// Sends rows in batches of 10 with bounded concurrency; refused rows become rejections.
 struct Sender<'a> {
@@ -429,29 +439,10 @@ impl<'a> Sender<'a> {
             attempts_before: 0,
             rate_limit_deferrals: 0,
         };
-        let body = message.to_body();
-        if body.len() > self.queue.max_message_bytes() {
-            rejections.push(RecordedRejection {
-                rejection: Rejection {
-                    key: Some(planned.key),
-                    object: String::new(),
-                    line: 0,
-                    code: "row_too_large".into(),
-                    reason: format!(
-                        "the row is {} bytes as a message, larger than the queue's maximum message size of {} bytes",
-                        body.len(),
-                        self.queue.max_message_bytes()
-                    ),
-                },
-                first_failed_at: planned.carried.as_ref().map(|c| c.first_failed_at.clone()),
-                in_index: planned.carried.is_some(),
-            });
-            return Ok(());
-        }
         self.batch.push(Pending {
             key: planned.key,
             carried: planned.carried,
-            body,
+            message,
         });
         if self.batch.len() == 10 {
             self.flush(rejections).await?;
@@ -463,18 +454,31 @@ impl<'a> Sender<'a> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let mut batch = std::mem::take(&mut self.batch);
+        let batch = std::mem::take(&mut self.batch);
         let queue = self.queue.clone();
         // Each request is its own task: the SDK's per-request work (serialising,
         // signing, parsing the answer) runs beside the parsing of the next rows where
         // the machine has more than one core.
         self.in_flight.push(tokio::spawn(async move {
-            let bodies: Vec<String> = batch
-                .iter_mut()
-                .map(|p| std::mem::take(&mut p.body))
-                .collect();
-            let refused = queue.send_batch(&bodies).await?;
-            Ok((batch, refused))
+            let max = queue.max_message_bytes();
+            let mut bodies = Vec::with_capacity(batch.len());
+            let mut positions = Vec::with_capacity(batch.len());
+            let mut not_sent = Vec::new();
+            for (i, pending) in batch.iter().enumerate() {
+                let body = pending.message.to_body();
+                if body.len() > max {
+                    not_sent.push((i, NotSent::TooLarge { bytes: body.len() }));
+                } else {
+                    positions.push(i);
+                    bodies.push(body);
+                }
+            }
+            if !bodies.is_empty() {
+                for unsent in queue.send_batch(&bodies).await? {
+                    not_sent.push((positions[unsent.index], NotSent::Refused(unsent)));
+                }
+            }
+            Ok((batch, not_sent))
         }));
         while self.in_flight.len() >= SEND_CONCURRENCY {
             let done = self.in_flight.next().await.expect("in flight");
@@ -485,29 +489,40 @@ impl<'a> Sender<'a> {
 
     fn settle(
         &mut self,
-        (batch, refused): (Vec<Pending>, Vec<resync_shared::aws::queue::Unsent>),
+        (batch, not_sent): (Vec<Pending>, Vec<(usize, NotSent)>),
         rejections: &mut Vec<RecordedRejection>,
     ) {
-        let mut refused_at: HashMap<usize, resync_shared::aws::queue::Unsent> =
-            refused.into_iter().map(|u| (u.index, u)).collect();
+        let mut not_sent_at: HashMap<usize, NotSent> = not_sent.into_iter().collect();
         for (i, pending) in batch.into_iter().enumerate() {
-            match refused_at.remove(&i) {
+            let (code, reason) = match not_sent_at.remove(&i) {
                 None => {
                     self.enqueued += 1;
                     self.carried_over += u64::from(pending.carried.is_some());
+                    continue;
                 }
-                Some(unsent) => rejections.push(RecordedRejection {
-                    rejection: Rejection {
-                        key: Some(pending.key),
-                        object: String::new(),
-                        line: 0,
-                        code: "enqueue_refused".into(),
-                        reason: format!("SQS refused the row: {} {}", unsent.code, unsent.message),
-                    },
-                    first_failed_at: pending.carried.as_ref().map(|c| c.first_failed_at.clone()),
-                    in_index: pending.carried.is_some(),
-                }),
-            }
+                Some(NotSent::TooLarge { bytes }) => (
+                    "row_too_large",
+                    format!(
+                        "the row is {bytes} bytes as a message, larger than the queue's maximum message size of {} bytes",
+                        self.queue.max_message_bytes()
+                    ),
+                ),
+                Some(NotSent::Refused(unsent)) => (
+                    "enqueue_refused",
+                    format!("SQS refused the row: {} {}", unsent.code, unsent.message),
+                ),
+            };
+            rejections.push(RecordedRejection {
+                rejection: Rejection {
+                    key: Some(pending.key),
+                    object: String::new(),
+                    line: 0,
+                    code: code.into(),
+                    reason,
+                },
+                first_failed_at: pending.carried.as_ref().map(|c| c.first_failed_at.clone()),
+                in_index: pending.carried.is_some(),
+            });
         }
     }
 

@@ -10,8 +10,12 @@ use crate::{
     source::{read_keys, read_object, Encoding, Rejection, SourceReadError, SourceRow},
 };
 
-/// Rows (or rejections) of one object, in order.
-pub type RowStream = mpsc::Receiver<Result<SourceRow, Rejection>>;
+/// Rows (or rejections) of one object, in order, in chunks of up to [`CHUNK_ROWS`]
+/// (one hand-over between the parsing thread and the planner per chunk, not per row).
+pub type RowStream = mpsc::Receiver<Vec<Result<SourceRow, Rejection>>>;
+
+/// Rows per chunk of a [`RowStream`].
+pub const CHUNK_ROWS: usize = 256;
 
 /// S3 adapter for sources.
 #[derive(Debug, Clone)]
@@ -126,14 +130,23 @@ impl S3Source {
         AwsError,
     > {
         let reader = self.body(bucket, object).await?;
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = mpsc::channel(4);
         let object = object.to_owned();
         let primary_key = primary_key.to_owned();
         let handle = tokio::task::spawn_blocking(move || {
-            read_object(reader, &object, encoding, &primary_key, &mut |event| {
-                // A closed receiver means the reader gave up; nothing more to do.
-                let _ = tx.blocking_send(event);
-            })
+            let mut chunk = Vec::with_capacity(CHUNK_ROWS);
+            let read = read_object(reader, &object, encoding, &primary_key, &mut |event| {
+                chunk.push(event);
+                if chunk.len() == CHUNK_ROWS {
+                    // A closed receiver means the reader gave up; nothing more to do.
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS));
+                    let _ = tx.blocking_send(full);
+                }
+            });
+            if !chunk.is_empty() {
+                let _ = tx.blocking_send(chunk);
+            }
+            read
         });
         Ok((rx, handle))
     }
