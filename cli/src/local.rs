@@ -419,8 +419,7 @@ impl LocalRuntime {
         sync: &SyncId,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> anyhow::Result<LocalRun> {
-        let pollers = self.pollers(sync)?;
-        let result = async {
+        let start = async {
             let started = self.start(sync).await?;
             let run_id = match &started {
                 SyncStartOutcome::Started { run_id, .. } => run_id.clone(),
@@ -429,18 +428,9 @@ impl LocalRuntime {
                     bail!("run {open_run} of sync {sync} is still open; not overlapping it")
                 }
             };
-            let (record, closed_at) = self
-                .finalize_until_closed(sync, &run_id, &pollers, progress)
-                .await?;
-            Ok((started, record, closed_at))
-        }
-        .await;
-        let invocations = pollers.stop().await?;
-        let (started, record, closed_at) = result?;
-        progress(Progress {
-            settled: record.enqueued,
-            enqueued: record.enqueued,
-        });
+            Ok((started, run_id))
+        };
+        let (started, record, closed_at, invocations) = self.polling(sync, start, progress).await?;
         Ok(LocalRun {
             started,
             record,
@@ -456,17 +446,37 @@ impl LocalRuntime {
         run_id: &RunId,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> anyhow::Result<(RunRecord, usize)> {
+        let (_, record, _, invocations) = self
+            .polling(sync, async { Ok(((), run_id.clone())) }, progress)
+            .await?;
+        Ok((record, invocations))
+    }
+
+    /// With the destination's pollers running: awaits `start` (which names the run),
+    /// then runs the finalizer until that run closes; stops the pollers. Returns what
+    /// `start` gave, the closed run's record, when it closed and the invocations made.
+    async fn polling<T>(
+        &self,
+        sync: &SyncId,
+        start: impl std::future::Future<Output = anyhow::Result<(T, RunId)>>,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> anyhow::Result<(T, RunRecord, Instant, usize)> {
         let pollers = self.pollers(sync)?;
-        let result = self
-            .finalize_until_closed(sync, run_id, &pollers, progress)
-            .await;
+        let result = async {
+            let (started, run_id) = start.await?;
+            let (record, closed_at) = self
+                .finalize_until_closed(sync, &run_id, &pollers, progress)
+                .await?;
+            anyhow::Ok((started, record, closed_at))
+        }
+        .await;
         let invocations = pollers.stop().await?;
-        let (record, _) = result?;
+        let (started, record, closed_at) = result?;
         progress(Progress {
             settled: record.enqueued,
             enqueued: record.enqueued,
         });
-        Ok((record, invocations))
+        Ok((started, record, closed_at, invocations))
     }
 
     /// Starts the pollers of the sync's destination queue.

@@ -64,12 +64,7 @@ pub struct DuplicateFinder {
 
 impl DuplicateFinder {
     /// Notes one occurrence.
-    pub fn observe(&mut self, key: &PrimaryKey) {
-        self.observe_key(key.as_str());
-    }
-
-    /// Notes one occurrence of a key given as text (already validated).
-    pub fn observe_key(&mut self, key: &str) {
+    pub fn observe(&mut self, key: &str) {
         self.hashes.push(key_hash(key));
     }
 
@@ -187,7 +182,7 @@ mod tests {
 
     fn planner(index: Vec<(&str, CarriedEntry)>, source: &[SourceRow]) -> RunPlanner {
         let mut finder = DuplicateFinder::default();
-        source.iter().for_each(|r| finder.observe(&r.key));
+        source.iter().for_each(|r| finder.observe(r.key.as_str()));
         RunPlanner::new(
             index.into_iter().map(|(k, e)| (key(k), e)).collect(),
             finder.duplicates(),

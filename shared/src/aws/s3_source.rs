@@ -85,7 +85,7 @@ impl S3Source {
         let primary_key = primary_key.to_owned();
         let scan = tokio::task::spawn_blocking(move || {
             read_keys(reader, &object, encoding, &primary_key, &mut |key| {
-                finder.observe_key(key)
+                finder.observe(key)
             })
             .map(|()| finder)
         });
