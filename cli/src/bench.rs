@@ -500,7 +500,8 @@ async fn memory_case(
                 payload: serde_json::json!({"id": key("memory", index), "email": "x@example.com", "plan": "pro", "mrr": 1})
                     .as_object()
                     .expect("object")
-                    .clone(),
+                    .clone()
+                    .into(),
             }
         })
         .collect();

@@ -84,8 +84,9 @@ struct RequestBody {
 struct RequestRow {
     key: String,
     idempotency_key: String,
+    /// Checked to be a JSON object, then not looked at.
     #[allow(dead_code)]
-    fields: serde_json::Map<String, serde_json::Value>,
+    fields: resync_shared::RowFields,
 }
 
 impl DestinationServer {

@@ -22,9 +22,8 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
-use crate::{ids::PrimaryKey, outcome::RowError, source::Rejection};
+use crate::{ids::PrimaryKey, outcome::RowError, row::RowFields, source::Rejection};
 
 /// A row that reached a terminal failure in this run, with all the finalizer needs to
 /// write its failed-row index entry.
@@ -46,7 +45,7 @@ pub struct FailedRow {
     #[serde(default)]
     pub first_failed_at: Option<String>,
     /// The payload to retry it with next run.
-    pub payload: Map<String, Value>,
+    pub payload: RowFields,
 }
 
 /// What one delivery invocation settled for one run.
@@ -200,7 +199,7 @@ mod tests {
             prior_attempts: 0,
             carried_over: false,
             first_failed_at: None,
-            payload: Map::new(),
+            payload: RowFields::from_text("{}").unwrap(),
         }
     }
 

@@ -13,6 +13,8 @@
 //!   parsed as a stream with per-line rejections.
 //! - [`merge`]: the pure planning rule that merges a run's source rows with the
 //!   failed-row index (each key once, source values win).
+//! - [`row`]: a row's fields as the JSON object text they arrived in (validated once,
+//!   spliced verbatim into messages, request bodies and the index).
 //! - [`message`]: the wire DTO of one row on the delivery queue.
 //! - [`ledger`]: run accounting — batch ledger entries and the pure tally that closes a
 //!   run with exact counts.
@@ -39,8 +41,10 @@ pub mod message;
 pub mod outcome;
 pub mod resources;
 pub mod retry;
+pub mod row;
 pub mod secrets;
 pub mod source;
 pub mod time_util;
 
 pub use ids::{DestinationId, PrimaryKey, RunId, SyncId};
+pub use row::RowFields;

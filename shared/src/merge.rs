@@ -20,9 +20,7 @@ use std::{
     hash::{Hash, Hasher},
 };
 
-use serde_json::{Map, Value};
-
-use crate::{ids::PrimaryKey, source::Rejection, source::SourceRow};
+use crate::{ids::PrimaryKey, row::RowFields, source::Rejection, source::SourceRow};
 
 /// A failed-row index entry as planning needs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +41,7 @@ pub struct PlannedRow {
     /// Its key.
     pub key: PrimaryKey,
     /// Its fields.
-    pub fields: Map<String, Value>,
+    pub fields: RowFields,
     /// The index entry it carries over, if any.
     pub carried: Option<CarriedEntry>,
 }
@@ -133,10 +131,7 @@ impl RunPlanner {
         let mut waiting = 0;
         let mut rows = Vec::new();
         for (key, entry) in self.index {
-            let fields = entry
-                .payload
-                .as_deref()
-                .map(serde_json::from_str::<Map<String, Value>>);
+            let fields = entry.payload.as_deref().map(RowFields::from_text);
             match fields {
                 Some(Ok(fields)) => rows.push(PlannedRow {
                     key,
@@ -167,7 +162,7 @@ mod tests {
     fn row(k: &str, v: i64) -> SourceRow {
         SourceRow {
             key: key(k),
-            fields: json!({"id": k, "v": v}).as_object().unwrap().clone(),
+            fields: json!({"id": k, "v": v}).as_object().unwrap().clone().into(),
             line: 0,
         }
     }
@@ -196,7 +191,7 @@ mod tests {
         let Planned::Enqueue(planned) = planner.plan(source[0].clone(), "o") else {
             panic!("expected enqueue")
         };
-        assert_eq!(planned.fields["v"], json!(2));
+        assert_eq!(planned.fields.to_map()["v"], json!(2));
         assert_eq!(
             planned.carried.unwrap().first_failed_at,
             "2026-11-01T00:00:00Z"
@@ -217,7 +212,7 @@ mod tests {
         let (leftovers, _) = planner.leftovers();
         assert_eq!(leftovers.len(), 1);
         assert_eq!(leftovers[0].key.as_str(), "b");
-        assert_eq!(leftovers[0].fields["v"], json!(7));
+        assert_eq!(leftovers[0].fields.to_map()["v"], json!(7));
     }
 
     #[test]

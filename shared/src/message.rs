@@ -6,7 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{PrimaryKey, RunId, SyncId};
+use crate::{
+    ids::{PrimaryKey, RunId, SyncId},
+    row::RowFields,
+};
 
 /// The body of one delivery-queue message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,8 +20,8 @@ pub struct RowMessage {
     pub sync_id: SyncId,
     /// The row's primary key.
     pub key: PrimaryKey,
-    /// The row's fields as the destination receives them.
-    pub row: serde_json::Map<String, serde_json::Value>,
+    /// The row's fields as the destination receives them (JSON text, spliced verbatim).
+    pub row: RowFields,
     /// Whether the key was in the failed-row index when the run started.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub carried_over: bool,
@@ -72,7 +75,8 @@ mod tests {
             row: serde_json::json!({"id": 42, "name": "x"})
                 .as_object()
                 .unwrap()
-                .clone(),
+                .clone()
+                .into(),
             carried_over: false,
             first_failed_at: None,
             prior_attempts: 0,

@@ -10,15 +10,20 @@ use std::io::{BufRead, BufReader, Read};
 
 use serde_json::{Map, Value};
 
-use crate::{config::SourceFormat, ids::PrimaryKey};
+use crate::{
+    config::SourceFormat,
+    ids::PrimaryKey,
+    row::{field_of, RowFields},
+};
 
 /// One valid row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceRow {
     /// The primary key's value.
     pub key: PrimaryKey,
-    /// All fields, the key's column included.
-    pub fields: Map<String, Value>,
+    /// All fields, the key's column included, as the source wrote them (JSON Lines)
+    /// or as one object of strings (CSV).
+    pub fields: RowFields,
     /// Its 1-based line number in the object.
     pub line: u64,
 }
@@ -159,15 +164,9 @@ pub fn read_keys(
         let Ok(text) = std::str::from_utf8(&buf) else {
             continue;
         };
-        let mut de = serde_json::Deserializer::from_str(text.trim());
-        let Ok(Some(value)) =
-            serde::de::DeserializeSeed::deserialize(KeyField { primary_key }, &mut de)
-        else {
+        let Ok(Some(value)) = field_of(text.trim(), primary_key) else {
             continue;
         };
-        if de.end().is_err() {
-            continue;
-        }
         let key = match &value {
             Value::String(s) => std::borrow::Cow::Borrowed(s.trim()),
             Value::Number(n) => std::borrow::Cow::Owned(n.to_string()),
@@ -176,63 +175,6 @@ pub fn read_keys(
         if !key.is_empty() && key.len() <= PrimaryKey::MAX_BYTES {
             emit(&key);
         }
-    }
-}
-
-/// Deserialises a JSON object into the value of one field (the last occurrence, as a
-/// parsed map keeps it), skipping every other field without allocating it.
-struct KeyField<'a> {
-    primary_key: &'a str,
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for KeyField<'_> {
-    type Value = Option<Value>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
-        de.deserialize_map(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for KeyField<'_> {
-    type Value = Option<Value>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = None;
-        while let Some(is_key) = map.next_key_seed(FieldIs(self.primary_key))? {
-            if is_key {
-                found = Some(map.next_value::<Value>()?);
-            } else {
-                map.next_value::<serde::de::IgnoredAny>()?;
-            }
-        }
-        Ok(found)
-    }
-}
-
-/// Whether a field name equals the given one (escaped names included).
-struct FieldIs<'a>(&'a str);
-
-impl<'de> serde::de::DeserializeSeed<'de> for FieldIs<'_> {
-    type Value = bool;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<bool, D::Error> {
-        de.deserialize_str(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for FieldIs<'_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a field name")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<bool, E> {
-        Ok(name == self.0)
     }
 }
 
@@ -263,7 +205,12 @@ fn reject(
 
 /// Extracts the primary key from a row's fields.
 pub fn key_of(fields: &Map<String, Value>, primary_key: &str) -> Result<PrimaryKey, String> {
-    let text = match fields.get(primary_key) {
+    key_from(fields.get(primary_key), primary_key)
+}
+
+/// The primary key from the key field's value (`None`: the row has no such field).
+fn key_from(value: Option<&Value>, primary_key: &str) -> Result<PrimaryKey, String> {
+    let text = match value {
         None | Some(Value::Null) => {
             return Err(format!(
                 "the row has no value for primary key '{primary_key}'"
@@ -325,30 +272,21 @@ fn read_jsonl(
         if text.is_empty() {
             continue;
         }
-        let fields = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(fields)) => fields,
-            Ok(other) => {
-                emit(Err(reject(
-                    object,
-                    line,
-                    None,
-                    "malformed_line",
-                    format!("expected a JSON object, found {}", json_type(&other)),
-                )));
-                continue;
-            }
-            Err(err) => {
-                emit(Err(reject(
-                    object,
-                    line,
-                    None,
-                    "malformed_line",
-                    format!("invalid JSON ({})", err_without_position(&err)),
-                )));
-                continue;
-            }
-        };
-        emit(match key_of(&fields, primary_key) {
+        // Scans that build nothing but the key validate the line; the fields stay text.
+        let (key_value, fields) =
+            match field_of(text, primary_key).and_then(|v| Ok((v, RowFields::from_text(text)?))) {
+                Ok(parsed) => parsed,
+                Err(_) => {
+                    // The error path parses the whole line again to say what is wrong.
+                    let reason = match serde_json::from_str::<Value>(text) {
+                        Ok(other) => format!("expected a JSON object, found {}", json_type(&other)),
+                        Err(err) => format!("invalid JSON ({})", err_without_position(&err)),
+                    };
+                    emit(Err(reject(object, line, None, "malformed_line", reason)));
+                    continue;
+                }
+            };
+        emit(match key_from(key_value.as_ref(), primary_key) {
             Ok(key) => Ok(SourceRow { key, fields, line }),
             Err(reason) => Err(reject(object, line, None, "missing_primary_key", reason)),
         });
@@ -400,7 +338,11 @@ fn read_csv(
                     .map(|(name, value)| (name.to_owned(), Value::String(value.to_owned())))
                     .collect();
                 emit(match key_of(&fields, primary_key) {
-                    Ok(key) => Ok(SourceRow { key, fields, line }),
+                    Ok(key) => Ok(SourceRow {
+                        key,
+                        fields: RowFields::from_map(&fields),
+                        line,
+                    }),
                     Err(reason) => Err(reject(object, line, None, "missing_primary_key", reason)),
                 });
             }
@@ -569,7 +511,10 @@ mod tests {
         let data = b"id,name,email\n1,Ada,ada@example.com\n2,Bob\n3,\"Eve, Jr\",eve@example.com\n";
         let (rows, rejected) = read_all(data, "b.csv");
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[1].fields["name"], Value::String("Eve, Jr".into()));
+        assert_eq!(
+            rows[1].fields.to_map()["name"],
+            Value::String("Eve, Jr".into())
+        );
         assert_eq!(rejected.len(), 1);
         assert_eq!(rejected[0].line, 3);
     }

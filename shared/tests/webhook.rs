@@ -8,7 +8,7 @@ use resync_shared::{
     outcome::ErrorClass,
     PrimaryKey,
 };
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -69,7 +69,7 @@ async fn serve(
     (url, rx)
 }
 
-fn rows() -> (Vec<PrimaryKey>, Map<String, Value>) {
+fn rows() -> (Vec<PrimaryKey>, resync_shared::RowFields) {
     let keys = vec![
         PrimaryKey::parse("a").unwrap(),
         PrimaryKey::parse("b").unwrap(),
@@ -77,7 +77,8 @@ fn rows() -> (Vec<PrimaryKey>, Map<String, Value>) {
     let fields = json!({"email": "x@example.com"})
         .as_object()
         .unwrap()
-        .clone();
+        .clone()
+        .into();
     (keys, fields)
 }
 

@@ -245,7 +245,7 @@ fn duplicate_body(run_id: &RunId, i: usize) -> String {
         run_id: run_id.clone(),
         sync_id: resync_shared::SyncId::parse("customers").unwrap(),
         key: PrimaryKey::parse(key(i)).unwrap(),
-        row: row(i, "v1").as_object().unwrap().clone(),
+        row: row(i, "v1").as_object().unwrap().clone().into(),
         carried_over: false,
         first_failed_at: None,
         prior_attempts: 0,

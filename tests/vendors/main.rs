@@ -16,7 +16,7 @@ use resync_tests::{
     salesforce::{OrgAuth, SalesforceServer, Scripted},
     Behaviour,
 };
-use serde_json::{json, Map, Value};
+use serde_json::json;
 
 const CLIENT_ID: &str = "3MVG9vendorSuite";
 const USERNAME: &str = "integration@resync.example.com";
@@ -73,7 +73,7 @@ fn jwt_bearer() -> String {
 
 struct Rows {
     keys: Vec<PrimaryKey>,
-    fields: Vec<Map<String, Value>>,
+    fields: Vec<resync_shared::RowFields>,
 }
 
 impl Rows {
@@ -88,6 +88,7 @@ impl Rows {
                         .as_object()
                         .unwrap()
                         .clone()
+                        .into()
                 })
                 .collect(),
         }

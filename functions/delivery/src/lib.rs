@@ -451,7 +451,7 @@ mod tests {
         }
 
         fn order_key(&self, row: &OutboundRow<'_>) -> Option<String> {
-            row.fields.get("parent")?.as_str().map(str::to_owned)
+            row.fields.field("parent")?.as_str().map(str::to_owned)
         }
     }
 
@@ -468,7 +468,7 @@ mod tests {
                 run_id: RunId::parse("r").unwrap(),
                 sync_id: SyncId::parse("s").unwrap(),
                 key: PrimaryKey::parse(key).unwrap(),
-                row,
+                row: row.into(),
                 carried_over: false,
                 first_failed_at: None,
                 prior_attempts: 0,

@@ -207,10 +207,7 @@ impl FailedRowIndex {
                 "first_failed_at".into(),
                 s(row.first_failed_at.clone().unwrap_or_else(|| now.clone())),
             );
-            item.insert(
-                "payload".into(),
-                s(serde_json::to_string(&row.payload).expect("payload serialises")),
-            );
+            item.insert("payload".into(), s(row.payload.as_str()));
             requests.push(put(item));
         }
         let mut rejected_keys = std::collections::HashSet::new();

@@ -181,8 +181,9 @@ impl Hubspot {
 
     fn input(&self, row: &OutboundRow<'_>) -> Value {
         let mut properties = Map::new();
+        let fields = row.fields.to_map();
         for (column, property) in &self.fields {
-            if let Some(value) = row.fields.get(column) {
+            if let Some(value) = fields.get(column) {
                 // HubSpot property values are strings; null clears a property.
                 let value = match value {
                     Value::Null => Value::Null,
@@ -446,7 +447,7 @@ mod tests {
         let keys: Vec<crate::PrimaryKey> = ["a", "b", "c"]
             .map(|k| crate::PrimaryKey::parse(k).unwrap())
             .into();
-        let fields = Map::new();
+        let fields = crate::RowFields::from_text("{}").unwrap();
         let rows: Vec<OutboundRow<'_>> = keys
             .iter()
             .map(|key| OutboundRow {

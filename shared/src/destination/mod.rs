@@ -5,12 +5,13 @@
 use std::{net::IpAddr, sync::Arc};
 
 use futures::future::BoxFuture;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::{
     config::{DestinationConfig, DestinationKind},
     ids::PrimaryKey,
     outcome::RowResult,
+    row::RowFields,
     secrets::{SecretError, SecretResolver},
 };
 
@@ -25,8 +26,8 @@ pub struct OutboundRow<'a> {
     pub key: &'a PrimaryKey,
     /// `run_id:primary_key`: the same on every retry of the row within a run.
     pub idempotency_key: String,
-    /// The fields.
-    pub fields: &'a Map<String, Value>,
+    /// The fields (JSON object text; destinations that map fields parse it).
+    pub fields: &'a RowFields,
 }
 
 /// A destination API.

@@ -488,12 +488,13 @@ impl Salesforce {
             self.external_id_field.clone(),
             Value::String(row.key.as_str().to_owned()),
         );
+        let mut fields = row.fields.to_map();
         for (column, field) in &self.fields {
             if field == &self.external_id_field {
                 continue;
             }
-            if let Some(value) = row.fields.get(column) {
-                record.insert(field.clone(), value.clone());
+            if let Some(value) = fields.remove(column) {
+                record.insert(field.clone(), value);
             }
         }
         Value::Object(record)
@@ -729,7 +730,8 @@ impl Destination for Salesforce {
 
     fn order_key(&self, row: &OutboundRow<'_>) -> Option<String> {
         row.fields
-            .get(self.parent_column.as_ref()?)
+            .field(self.parent_column.as_ref()?)
+            .as_ref()
             .and_then(scalar_text)
     }
 }

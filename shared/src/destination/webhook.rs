@@ -47,7 +47,7 @@ struct RequestBody<'a> {
 struct RequestRow<'a> {
     key: &'a str,
     idempotency_key: &'a str,
-    fields: &'a serde_json::Map<String, serde_json::Value>,
+    fields: &'a serde_json::value::RawValue,
 }
 
 /// The per-row answer body.
@@ -113,7 +113,7 @@ impl Webhook {
                 .map(|r| RequestRow {
                     key: r.key.as_str(),
                     idempotency_key: &r.idempotency_key,
-                    fields: r.fields,
+                    fields: r.fields.as_raw(),
                 })
                 .collect(),
         };
