@@ -87,6 +87,8 @@ pub struct BenchReport {
     pub rows: usize,
     /// Raw SQS send + receive + delete throughput, messages per second.
     pub ceiling_msgs_per_s: f64,
+    /// The two ceiling samples (before and after the pipeline run) averaged above.
+    pub ceiling_samples_msgs_per_s: [f64; 2],
     /// Clean run, S3 to destination to closed run, rows per second.
     pub pipeline_rows_per_s: f64,
     /// pipeline / ceiling.
@@ -208,6 +210,17 @@ async fn export(
     Ok(())
 }
 
+/// One ceiling sample: messages per second and CPU microseconds per message.
+async fn measure_ceiling(
+    sdk: &aws_config::SdkConfig,
+    messages: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let cpu_before = process_cpu_seconds();
+    let msgs_per_s = ceiling(sdk, messages, 16).await?;
+    let cpu_us_per_msg = (process_cpu_seconds() - cpu_before) * 1e6 / messages as f64;
+    Ok((msgs_per_s, cpu_us_per_msg))
+}
+
 /// Raw SQS throughput of the same client against the same emulator: send in batches of
 /// 10, receive 10 at a time and delete in batches, with `concurrency` workers.
 async fn ceiling(
@@ -304,12 +317,10 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let s3 = crate::aws::s3_client(&sdk);
     let bucket = runtime.resources.source_bucket.clone();
 
-    // 1. Ceiling.
+    // 1. Ceiling, measured once before and once after the pipeline run: the machine's
+    // speed drifts between seconds, and one sample on one side would tilt the ratio.
     let ceiling_messages = options.rows.min(50_000);
-    let cpu_before = process_cpu_seconds();
-    let ceiling_msgs_per_s = ceiling(&sdk, ceiling_messages, 16).await?;
-    let ceiling_cpu_us_per_msg =
-        (process_cpu_seconds() - cpu_before) * 1e6 / ceiling_messages.div_ceil(10) as f64 / 10.0;
+    let ceiling_before = measure_ceiling(&sdk, ceiling_messages).await?;
 
     // 2–3. Clean pipeline run, counted.
     export(&s3, &bucket, "clean", options.rows).await?;
@@ -346,6 +357,10 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let delivered = counts.delivered.max(1) as f64;
     let rows = options.rows.max(1) as f64;
     let pipeline_rows_per_s = options.rows as f64 / elapsed;
+    let ceiling_after = measure_ceiling(&sdk, ceiling_messages).await?;
+    let ceiling_samples_msgs_per_s = [ceiling_before.0, ceiling_after.0];
+    let ceiling_msgs_per_s = (ceiling_before.0 + ceiling_after.0) / 2.0;
+    let ceiling_cpu_us_per_msg = (ceiling_before.1 + ceiling_after.1) / 2.0;
 
     // 4. Retry efficiency.
     destination.next_run();
@@ -441,6 +456,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         },
         rows: options.rows,
         ceiling_msgs_per_s,
+        ceiling_samples_msgs_per_s,
         pipeline_rows_per_s,
         ratio: pipeline_rows_per_s / ceiling_msgs_per_s,
         ceiling_cpu_us_per_msg,
@@ -636,7 +652,12 @@ pub fn table(report: &BenchReport) -> String {
     line("rows", report.rows.to_string());
     line(
         "ceiling: SQS send+receive+delete (msg/s)",
-        format!("{:.0}", report.ceiling_msgs_per_s),
+        format!(
+            "{:.0} (mean of {:.0} before, {:.0} after the pipeline)",
+            report.ceiling_msgs_per_s,
+            report.ceiling_samples_msgs_per_s[0],
+            report.ceiling_samples_msgs_per_s[1]
+        ),
     );
     line(
         "pipeline: S3 → destination → closed run (rows/s)",

@@ -592,32 +592,55 @@ async fn poll(
         queue.url().rsplit('/').next().unwrap_or_default()
     );
     let mut running: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
-    while !stop.load(Ordering::SeqCst) {
+    // Receives in flight. They outlive the batch that asked for them: when the window
+    // ends first, what they bring starts the next batch (dropping one could lose the
+    // messages it took for a whole visibility timeout).
+    let mut receiving = futures::stream::FuturesUnordered::new();
+    // Receives in flight at once: one while the queue looks empty (an idle poller costs
+    // one long poll a second), more while receives come back full, as Lambda's pollers
+    // scale with the backlog.
+    let mut fan_out = 1;
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        if stopping && receiving.is_empty() {
+            break;
+        }
         let mut messages = Vec::new();
-        let mut window_ends: Option<Instant> = None;
-        // Receives in flight at once: one while the queue looks empty (an idle poller
-        // costs one long poll a second), more while receives come back full, as
-        // Lambda's pollers scale with the backlog.
-        let mut fan_out = 1;
-        while messages.len() < batch_size && !stop.load(Ordering::SeqCst) {
-            // Long polls, as Lambda's pollers do; never more than the batch size.
-            let wanted = batch_size - messages.len();
-            let mut receives = Vec::new();
-            for i in 0..fan_out.min(wanted.div_ceil(10)) {
-                let want = (wanted - i * 10).min(10) as i32;
-                receives.push(queue.receive(want, Duration::from_secs(1)));
+        let mut window_ends: Option<tokio::time::Instant> = None;
+        while messages.len() < batch_size {
+            if !stopping {
+                // Long polls, as Lambda's pollers do; never more than the batch size.
+                while receiving.len() < fan_out
+                    && messages.len() + 10 * receiving.len() < batch_size
+                {
+                    let want = (batch_size - messages.len() - 10 * receiving.len()).min(10);
+                    let queue = queue.clone();
+                    receiving.push(async move {
+                        queue.receive(want as i32, Duration::from_secs(1)).await
+                    });
+                }
             }
-            let mut full = true;
-            for received in futures::future::join_all(receives).await {
-                let received = received?;
-                full &= received.len() == 10;
-                messages.extend(received);
-            }
-            fan_out = if full { MAX_RECEIVES_IN_FLIGHT } else { 1 };
+            // The batch goes when it is full or its window ends, as Lambda invokes when
+            // the batching window expires — not when the long poll in flight returns.
+            let received = match window_ends {
+                Some(end) => tokio::select! {
+                    received = futures::StreamExt::next(&mut receiving) => received,
+                    () = tokio::time::sleep_until(end) => break,
+                },
+                None => futures::StreamExt::next(&mut receiving).await,
+            };
+            let Some(received) = received else { break };
+            let received = received?;
+            fan_out = if received.len() == 10 {
+                MAX_RECEIVES_IN_FLIGHT
+            } else {
+                1
+            };
+            messages.extend(received);
             if !messages.is_empty() && window_ends.is_none() {
-                window_ends = Some(Instant::now() + window);
+                window_ends = Some(tokio::time::Instant::now() + window);
             }
-            if window_ends.is_some_and(|end| Instant::now() >= end) {
+            if stop.load(Ordering::SeqCst) && !stopping {
                 break;
             }
         }
@@ -654,12 +677,12 @@ async fn invoke(
     crashes: Arc<Crashes>,
     clock: Arc<HandlerClock>,
 ) -> anyhow::Result<()> {
-    let receipts: HashMap<String, String> = messages
+    let event = sqs_event(messages, &queue_arn);
+    let receipts: HashMap<String, String> = event
+        .records
         .iter()
         .filter_map(|m| Some((m.message_id.clone()?, m.receipt_handle.clone()?)))
         .collect();
-    let event = sqs_event(&messages, &queue_arn);
-    drop(messages);
     invocations.fetch_add(1, Ordering::SeqCst);
     if Crashes::take(&crashes.before_handler) {
         tracing::warn!("simulated crash before the handler ran");
@@ -703,18 +726,21 @@ async fn invoke(
 }
 
 /// The `SqsEvent` Lambda would build for received messages.
-pub fn sqs_event(messages: &[aws_sdk_sqs::types::Message], queue_arn: &str) -> SqsEvent {
+pub fn sqs_event(
+    messages: impl IntoIterator<Item = aws_sdk_sqs::types::Message>,
+    queue_arn: &str,
+) -> SqsEvent {
     let mut event = SqsEvent::default();
     for message in messages {
         let mut record = SqsMessage::default();
-        record.message_id = message.message_id.clone();
-        record.receipt_handle = message.receipt_handle.clone();
-        record.body = message.body.clone();
-        record.md5_of_body = message.md5_of_body.clone();
+        record.message_id = message.message_id;
+        record.receipt_handle = message.receipt_handle;
+        record.body = message.body;
+        record.md5_of_body = message.md5_of_body;
         record.event_source = Some("aws:sqs".into());
         record.event_source_arn = Some(queue_arn.to_owned());
         record.aws_region = Some("us-east-1".into());
-        if let Some(attributes) = &message.attributes {
+        if let Some(attributes) = message.attributes {
             for (name, value) in attributes {
                 let name = match name {
                     MessageSystemAttributeName::ApproximateReceiveCount => {
@@ -723,7 +749,7 @@ pub fn sqs_event(messages: &[aws_sdk_sqs::types::Message], queue_arn: &str) -> S
                     MessageSystemAttributeName::SentTimestamp => "SentTimestamp",
                     _ => continue,
                 };
-                record.attributes.insert(name.into(), value.clone());
+                record.attributes.insert(name.into(), value);
             }
         }
         event.records.push(record);

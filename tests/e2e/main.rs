@@ -205,7 +205,8 @@ async fn duplicate_deliveries_do_not_change_any_count() {
         );
     }
     for _ in 0..2 {
-        let event = resync::local::sqs_event(&messages, "arn:aws:sqs:us-east-1:000000000000:q");
+        let event =
+            resync::local::sqs_event(messages.clone(), "arn:aws:sqs:us-east-1:000000000000:q");
         let response = resync_delivery::handler(&delivery, resync::local::lambda_invocation(event))
             .await
             .unwrap();
@@ -344,7 +345,7 @@ async fn late_copies_of_a_closed_run_are_dropped() {
                 .unwrap(),
         );
     }
-    let event = resync::local::sqs_event(&messages, "arn:aws:sqs:us-east-1:000000000000:q");
+    let event = resync::local::sqs_event(messages.clone(), "arn:aws:sqs:us-east-1:000000000000:q");
     let response = resync_delivery::handler(&delivery, resync::local::lambda_invocation(event))
         .await
         .unwrap();
