@@ -215,8 +215,10 @@ async fn measure_ceiling(
     sdk: &aws_config::SdkConfig,
     messages: usize,
 ) -> anyhow::Result<(f64, f64)> {
+    perf_control("ceiling", "enable");
     let cpu_before = process_cpu_seconds();
     let msgs_per_s = ceiling(sdk, messages, 16).await?;
+    perf_control("ceiling", "disable");
     let cpu_us_per_msg = (process_cpu_seconds() - cpu_before) * 1e6 / messages as f64;
     Ok((msgs_per_s, cpu_us_per_msg))
 }
@@ -327,14 +329,14 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     counter.reset();
     runtime.clock.reset();
     let clean = SyncId::parse("clean")?;
-    perf_control("enable");
+    perf_control("pipeline", "enable");
     let started = Instant::now();
     let cpu_before = process_cpu_seconds();
     let run = runtime.run_sync(&clean, &|_| {}).await?;
     // The pipeline ends when the run is closed (not when the pollers have stopped).
     let elapsed = run.closed_at.duration_since(started).as_secs_f64();
     let pipeline_cpu_seconds = process_cpu_seconds() - cpu_before;
-    perf_control("disable");
+    perf_control("pipeline", "disable");
     let requests = counter.snapshot();
     let handler_seconds = runtime.clock.snapshot();
     let counts = run.record.counts.context("the clean run has no counts")?;
@@ -598,8 +600,13 @@ pub async fn sync_start_once(
 }
 
 /// With `RESYNC_PERF_CTL=<fifo>`, tells `perf record --control fifo:<fifo> -D -1` to
-/// sample only the pipeline run.
-fn perf_control(command: &str) {
+/// sample only the pipeline run, or with `RESYNC_PERF_PHASE=ceiling` only the ceiling's
+/// samples (to compare where a row's and a message's CPU go).
+fn perf_control(phase: &str, command: &str) {
+    let sampled = std::env::var("RESYNC_PERF_PHASE").unwrap_or_else(|_| "pipeline".into());
+    if sampled != phase {
+        return;
+    }
     if let Some(path) = std::env::var_os("RESYNC_PERF_CTL") {
         if let Err(err) = std::fs::OpenOptions::new()
             .write(true)

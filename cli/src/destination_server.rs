@@ -174,7 +174,7 @@ async fn receive(
     State(state): State<Arc<Mutex<ServerState>>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<ResultsBody>, (StatusCode, String)> {
+) -> Result<Json<ResultsBody<'static>>, (StatusCode, String)> {
     let mut state = state.lock().expect("state");
     if let Some(secret) = &state.secret {
         let timestamp = headers
@@ -250,7 +250,7 @@ async fn receive(
                 if until_attempt.is_none_or(|n| attempts <= n) =>
             {
                 RowStatus {
-                    key: row.key,
+                    key: row.key.into(),
                     status: "retry".into(),
                     code: Some("UNABLE_TO_LOCK_ROW".into()),
                     message: Some("unable to obtain exclusive access to this record".into()),
@@ -258,9 +258,9 @@ async fn receive(
                 }
             }
             Some(RowBehaviour::RejectThisRun { code }) => RowStatus {
-                key: row.key,
+                key: row.key.into(),
                 status: "rejected".into(),
-                code: Some(code),
+                code: Some(code.into()),
                 message: Some("the record failed validation".into()),
                 retry_after_secs: None,
             },
@@ -271,7 +271,7 @@ async fn receive(
                     .or_default()
                     .push(run);
                 RowStatus {
-                    key: row.key,
+                    key: row.key.into(),
                     status: "delivered".into(),
                     code: None,
                     message: None,

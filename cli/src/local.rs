@@ -678,7 +678,7 @@ async fn invoke(
     clock: Arc<HandlerClock>,
 ) -> anyhow::Result<()> {
     let event = sqs_event(messages, &queue_arn);
-    let receipts: HashMap<String, String> = event
+    let receipts: Vec<(String, String)> = event
         .records
         .iter()
         .filter_map(|m| Some((m.message_id.clone()?, m.receipt_handle.clone()?)))
@@ -707,19 +707,17 @@ async fn invoke(
         .iter()
         .map(|f| f.item_identifier.as_str())
         .collect();
-    if failed
-        .iter()
-        .any(|id| id.is_empty() || !receipts.contains_key(*id))
-    {
+    let known = |id: &str| receipts.iter().any(|(known, _)| known == id);
+    if failed.iter().any(|id| id.is_empty() || !known(id)) {
         tracing::error!(
             "partial batch response names an empty or unknown itemIdentifier; the whole batch fails"
         );
         return Ok(());
     }
     let to_delete: Vec<String> = receipts
-        .iter()
+        .into_iter()
         .filter(|(id, _)| !failed.contains(id.as_str()))
-        .map(|(_, receipt)| receipt.clone())
+        .map(|(_, receipt)| receipt)
         .collect();
     delivery.queue.delete(&to_delete).await?;
     Ok(())

@@ -120,6 +120,14 @@ pub struct RunCounts {
 }
 
 impl RunTally {
+    /// An empty tally with room for a run of `rows` rows.
+    pub fn with_capacity(rows: usize) -> Self {
+        Self {
+            delivered: HashSet::with_capacity(rows),
+            ..Self::default()
+        }
+    }
+
     /// Adds one ledger item.
     pub fn add(&mut self, item: BatchLedger) {
         self.delivered.extend(item.delivered);

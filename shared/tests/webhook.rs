@@ -126,6 +126,25 @@ async fn per_row_results_decide_each_row() {
 }
 
 #[tokio::test]
+async fn in_order_results_match_by_position_escaped_keys_included() {
+    // `\u0061` is "a": a key with an escape is compared by its value.
+    let body = r#"{"results": [
+        {"key": "\u0061", "status": "retry", "code": "LOCKED", "message": "row \"locked\"", "retry_after_secs": 4},
+        {"key": "b", "status": "delivered"}
+    ]}"#
+    .to_owned();
+    let (url, _) = serve("207 Multi-Status", "", body, Duration::ZERO).await;
+    let results = send(&url, None, Duration::from_secs(5)).await;
+    let error = results[0].clone().unwrap_err();
+    assert_eq!(
+        (error.class, error.code.as_str(), error.message.as_str()),
+        (ErrorClass::Retryable, "LOCKED", "row \"locked\"")
+    );
+    assert_eq!(error.retry_after, Some(Duration::from_secs(4)));
+    assert_eq!(results[1], Ok(()));
+}
+
+#[tokio::test]
 async fn a_row_missing_from_the_results_is_retried() {
     let body = json!({"results": [{"key": "a", "status": "delivered"}]}).to_string();
     let (url, _) = serve("200 OK", "", body, Duration::ZERO).await;

@@ -42,7 +42,7 @@
 //! then every message comes back and is tried again.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
@@ -114,9 +114,11 @@ pub async fn handler(
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, DeliveryError> {
     let mut failures: Vec<String> = Vec::new();
-    let mut by_run: BTreeMap<(SyncId, RunId), Vec<Received>> = BTreeMap::new();
+    // Groups by run in order of appearance (a batch nearly always holds one run: the
+    // identifiers are cloned once per group, not per row).
+    let mut by_run: Vec<((SyncId, RunId), Vec<Received>)> = Vec::new();
     for record in event.payload.records {
-        let message_id = record.message_id.clone().unwrap_or_default();
+        let message_id = record.message_id.unwrap_or_default();
         let parsed = record
             .body
             .as_deref()
@@ -130,15 +132,25 @@ pub async fn handler(
                     .and_then(|v| v.parse::<u32>().ok())
                     .unwrap_or(1)
                     .saturating_add(message.attempts_before);
-                by_run
-                    .entry((message.sync_id.clone(), message.run_id.clone()))
-                    .or_default()
-                    .push(Received {
-                        message_id,
-                        receipt_handle,
-                        attempt,
-                        message,
-                    });
+                let received = Received {
+                    message_id,
+                    receipt_handle,
+                    attempt,
+                    message,
+                };
+                let group = by_run.iter().position(|((sync_id, run_id), _)| {
+                    *run_id == received.message.run_id && *sync_id == received.message.sync_id
+                });
+                match group {
+                    Some(group) => by_run[group].1.push(received),
+                    None => by_run.push((
+                        (
+                            received.message.sync_id.clone(),
+                            received.message.run_id.clone(),
+                        ),
+                        vec![received],
+                    )),
+                }
             }
             _ => {
                 // Not a resync row: leave it to the redrive policy (dead-letter queue).
@@ -312,7 +324,7 @@ type Deferral = (usize, Duration, RowError);
 async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Retries, Vec<Deferral>) {
     // Copies of one key (at-least-once delivery) are sent once and share the answer:
     // a destination request never upserts the same record twice.
-    let mut first_copy: HashMap<&PrimaryKey, usize> = HashMap::new();
+    let mut first_copy: HashMap<&PrimaryKey, usize> = HashMap::with_capacity(rows.len());
     let mut unique: Vec<&Received> = Vec::with_capacity(rows.len());
     let mut answer_of: Vec<usize> = Vec::with_capacity(rows.len());
     for row in rows {

@@ -224,7 +224,8 @@ async fn finalize_sync(deps: &Finalizer, sync: &SyncConfig) -> Result<SyncReport
     }
 
     let (batches, rejections) = deps.runs.ledger(&run_id).await?;
-    let mut tally = RunTally::default();
+    // Pre-sized for the run (bounded: the record is data, not a promise).
+    let mut tally = RunTally::with_capacity(record.enqueued.min(1 << 22) as usize);
     for batch in batches {
         tally.add(batch);
     }

@@ -18,6 +18,7 @@
 //! connection errors retryable.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, VecDeque},
     time::Duration,
 };
@@ -50,26 +51,30 @@ struct RequestRow<'a> {
     fields: &'a serde_json::value::RawValue,
 }
 
-/// The per-row answer body.
+/// The per-row answer body. Parsed borrowing from the response text (no copy of a key
+/// or status that has no escapes).
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ResultsBody {
+pub struct ResultsBody<'a> {
     /// One entry per row.
-    pub results: Vec<RowStatus>,
+    #[serde(borrow)]
+    pub results: Vec<RowStatus<'a>>,
 }
 
 /// One row's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RowStatus {
+pub struct RowStatus<'a> {
     /// The row's key.
-    pub key: String,
+    #[serde(borrow)]
+    pub key: Cow<'a, str>,
     /// `delivered`, `retry` or `rejected`.
-    pub status: String,
+    #[serde(borrow)]
+    pub status: Cow<'a, str>,
     /// Error code.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub code: Option<Cow<'a, str>>,
     /// Error message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Cow<'a, str>>,
     /// Wait before retrying, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_secs: Option<u64>,
@@ -186,8 +191,18 @@ impl Webhook {
     }
 }
 
-fn per_row(rows: &[OutboundRow<'_>], results: Vec<RowStatus>) -> Vec<RowResult> {
-    let mut by_key: HashMap<String, VecDeque<RowStatus>> = HashMap::new();
+fn per_row(rows: &[OutboundRow<'_>], results: Vec<RowStatus<'_>>) -> Vec<RowResult> {
+    // The usual answer lists the rows in request order: match by position. This gives
+    // exactly what matching by key (first answer to first copy) gives.
+    if results.len() == rows.len()
+        && results
+            .iter()
+            .zip(rows)
+            .all(|(result, row)| result.key == row.key.as_str())
+    {
+        return results.into_iter().map(row_result).collect();
+    }
+    let mut by_key: HashMap<Cow<'_, str>, VecDeque<RowStatus<'_>>> = HashMap::new();
     for result in results {
         by_key
             .entry(result.key.clone())
@@ -204,23 +219,29 @@ fn per_row(rows: &[OutboundRow<'_>], results: Vec<RowStatus>) -> Vec<RowResult> 
                     "MISSING_RESULT",
                     "the webhook's answer has no result for this row",
                 )),
-                Some(result) => {
-                    let code = result.code.unwrap_or_default();
-                    let message = result.message.unwrap_or_default();
-                    match result.status.as_str() {
-                        "delivered" | "ok" => Ok(()),
-                        "retry" => Err(RowError::retryable(code, message)
-                            .with_retry_after(result.retry_after_secs.map(Duration::from_secs))),
-                        "rejected" => Err(RowError::permanent(code, message)),
-                        other => Err(RowError::retryable(
-                            "UNKNOWN_STATUS",
-                            format!("unknown row status '{other}'"),
-                        )),
-                    }
-                }
+                Some(result) => row_result(result),
             }
         })
         .collect()
+}
+
+fn row_result(result: RowStatus<'_>) -> RowResult {
+    match result.status.as_ref() {
+        "delivered" | "ok" => Ok(()),
+        status => {
+            let code = result.code.unwrap_or_default().into_owned();
+            let message = result.message.unwrap_or_default().into_owned();
+            match status {
+                "retry" => Err(RowError::retryable(code, message)
+                    .with_retry_after(result.retry_after_secs.map(Duration::from_secs))),
+                "rejected" => Err(RowError::permanent(code, message)),
+                other => Err(RowError::retryable(
+                    "UNKNOWN_STATUS",
+                    format!("unknown row status '{other}'"),
+                )),
+            }
+        }
+    }
 }
 
 impl Destination for Webhook {
