@@ -78,6 +78,17 @@ pub enum DestinationKind {
     Hubspot,
 }
 
+impl DestinationKind {
+    /// The kind as the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Salesforce => "salesforce",
+            Self::Hubspot => "hubspot",
+        }
+    }
+}
+
 /// One destination: its API, batch size, concurrency and retry policy.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -399,6 +410,27 @@ impl Config {
             d.retry
                 .validate()
                 .map_err(|(field, message)| invalid(format!("{at}.retry.{field}"), message))?;
+            // A section for another kind is a mistake (a kind changed, a section pasted
+            // from another destination): it would be ignored, so it is refused.
+            for (section, present, kind) in [
+                ("webhook", d.webhook.is_some(), DestinationKind::Webhook),
+                (
+                    "salesforce",
+                    d.salesforce.is_some(),
+                    DestinationKind::Salesforce,
+                ),
+                ("hubspot", d.hubspot.is_some(), DestinationKind::Hubspot),
+            ] {
+                if present && d.kind != kind {
+                    return Err(invalid(
+                        format!("{at}.{section}"),
+                        format!(
+                            "a `{section}:` section belongs to a destination of kind '{section}'; this one is of kind '{}'",
+                            d.kind.as_str()
+                        ),
+                    ));
+                }
+            }
             match d.kind {
                 DestinationKind::Webhook => {
                     let Some(webhook) = &d.webhook else {
@@ -734,6 +766,21 @@ syncs:
         assert!(Config::from_yaml(&text).is_err());
         let text = hubspot.replace("kind: hubspot", "kind: hubspot\n    batch_size: 101");
         assert_eq!(error_field(&text), "destinations[0].batch_size");
+    }
+
+    #[test]
+    fn a_section_of_another_kind_is_refused() {
+        let salesforce = include_str!("../../examples/salesforce.yaml");
+        let text = salesforce.replace(
+            "    salesforce:\n",
+            "    webhook: { url: https://hooks.example.com/rows }\n    salesforce:\n",
+        );
+        assert_eq!(error_field(&text), "destinations[0].webhook");
+        let text = GOOD.replace(
+            "    webhook:\n",
+            "    hubspot: { object_type: contacts, id_property: resync_id, fields: { email: email }, access_token: { value: t } }\n    webhook:\n",
+        );
+        assert_eq!(error_field(&text), "destinations[0].hubspot");
     }
 
     #[test]
