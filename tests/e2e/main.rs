@@ -444,6 +444,32 @@ async fn a_row_larger_than_a_message_is_rejected_and_its_batch_still_delivered()
     assert!(delivered.contains(&key(5)) && delivered.contains(&key(11)));
 }
 
+/// Wide rows: ten of them together exceed what one `SendMessageBatch` may carry, though
+/// each fits a message. They go in several requests and every row is delivered (moto
+/// refuses an oversized batch request whole, as SQS does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_rows_are_sent_in_requests_within_the_batch_byte_limit() {
+    let env = TestEnv::start().await;
+    let notes = "n".repeat(120_000);
+    let mut jsonl = String::new();
+    for i in 0..12 {
+        jsonl.push_str(&format!(
+            "{{\"id\": \"{}\", \"notes\": \"{notes}\"}}\n",
+            key(i)
+        ));
+    }
+    env.export("wide.jsonl", jsonl.into_bytes()).await;
+
+    let run = env.run().await;
+    let counts = run.record.counts.unwrap();
+    assert_eq!(
+        (counts.delivered, counts.rejected, counts.failed),
+        (12, 0, 0)
+    );
+    assert!(env.index().await.is_empty());
+    assert_eq!(env.destination.stats().delivered_keys.len(), 12);
+}
+
 /// New rows and failed keys merge: each key once, the source's values win.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_run_merges_new_rows_with_failed_keys_once_each() {

@@ -23,6 +23,11 @@ const SEND_TRIES: u32 = 6;
 /// The longest `DelaySeconds` SQS accepts (15 minutes).
 pub const MAX_DELAY_SECONDS: u64 = 900;
 
+/// The most message-body bytes one `SendMessageBatch` may carry. SQS refuses a larger
+/// request whole (`BatchRequestTooLong`): 1 MiB today, 256 KiB where the old limit still
+/// holds; the smaller is used, which is also every queue's largest message here.
+pub const MAX_BATCH_BYTES: usize = 262_144;
+
 /// `DeleteMessageBatch` requests one [`WorkQueue::delete`] keeps in flight.
 const DELETES_IN_FLIGHT: usize = 10;
 
@@ -115,8 +120,10 @@ impl WorkQueue {
         self.max_message_bytes
     }
 
-    /// Sends up to 10 bodies in one `SendMessageBatch`, retrying failed entries that are
-    /// not the sender's fault with backoff. Returns the entries SQS refused for good.
+    /// Sends up to 10 bodies — in one `SendMessageBatch`, or in several when together
+    /// they exceed [`MAX_BATCH_BYTES`] — retrying failed entries that are not the
+    /// sender's fault with backoff. Returns the entries SQS refused for good (a body
+    /// larger than a message can be is among them, with SQS's reason).
     pub async fn send_batch(&self, bodies: &[String]) -> Result<Vec<Unsent>, AwsError> {
         self.send_batch_delayed(bodies, &[]).await
     }
@@ -136,7 +143,30 @@ impl WorkQueue {
             bodies.len() <= 10,
             "SendMessageBatch takes at most 10 entries"
         );
-        let mut pending: Vec<usize> = (0..bodies.len()).collect();
+        let mut refused = Vec::new();
+        let mut start = 0;
+        while start < bodies.len() {
+            // Consecutive bodies up to the request's byte limit (at least one each time).
+            let mut end = start + 1;
+            let mut bytes = bodies[start].len();
+            while end < bodies.len() && bytes + bodies[end].len() <= MAX_BATCH_BYTES {
+                bytes += bodies[end].len();
+                end += 1;
+            }
+            refused.extend(self.send_entries(bodies, delays, start..end).await?);
+            start = end;
+        }
+        Ok(refused)
+    }
+
+    /// One `SendMessageBatch` of `bodies[range]` (entry ids are the bodies' indexes).
+    async fn send_entries(
+        &self,
+        bodies: &[String],
+        delays: &[Duration],
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<Unsent>, AwsError> {
+        let mut pending: Vec<usize> = range.collect();
         let mut refused = Vec::new();
         let mut delay = Duration::from_millis(50);
         for attempt in 1..=SEND_TRIES {
