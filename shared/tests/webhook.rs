@@ -252,3 +252,91 @@ async fn timeouts_and_refused_connections_are_retryable() {
         e.class == ErrorClass::Retryable && e.code == "CONNECTION"
     }));
 }
+
+/// An endpoint with a body limit: 413 above `limit` bytes, 204 otherwise. Sends each
+/// request's row count (accepted or not) on the channel.
+async fn serve_limited(limit: usize) -> (String, tokio::sync::mpsc::UnboundedReceiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/rows", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 65536];
+                let (head_end, length) = loop {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    assert!(n > 0, "the request ended early");
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                        break (end + 4, length);
+                    }
+                };
+                while request.len() < head_end + length {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    assert!(n > 0, "the body ended early");
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let body = String::from_utf8_lossy(&request[head_end..]).to_string();
+                let _ = tx.send(body.matches("\"idempotency_key\"").count());
+                let status = if length > limit {
+                    "413 Payload Too Large"
+                } else {
+                    "204 No Content"
+                };
+                let response =
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn a_request_refused_as_too_large_is_sent_in_halves() {
+    let (url, mut requests) = serve_limited(7_000).await;
+    let webhook = Webhook::new(&url, None, 100, Duration::from_secs(5)).unwrap();
+    // Five rows of ~3 KB: all five (15 KB) are refused, then 2 and 3 rows: the 3 are
+    // refused again (9 KB) and go as 1 and 2.
+    let keys: Vec<PrimaryKey> = (0..6)
+        .map(|i| PrimaryKey::parse(format!("k{i}")).unwrap())
+        .collect();
+    let wide = resync_shared::RowFields::from_text(json!({"notes": "w".repeat(3_000)}).to_string())
+        .unwrap();
+    let huge = resync_shared::RowFields::from_text(json!({"notes": "h".repeat(8_000)}).to_string())
+        .unwrap();
+    let outbound: Vec<OutboundRow<'_>> = keys[..5]
+        .iter()
+        .map(|k| OutboundRow {
+            key: k,
+            idempotency_key: format!("run-1:{k}"),
+            fields: &wide,
+        })
+        .collect();
+    let results = webhook.send(&outbound).await;
+    assert_eq!(results, vec![Ok(()); 5]);
+    let mut sizes = Vec::new();
+    while let Ok(rows) = requests.try_recv() {
+        sizes.push(rows);
+    }
+    assert_eq!(sizes, vec![5, 2, 3, 1, 2]);
+
+    // One row larger than the limit cannot be split: it fails permanently.
+    let alone = [OutboundRow {
+        key: &keys[5],
+        idempotency_key: "run-1:k5".into(),
+        fields: &huge,
+    }];
+    let error = webhook.send(&alone).await[0].clone().unwrap_err();
+    assert_eq!(
+        (error.class, error.code.as_str()),
+        (ErrorClass::Permanent, "HTTP_413")
+    );
+}

@@ -16,6 +16,10 @@
 //! for the whole request: 2xx delivered; 408, 429 and 5xx retryable (429 as a rate
 //! limit), honouring `Retry-After` (seconds); other 4xx permanent; timeouts and
 //! connection errors retryable.
+//!
+//! A `413 Payload Too Large` answer to a request of several rows splits it in halves,
+//! sent one after the other (and split again while refused), so wide rows reach an
+//! endpoint whatever its body limit; a single row refused with 413 fails permanently.
 
 use std::{
     borrow::Cow,
@@ -111,7 +115,30 @@ impl Webhook {
         })
     }
 
+    /// Posts the rows, halving a request the endpoint refuses as too large.
     async fn post(&self, rows: &[OutboundRow<'_>]) -> Vec<RowResult> {
+        let mut results = Vec::with_capacity(rows.len());
+        // A stack of requests still to send, the next on top, so results stay in order.
+        let mut pending = vec![rows];
+        while let Some(part) = pending.pop() {
+            match self.post_once(part).await {
+                Some(answer) => results.extend(answer),
+                None => {
+                    let (first, second) = part.split_at(part.len() / 2);
+                    tracing::info!(
+                        rows = part.len(),
+                        "the webhook refused the request as too large; sending it in halves"
+                    );
+                    pending.push(second);
+                    pending.push(first);
+                }
+            }
+        }
+        results
+    }
+
+    /// One request; `None` when the endpoint refused a request of several rows with 413.
+    async fn post_once(&self, rows: &[OutboundRow<'_>]) -> Option<Vec<RowResult>> {
         let body = RequestBody {
             rows: rows
                 .iter()
@@ -151,10 +178,13 @@ impl Webhook {
                         format!("request failed: {}", err.without_url()),
                     )
                 };
-                return vec![Err(RowError::retryable(code, message)); rows.len()];
+                return Some(vec![Err(RowError::retryable(code, message)); rows.len()]);
             }
         };
         let status = response.status();
+        if status.as_u16() == 413 && rows.len() > 1 {
+            return None;
+        }
         let retry_after = response
             .headers()
             .get("retry-after")
@@ -164,7 +194,7 @@ impl Webhook {
         let text = response.text().await.unwrap_or_default();
         if status.as_u16() == 200 || status.as_u16() == 207 {
             if let Ok(parsed) = serde_json::from_str::<ResultsBody>(&text) {
-                return per_row(rows, parsed.results);
+                return Some(per_row(rows, parsed.results));
             }
         }
         let code = format!("HTTP_{}", status.as_u16());
@@ -187,7 +217,7 @@ impl Webhook {
                 format!("the webhook refused the request: {status}"),
             ))
         };
-        vec![whole; rows.len()]
+        Some(vec![whole; rows.len()])
     }
 }
 
