@@ -54,6 +54,8 @@ pub struct LocalOptions {
     pub crash_after_handler: usize,
     /// Batching window of the poller.
     pub batching_window: Duration,
+    /// Receives a poller keeps in flight while the queue has a backlog.
+    pub receives_in_flight: usize,
 }
 
 impl Default for LocalOptions {
@@ -64,6 +66,7 @@ impl Default for LocalOptions {
             crash_before_handler: 0,
             crash_after_handler: 0,
             batching_window: Duration::from_millis(200),
+            receives_in_flight: 4,
         }
     }
 }
@@ -497,6 +500,7 @@ impl LocalRuntime {
                     self.crashes.clone(),
                     self.clock.clone(),
                     self.options.batching_window,
+                    self.options.receives_in_flight.max(1),
                 ))
             })
             .collect();
@@ -568,9 +572,6 @@ fn lambda_event<T>(payload: T) -> LambdaEvent<T> {
     LambdaEvent::new(payload, context)
 }
 
-/// Receives one poller keeps in flight while the queue has a backlog.
-const MAX_RECEIVES_IN_FLIGHT: usize = 4;
-
 /// One poller of an event source mapping: gathers a batch (up to the mapping's batch
 /// size, within the batching window), invokes delivery with a real `SqsEvent`, and
 /// deletes exactly what the partial batch response did not list. An empty or unknown
@@ -583,6 +584,7 @@ async fn poll(
     crashes: Arc<Crashes>,
     clock: Arc<HandlerClock>,
     window: Duration,
+    receives_in_flight: usize,
 ) -> anyhow::Result<()> {
     let settings = QueueSettings::for_destination(&delivery.destination_config);
     let batch_size = settings.event_batch_size as usize;
@@ -632,7 +634,7 @@ async fn poll(
             let Some(received) = received else { break };
             let received = received?;
             fan_out = if received.len() == 10 {
-                MAX_RECEIVES_IN_FLIGHT
+                receives_in_flight
             } else {
                 1
             };
