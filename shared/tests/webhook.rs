@@ -14,6 +14,51 @@ use tokio::{
     net::TcpListener,
 };
 
+/// Reads one HTTP/1.1 request: the headers and the body `Content-Length` announces (what
+/// arrived, if the client stops early). Returns the bytes and where the body starts.
+async fn read_request(socket: &mut tokio::net::TcpStream) -> (Vec<u8>, usize) {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 65536];
+    let mut announced: Option<(usize, usize)> = None;
+    loop {
+        if let Some((head_end, length)) = announced {
+            if request.len() >= head_end + length {
+                return (request, head_end);
+            }
+        }
+        let n = socket.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            let head_end = announced.map_or(request.len(), |(end, _)| end);
+            return (request, head_end);
+        }
+        request.extend_from_slice(&buf[..n]);
+        if announced.is_none() {
+            let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse::<usize>().unwrap_or(0));
+                announced = Some((end + 4, length));
+            }
+        }
+    }
+}
+
+/// Rows that all carry the same fields, with `run-1:key` idempotency keys.
+fn outbound<'a>(
+    keys: &'a [PrimaryKey],
+    fields: &'a resync_shared::RowFields,
+) -> Vec<OutboundRow<'a>> {
+    keys.iter()
+        .map(|k| OutboundRow {
+            key: k,
+            idempotency_key: format!("run-1:{k}"),
+            fields,
+        })
+        .collect()
+}
+
 /// Serves one canned HTTP response per connection; returns the URL and the requests seen.
 async fn serve(
     status: &'static str,
@@ -32,30 +77,7 @@ async fn serve(
             let body = body.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 8192];
-                // Read headers and the announced body.
-                loop {
-                    let n = socket.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    request.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&request).to_string();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let length = text
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if request.len() >= end + 4 + length {
-                            break;
-                        }
-                    }
-                }
+                let (request, _) = read_request(&mut socket).await;
                 let _ = tx.send(String::from_utf8_lossy(&request).to_string());
                 tokio::time::sleep(delay).await;
                 let response = format!(
@@ -89,15 +111,7 @@ async fn send(
 ) -> Vec<Result<(), resync_shared::outcome::RowError>> {
     let webhook = Webhook::new(url, secret.map(str::to_owned), 100, timeout).unwrap();
     let (keys, fields) = rows();
-    let outbound: Vec<OutboundRow<'_>> = keys
-        .iter()
-        .map(|k| OutboundRow {
-            key: k,
-            idempotency_key: format!("run-1:{k}"),
-            fields: &fields,
-        })
-        .collect();
-    webhook.send(&outbound).await
+    webhook.send(&outbound(&keys, &fields)).await
 }
 
 #[tokio::test]
@@ -263,26 +277,8 @@ async fn serve_limited(limit: usize) -> (String, tokio::sync::mpsc::UnboundedRec
         while let Ok((mut socket, _)) = listener.accept().await {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 65536];
-                let (head_end, length) = loop {
-                    let n = socket.read(&mut buf).await.unwrap_or(0);
-                    assert!(n > 0, "the request ended early");
-                    request.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let length = text
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-                        break (end + 4, length);
-                    }
-                };
-                while request.len() < head_end + length {
-                    let n = socket.read(&mut buf).await.unwrap_or(0);
-                    assert!(n > 0, "the body ended early");
-                    request.extend_from_slice(&buf[..n]);
-                }
+                let (request, head_end) = read_request(&mut socket).await;
+                let length = request.len() - head_end;
                 let body = String::from_utf8_lossy(&request[head_end..]).to_string();
                 let _ = tx.send(body.matches("\"idempotency_key\"").count());
                 let status = if length > limit {
@@ -312,15 +308,7 @@ async fn a_request_refused_as_too_large_is_sent_in_halves() {
         .unwrap();
     let huge = resync_shared::RowFields::from_text(json!({"notes": "h".repeat(8_000)}).to_string())
         .unwrap();
-    let outbound: Vec<OutboundRow<'_>> = keys[..5]
-        .iter()
-        .map(|k| OutboundRow {
-            key: k,
-            idempotency_key: format!("run-1:{k}"),
-            fields: &wide,
-        })
-        .collect();
-    let results = webhook.send(&outbound).await;
+    let results = webhook.send(&outbound(&keys[..5], &wide)).await;
     assert_eq!(results, vec![Ok(()); 5]);
     let mut sizes = Vec::new();
     while let Ok(rows) = requests.try_recv() {
