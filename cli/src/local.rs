@@ -27,8 +27,9 @@ use resync_shared::{
     aws::{
         index::FailedRowIndex,
         queue::WorkQueue,
-        report::{MetricsSink, Reporter},
+        report::{run_settled_pattern, MetricsSink, Reporter, SettledNotice},
         runs::{RunRecord, RunStore},
+        AwsError,
     },
     config::Config,
     destination,
@@ -99,16 +100,7 @@ pub async fn provision(
             .context("creating a dead-letter queue")?
             .queue_url
             .context("CreateQueue answered no URL")?;
-        let dlq_arn = sqs
-            .get_queue_attributes()
-            .queue_url(&dlq_url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .context("reading the dead-letter queue's ARN")?
-            .attributes
-            .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-            .context("no QueueArn")?;
+        let dlq_arn = queue_arn(&sqs, &dlq_url).await?;
         let redrive = serde_json::json!({
             "deadLetterTargetArn": dlq_arn,
             "maxReceiveCount": settings.max_receive_count,
@@ -162,6 +154,39 @@ pub async fn provision(
             return Err(anyhow::Error::new(err).context("creating the event bus"));
         }
     }
+    // Run-settled notices: a deployment's rule invokes the finalizer; here it feeds a
+    // queue the runner's finalizer loop waits on.
+    let notices_url = sqs
+        .create_queue()
+        .queue_name(resources.finalizer_notices_queue())
+        .attributes(QueueAttributeName::VisibilityTimeout, "5")
+        .send()
+        .await
+        .context("creating the finalizer's notice queue")?
+        .queue_url
+        .context("CreateQueue answered no URL")?;
+    events
+        .put_rule()
+        .name(resources.run_settled_rule())
+        .event_bus_name(&resources.event_bus)
+        .event_pattern(run_settled_pattern())
+        .send()
+        .await
+        .context("creating the run-settled rule")?;
+    events
+        .put_targets()
+        .rule(resources.run_settled_rule())
+        .event_bus_name(&resources.event_bus)
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("finalizer")
+                .arn(queue_arn(&sqs, &notices_url).await?)
+                .build()
+                .context("the run-settled rule's target")?,
+        )
+        .send()
+        .await
+        .context("targeting the run-settled rule")?;
     let sns = aws_sdk_sns::Client::new(sdk);
     let topic = sns
         .create_topic()
@@ -171,6 +196,18 @@ pub async fn provision(
         .context("creating the alert topic")?;
     resources.alert_topic_arn = topic.topic_arn;
     Ok(resources)
+}
+
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> anyhow::Result<String> {
+    sqs.get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .with_context(|| format!("reading the ARN of queue {url}"))?
+        .attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+        .context("no QueueArn")
 }
 
 async fn create_table(
@@ -289,6 +326,8 @@ pub struct LocalRuntime {
     /// Time spent in the handlers.
     pub clock: Arc<HandlerClock>,
     crashes: Arc<Crashes>,
+    /// Where run-settled notices arrive (see [`provision`]).
+    notices: WorkQueue,
 }
 
 /// Simulated crashes still to happen.
@@ -342,11 +381,17 @@ impl LocalRuntime {
                 )
                 .await?,
                 runs: RunStore::new(dynamo.clone(), &resources.runs_table),
+                notice: SettledNotice::new(
+                    aws_sdk_eventbridge::Client::new(&sdk),
+                    &resources.event_bus,
+                ),
                 destination_config: destination_config.clone(),
             };
             deliveries.insert(destination_config.id.clone(), Arc::new(delivery));
         }
+        let notices = WorkQueue::resolve(sqs, &resources.finalizer_notices_queue()).await?;
         Ok(Self {
+            notices,
             sync_start: SyncStart::new(&sdk, config.clone(), resources.clone(), reporter.clone()),
             finalizer: Finalizer::new(&sdk, config.clone(), resources.clone(), reporter),
             clock: Arc::new(HandlerClock::default()),
@@ -520,6 +565,13 @@ impl LocalRuntime {
         pollers: &Pollers,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> anyhow::Result<(RunRecord, Instant)> {
+        type Receive = std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<Vec<aws_sdk_sqs::types::Message>, AwsError>>
+                    + Send,
+            >,
+        >;
+        let mut notice: Option<Receive> = None;
         loop {
             match self.finalize(sync).await? {
                 SyncReport::Closed { run_id: closed, .. } if &closed == run_id => break,
@@ -533,7 +585,27 @@ impl LocalRuntime {
             if pollers.tasks.iter().any(|poller| poller.is_finished()) {
                 bail!("a delivery poller stopped unexpectedly");
             }
-            tokio::time::sleep(self.options.finalize_every).await;
+            // Until the next tick, or sooner when a run-settled notice arrives. A long
+            // poll still in flight at the tick carries over to the next wait.
+            let tick = tokio::time::Instant::now() + self.options.finalize_every;
+            loop {
+                let receive = notice.get_or_insert_with(|| {
+                    let notices = self.notices.clone();
+                    Box::pin(async move { notices.receive(10, Duration::from_secs(1)).await })
+                });
+                tokio::select! {
+                    received = receive => {
+                        notice = None;
+                        let receipts: Vec<String> =
+                            received?.into_iter().filter_map(|m| m.receipt_handle).collect();
+                        if !receipts.is_empty() {
+                            self.notices.delete(&receipts).await?;
+                            break;
+                        }
+                    }
+                    () = tokio::time::sleep_until(tick) => break,
+                }
+            }
         }
         let closed_at = Instant::now();
         let record = self

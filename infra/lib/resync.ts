@@ -266,6 +266,15 @@ export class Resync extends Construct {
       schedule: events.Schedule.expression('rate(1 minute)'),
       targets: [new targets.LambdaFunction(this.finalizer)],
     });
+    // The update that makes a run look settled (delivery, or sync-start when the rows
+    // settled while planning) puts this event: the run closes within seconds of its last
+    // row instead of at the next tick. The schedule stays the guarantee.
+    new events.Rule(this, 'run-settled', {
+      ruleName: `${prefix}-run-settled`,
+      eventBus: this.eventBus,
+      eventPattern: { source: ['resync'], detailType: ['Run settled'] },
+      targets: [new targets.LambdaFunction(this.finalizer)],
+    });
     this.alarm('finalizer-errors', 'The finalizer failed.', this.finalizer.metricErrors({ statistic: 'Sum', period: Duration.minutes(5) }));
 
     for (const destination of this.config.destinations) {
@@ -292,6 +301,7 @@ export class Resync extends Construct {
         actions: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes', 'sqs:GetQueueUrl', 'sqs:ChangeMessageVisibility'],
         resources: [queue.queueArn],
       }),
+      new iam.PolicyStatement({ sid: 'RunSettled', actions: ['events:PutEvents'], resources: [this.eventBus.eventBusArn] }),
     ];
     if (destination.secretIds.length > 0) {
       statements.push(

@@ -108,6 +108,17 @@ describe('the stack from config/resync.yaml', () => {
     template.hasResourceProperties('AWS::Events::Rule', { ScheduleExpression: 'rate(1 minute)', Name: 'resync-finalizer' });
   });
 
+  test('the finalizer also runs when a run looks settled: a rule on the stack bus that delivery may put to', () => {
+    const rule = Object.values(template.findResources('AWS::Events::Rule', { Properties: { Name: 'resync-run-settled' } }))[0] as any;
+    expect(rule.Properties.EventPattern).toEqual({ source: ['resync'], 'detail-type': ['Run settled'] });
+    expect(rule.Properties.EventBusName).toEqual({ Ref: expect.stringMatching(/EventBus/) });
+    expect(rule.Properties.Targets[0].Arn['Fn::GetAtt'][0]).toMatch(/finalizer/);
+    const delivery = Object.values(template.findResources('AWS::IAM::Role')).find((r: any) =>
+      JSON.stringify(r.Properties.Policies).includes('ChangeMessageVisibility')) as any;
+    const statements = delivery.Properties.Policies.flatMap((p: any) => p.PolicyDocument.Statement);
+    expect(statements).toContainEqual(expect.objectContaining({ Sid: 'RunSettled', Action: 'events:PutEvents' }));
+  });
+
   test('alarms: failed rows per sync, dead-letter depth, function errors', () => {
     template.hasResourceProperties('AWS::CloudWatch::Alarm', {
       Namespace: 'resync', MetricName: 'RowsFailed', Dimensions: [{ Name: 'SyncId', Value: 'customers' }],

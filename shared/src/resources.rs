@@ -78,6 +78,17 @@ impl Resources {
         format!("{}-{}-delivery", self.stack, destination)
     }
 
+    /// The rule that routes run-settled notices to the finalizer.
+    pub fn run_settled_rule(&self) -> String {
+        format!("{}-run-settled", self.stack)
+    }
+
+    /// Locally, the queue the run-settled rule feeds and the local runner's finalizer
+    /// waits on (a deployment's rule invokes the finalizer function instead).
+    pub fn finalizer_notices_queue(&self) -> String {
+        format!("{}-finalizer-notices", self.stack)
+    }
+
     /// A destination's dead-letter queue.
     pub fn dead_letter_queue(&self, destination: &DestinationId) -> String {
         format!("{}-{}-dlq", self.stack, destination)

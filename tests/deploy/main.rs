@@ -48,6 +48,7 @@ fn expected_actions(binary: &str, secrets: bool) -> BTreeSet<String> {
             "sqs:GetQueueAttributes",
             "sqs:GetQueueUrl",
             "sqs:ChangeMessageVisibility",
+            "events:PutEvents",
         ],
         "finalizer" => vec![
             "dynamodb:GetItem",
@@ -586,6 +587,34 @@ fn problems(template: &Template, config: &Config) -> Vec<String> {
                 "{name}: want a rate(1 minute) Schedule event without Input"
             ));
         }
+        // And at once when a run looks settled: the notice's rule on the stack's bus.
+        let want: serde_json::Value =
+            serde_json::from_str(&resync_shared::aws::report::run_settled_pattern())
+                .expect("the pattern is JSON");
+        let on_notice = get(function, &["Properties", "Events"])
+            .map(untag)
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flatten()
+            .any(|(_, e)| {
+                get(e, &["Type"]).and_then(text).as_deref() == Some("EventBridgeRule")
+                    && get(e, &["Properties", "EventBusName"])
+                        .and_then(referenced)
+                        .is_some_and(|bus| {
+                            template.resource(&bus).is_some_and(|b| {
+                                get(b, &["Type"]).and_then(Value::as_str)
+                                    == Some("AWS::Events::EventBus")
+                            })
+                        })
+                    && get(e, &["Properties", "Pattern"])
+                        .and_then(|p| serde_json::to_value(p).ok())
+                        .is_some_and(|p| p == want)
+            });
+        if !on_notice {
+            fail(format!(
+                "{name}: want an EventBridgeRule event on the stack's bus with pattern {want}"
+            ));
+        }
     }
 
     // Tables: the keys resources.rs and the adapters use.
@@ -890,6 +919,12 @@ fn a_wildcard_action_or_resource_is_caught() {
         &edited("Resource: !GetAtt RunsTable.Arn", "Resource: \"*\""),
         "resource *",
     );
+}
+
+#[test]
+fn a_finalizer_without_the_run_settled_rule_is_caught() {
+    let problems = edited("detail-type: [Run settled]", "detail-type: [Run Settled]");
+    assert_named(&problems, "EventBridgeRule event on the stack's bus");
 }
 
 #[test]

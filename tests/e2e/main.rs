@@ -593,11 +593,19 @@ async fn run_summaries_and_alerts_reach_eventbridge_and_sns() {
     );
     let run = env.run().await;
 
-    let event_bodies = sinks.receive(&sinks.events_url, 2).await;
+    // The run-settled notice, the run summary and the alert.
+    let event_bodies = sinks.receive(&sinks.events_url, 3).await;
     let events: Vec<serde_json::Value> = event_bodies
         .iter()
         .map(|b| serde_json::from_str(b).unwrap())
         .collect();
+    let settled: Vec<_> = events
+        .iter()
+        .filter(|e| e["detail-type"] == "Run settled")
+        .collect();
+    assert_eq!(settled.len(), 1, "one run-settled notice: {events:?}");
+    assert_eq!(settled[0]["detail"]["run_id"], run.record.run_id.as_str());
+    assert_eq!(settled[0]["detail"]["sync_id"], env.sync.as_str());
     let closed = events
         .iter()
         .find(|e| e["detail-type"] == "Run Closed")
@@ -626,6 +634,27 @@ async fn run_summaries_and_alerts_reach_eventbridge_and_sns() {
             "no row values in events or alerts (I6)"
         );
     }
+}
+
+/// The update that makes a run look settled tells the finalizer (a "Run settled" event
+/// that a rule routes to it), so the run closes within seconds of its last row, not at
+/// the finalizer's next scheduled tick — a minute in a deployment, and here longer than
+/// the test waits, so only the notice can close the run in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_closes_when_its_last_row_settles_not_at_the_next_tick() {
+    let env = TestEnv::with(EnvSettings {
+        options: LocalOptions {
+            finalize_every: std::time::Duration::from_secs(3600),
+            ..LocalOptions::default()
+        },
+        ..EnvSettings::default()
+    })
+    .await;
+    env.export_rows("batch.jsonl.gz", 0..50).await;
+    let run = tokio::time::timeout(std::time::Duration::from_secs(60), env.run())
+        .await
+        .expect("the run did not close within 60 s: no run-settled notice reached the finalizer");
+    assert_eq!(run.record.counts.unwrap().delivered, 50);
 }
 
 /// A clean run pays ledger writes per batch, not per row: ≤ 0.05 write units per

@@ -53,6 +53,7 @@ use lambda_runtime::{Diagnostic, LambdaEvent};
 use resync_shared::{
     aws::{
         queue::{WorkQueue, MAX_DELAY_SECONDS},
+        report::SettledNotice,
         runs::{RunStatus, RunStore},
         AwsError,
     },
@@ -99,6 +100,8 @@ pub struct Delivery {
     pub queue: WorkQueue,
     /// The runs table (ledger items).
     pub runs: RunStore,
+    /// Tells the finalizer when this invocation's rows made their run look settled.
+    pub notice: SettledNotice,
 }
 
 struct Received {
@@ -204,10 +207,13 @@ pub async fn handler(
                 }
             }
         }
-        if !ledger.is_empty() {
-            deps.runs
+        if !ledger.is_empty()
+            && deps
+                .runs
                 .record_batch(&sync_id, &run_id, &batch_id, &ledger)
-                .await?;
+                .await?
+        {
+            deps.notice.send(&sync_id, &run_id).await;
         }
         tracing::info!(
             sync = %sync_id,

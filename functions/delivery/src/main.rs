@@ -5,7 +5,7 @@ use std::sync::Arc;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use resync_delivery::{handler, Delivery};
 use resync_shared::{
-    aws::{queue::WorkQueue, runs::RunStore},
+    aws::{queue::WorkQueue, report::SettledNotice, runs::RunStore},
     config::Config,
     destination,
     resources::Resources,
@@ -35,6 +35,7 @@ async fn main() -> Result<(), Error> {
         )
         .await?,
         runs: RunStore::new(aws_sdk_dynamodb::Client::new(&sdk), &resources.runs_table),
+        notice: SettledNotice::new(aws_sdk_eventbridge::Client::new(&sdk), &resources.event_bus),
         destination_config,
         config,
     };

@@ -18,7 +18,7 @@ use resync_shared::{
     aws::{
         index::FailedRowIndex,
         queue::{QueueDirectory, WorkQueue},
-        report::{Reporter, Severity},
+        report::{Reporter, SettledNotice, Severity},
         runs::{Acquired, RunStatus, RunStore},
         s3_source::{ObjectReadError, S3Source},
         AwsError,
@@ -134,6 +134,8 @@ pub struct SyncStart {
     pub source: S3Source,
     /// Reports alerts.
     pub reporter: Reporter,
+    /// Tells the finalizer when a run's rows were all settled before planning ended.
+    pub notice: SettledNotice,
     queues: QueueDirectory,
 }
 
@@ -159,6 +161,7 @@ impl SyncStart {
             index: FailedRowIndex::new(dynamo, &resources.failed_rows_table),
             source: S3Source::new(s3),
             queues: QueueDirectory::new(aws_sdk_sqs::Client::new(sdk)),
+            notice: SettledNotice::new(aws_sdk_eventbridge::Client::new(sdk), &resources.event_bus),
             config,
             resources,
             reporter,
@@ -323,7 +326,8 @@ async fn start(
 
     deps.runs.record_rejections(run_id, &rejections).await?;
     let cursor_after = objects.last().cloned().or(cursor);
-    deps.runs
+    let settled = deps
+        .runs
         .mark_planned(
             &sync.id,
             run_id,
@@ -335,6 +339,9 @@ async fn start(
             cursor_after.as_deref(),
         )
         .await?;
+    if settled {
+        deps.notice.send(&sync.id, run_id).await;
+    }
     tracing::info!(
         sync = %sync.id,
         run = %run_id,

@@ -180,33 +180,108 @@ impl Reporter {
     }
 
     async fn put_event(&self, detail_type: &str, detail: &str) -> Result<(), AwsError> {
-        let Some((client, bus)) = &self.events else {
-            return Ok(());
-        };
-        let output = client
-            .put_events()
-            .entries(
-                aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
-                    .event_bus_name(bus)
-                    .source("resync")
-                    .detail_type(detail_type)
-                    .detail(detail)
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| AwsError::sdk("EventBridge.PutEvents", e))?;
-        if output.failed_entry_count() > 0 {
-            let reason = output
-                .entries()
-                .iter()
-                .filter_map(|e| e.error_code())
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(AwsError::response("EventBridge.PutEvents", reason));
+        match &self.events {
+            Some((client, bus)) => put_event(client, bus, detail_type, detail).await,
+            None => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// The detail-type of the event that tells the finalizer a run looks settled.
+pub const RUN_SETTLED: &str = "Run settled";
+
+/// The event pattern of the rule that routes [`RUN_SETTLED`] events to the finalizer.
+pub fn run_settled_pattern() -> String {
+    serde_json::json!({"source": ["resync"], "detail-type": [RUN_SETTLED]}).to_string()
+}
+
+/// The detail of a [`RUN_SETTLED`] event; the finalizer reads `sync_id` (its own
+/// event's detail) and closes that sync's run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RunSettled {
+    /// The sync.
+    pub sync_id: SyncId,
+    /// The run that looks settled.
+    pub run_id: RunId,
+}
+
+/// Tells the finalizer that a run looks settled: a [`RUN_SETTLED`] event on the stack's
+/// bus, which a rule routes to the finalizer, so the run closes within seconds of its
+/// last row instead of at the finalizer's next scheduled tick (a minute in a
+/// deployment). The one update that makes a run look settled sends it (see
+/// `RunStore::record_batch`). Best effort: a lost notice leaves the close to the
+/// schedule, so a failure is logged, never returned.
+#[derive(Debug, Clone)]
+pub struct SettledNotice {
+    events: Option<(aws_sdk_eventbridge::Client, String)>,
+}
+
+impl SettledNotice {
+    /// Notices to `bus`.
+    pub fn new(client: aws_sdk_eventbridge::Client, bus: impl Into<String>) -> Self {
+        Self {
+            events: Some((client, bus.into())),
+        }
+    }
+
+    /// No notices: runs close on the finalizer's schedule only.
+    pub fn disabled() -> Self {
+        Self { events: None }
+    }
+
+    /// Sends the notice for a run; logs (keys only) when it cannot.
+    pub async fn send(&self, sync_id: &SyncId, run_id: &RunId) {
+        let Some((client, bus)) = &self.events else {
+            return;
+        };
+        let detail = serde_json::to_string(&RunSettled {
+            sync_id: sync_id.clone(),
+            run_id: run_id.clone(),
+        })
+        .expect("the notice serialises");
+        match put_event(client, bus, RUN_SETTLED, &detail).await {
+            Ok(()) => {
+                tracing::info!(sync = %sync_id, run = %run_id, "run looks settled; finalizer told")
+            }
+            Err(err) => tracing::warn!(
+                sync = %sync_id,
+                run = %run_id,
+                error = %err,
+                "could not tell the finalizer a run looks settled; it closes on schedule"
+            ),
+        }
+    }
+}
+
+async fn put_event(
+    client: &aws_sdk_eventbridge::Client,
+    bus: &str,
+    detail_type: &str,
+    detail: &str,
+) -> Result<(), AwsError> {
+    let output = client
+        .put_events()
+        .entries(
+            aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+                .event_bus_name(bus)
+                .source("resync")
+                .detail_type(detail_type)
+                .detail(detail)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| AwsError::sdk("EventBridge.PutEvents", e))?;
+    if output.failed_entry_count() > 0 {
+        let reason = output
+            .entries()
+            .iter()
+            .filter_map(|e| e.error_code())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(AwsError::response("EventBridge.PutEvents", reason));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

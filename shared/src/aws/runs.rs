@@ -143,6 +143,25 @@ fn get_n(item: &Item, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether a run item, as an update left it, shows the run settled for the first time:
+/// delivering, with the settled hint at or above the enqueued count, where the update
+/// that added `added` to the hint (0: the update that set the count and the status) is
+/// what crossed. Updates of one item are serialised, so exactly one update crosses: its
+/// caller tells the finalizer, which closes the run now instead of at its next tick.
+/// The hint can over-count (a retried invocation adds its batch twice), so the crossing
+/// can come early; the finalizer then finds the ledger incomplete and its schedule
+/// closes the run as before.
+pub fn became_settled(run: &Item, added: u64) -> bool {
+    let delivering = run
+        .get("status")
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+        == Some(RunStatus::Delivering.as_str());
+    let hint = get_n(run, "settled_hint");
+    let enqueued = get_n(run, "enqueued");
+    delivering && hint >= enqueued && (added == 0 || hint - added < enqueued)
+}
+
 fn sync_pk(sync: &SyncId) -> String {
     format!("sync#{sync}")
 }
@@ -314,7 +333,9 @@ impl RunStore {
         Ok(output.item.map(|item| parse_run(&item, sync, run)))
     }
 
-    /// Records the plan and moves the run to `delivering`.
+    /// Records the plan and moves the run to `delivering`. Returns whether every row
+    /// already looks settled (see [`became_settled`]), as when delivery finished the
+    /// rows while they were still being planned, or nothing was enqueued.
     #[allow(clippy::too_many_arguments)]
     pub async fn mark_planned(
         &self,
@@ -326,7 +347,7 @@ impl RunStore {
         waiting: u64,
         source_objects: u64,
         cursor_after: Option<&str>,
-    ) -> Result<(), AwsError> {
+    ) -> Result<bool, AwsError> {
         let mut update = self
             .client
             .update_item()
@@ -347,23 +368,27 @@ impl RunStore {
             expression.push_str(", cursor_after = :cursor");
             update = update.expression_attribute_values(":cursor", s(cursor));
         }
-        update
+        let output = update
             .update_expression(expression)
+            .return_values(ReturnValue::AllNew)
             .send()
             .await
             .map_err(|e| AwsError::sdk("DynamoDB.UpdateItem", e))?;
-        Ok(())
+        Ok(output
+            .attributes
+            .as_ref()
+            .is_some_and(|run| became_settled(run, 0)))
     }
 
-    /// Writes one delivery invocation's ledger item and bumps the run's settled hint;
-    /// returns the new hint.
+    /// Writes one delivery invocation's ledger item and bumps the run's settled hint.
+    /// Returns whether this write made the run look settled (see [`became_settled`]).
     pub async fn record_batch(
         &self,
         sync: &SyncId,
         run: &RunId,
         batch_id: &str,
         ledger: &BatchLedger,
-    ) -> Result<u64, AwsError> {
+    ) -> Result<bool, AwsError> {
         let body = serde_json::to_string(ledger).expect("ledger serialises");
         self.client
             .put_item()
@@ -376,7 +401,7 @@ impl RunStore {
             .await
             .map_err(|e| AwsError::sdk("DynamoDB.PutItem", e))?;
         if ledger.settled() == 0 {
-            return Ok(0);
+            return Ok(false);
         }
         let output = self
             .client
@@ -387,14 +412,14 @@ impl RunStore {
             .update_expression("ADD settled_hint :n")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":n", n(ledger.settled()))
-            .return_values(ReturnValue::UpdatedNew)
+            .return_values(ReturnValue::AllNew)
             .send()
             .await
             .map_err(|e| AwsError::sdk("DynamoDB.UpdateItem", e))?;
         Ok(output
             .attributes
             .as_ref()
-            .map_or(0, |a| get_n(a, "settled_hint")))
+            .is_some_and(|run| became_settled(run, ledger.settled() as u64)))
     }
 
     /// Writes sync-start's rejections, in chunks that fit an item.
@@ -611,5 +636,58 @@ fn parse_run(item: &Item, sync: &SyncId, run: &RunId) -> RunRecord {
             .contains_key("failed_index_size")
             .then(|| get_n(item, "failed_index_size")),
         closed_at: get_s(item, "closed_at"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(status: RunStatus, enqueued: Option<u64>, hint: u64) -> Item {
+        let mut item = Item::from([
+            ("status".to_owned(), s(status.as_str())),
+            ("settled_hint".to_owned(), n(hint)),
+        ]);
+        if let Some(enqueued) = enqueued {
+            item.insert("enqueued".to_owned(), n(enqueued));
+        }
+        item
+    }
+
+    #[test]
+    fn only_the_update_that_crosses_the_enqueued_count_reports_settled() {
+        // Delivery's ADD: crosses from 90 to 100 of 100, and from 95 to 105.
+        assert!(became_settled(
+            &run(RunStatus::Delivering, Some(100), 100),
+            10
+        ));
+        assert!(became_settled(
+            &run(RunStatus::Delivering, Some(100), 105),
+            10
+        ));
+        // Below the count, or already at it before this update.
+        assert!(!became_settled(
+            &run(RunStatus::Delivering, Some(100), 99),
+            10
+        ));
+        assert!(!became_settled(
+            &run(RunStatus::Delivering, Some(100), 120),
+            10
+        ));
+        // While planning the count is not known yet: sync-start's update decides.
+        assert!(!became_settled(&run(RunStatus::Planning, None, 100), 100));
+        // sync-start's update (nothing added): settled when the hint is already there,
+        // including a run that enqueued nothing.
+        assert!(became_settled(
+            &run(RunStatus::Delivering, Some(100), 100),
+            0
+        ));
+        assert!(became_settled(&run(RunStatus::Delivering, Some(0), 0), 0));
+        assert!(!became_settled(
+            &run(RunStatus::Delivering, Some(100), 40),
+            0
+        ));
+        // A closed run is never reported again.
+        assert!(!became_settled(&run(RunStatus::Closed, Some(100), 110), 10));
     }
 }
