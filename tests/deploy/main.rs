@@ -569,19 +569,22 @@ fn problems(template: &Template, config: &Config) -> Vec<String> {
 
     // The finalizer every minute with the plain scheduled event (detail {}).
     for (name, function) in by_binary.get("finalizer").into_iter().flatten() {
-        let scheduled = get(function, &["Properties", "Events"])
-            .map(untag)
-            .and_then(Value::as_mapping)
-            .into_iter()
-            .flatten()
-            .any(|(_, e)| {
-                get(e, &["Type"]).and_then(text).as_deref() == Some("Schedule")
-                    && get(e, &["Properties", "Schedule"])
-                        .and_then(text)
-                        .as_deref()
-                        == Some("rate(1 minute)")
-                    && get(e, &["Properties", "Input"]).is_none()
-            });
+        let events = || {
+            get(function, &["Properties", "Events"])
+                .map(untag)
+                .and_then(Value::as_mapping)
+                .into_iter()
+                .flatten()
+                .map(|(_, e)| e)
+        };
+        let scheduled = events().any(|e| {
+            get(e, &["Type"]).and_then(text).as_deref() == Some("Schedule")
+                && get(e, &["Properties", "Schedule"])
+                    .and_then(text)
+                    .as_deref()
+                    == Some("rate(1 minute)")
+                && get(e, &["Properties", "Input"]).is_none()
+        });
         if !scheduled {
             fail(format!(
                 "{name}: want a rate(1 minute) Schedule event without Input"
@@ -591,25 +594,20 @@ fn problems(template: &Template, config: &Config) -> Vec<String> {
         let want: serde_json::Value =
             serde_json::from_str(&resync_shared::aws::report::run_settled_pattern())
                 .expect("the pattern is JSON");
-        let on_notice = get(function, &["Properties", "Events"])
-            .map(untag)
-            .and_then(Value::as_mapping)
-            .into_iter()
-            .flatten()
-            .any(|(_, e)| {
-                get(e, &["Type"]).and_then(text).as_deref() == Some("EventBridgeRule")
-                    && get(e, &["Properties", "EventBusName"])
-                        .and_then(referenced)
-                        .is_some_and(|bus| {
-                            template.resource(&bus).is_some_and(|b| {
-                                get(b, &["Type"]).and_then(Value::as_str)
-                                    == Some("AWS::Events::EventBus")
-                            })
+        let on_notice = events().any(|e| {
+            get(e, &["Type"]).and_then(text).as_deref() == Some("EventBridgeRule")
+                && get(e, &["Properties", "EventBusName"])
+                    .and_then(referenced)
+                    .is_some_and(|bus| {
+                        template.resource(&bus).is_some_and(|b| {
+                            get(b, &["Type"]).and_then(Value::as_str)
+                                == Some("AWS::Events::EventBus")
                         })
-                    && get(e, &["Properties", "Pattern"])
-                        .and_then(|p| serde_json::to_value(p).ok())
-                        .is_some_and(|p| p == want)
-            });
+                    })
+                && get(e, &["Properties", "Pattern"])
+                    .and_then(|p| serde_json::to_value(p).ok())
+                    .is_some_and(|p| p == want)
+        });
         if !on_notice {
             fail(format!(
                 "{name}: want an EventBridgeRule event on the stack's bus with pattern {want}"

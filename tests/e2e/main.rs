@@ -8,7 +8,9 @@ use std::collections::HashSet;
 
 use helpers::{key, remote, row, scaled, EnvSettings, TestEnv, Vendor};
 use resync::{destination_server::RowBehaviour, local::LocalOptions};
-use resync_shared::{message::RowMessage, outcome::ErrorClass, PrimaryKey, RunId};
+use resync_shared::{
+    ledger::BatchLedger, message::RowMessage, outcome::ErrorClass, PrimaryKey, RunId,
+};
 use resync_sync_start::SyncStartOutcome;
 use resync_tests::Behaviour;
 
@@ -655,6 +657,58 @@ async fn a_run_closes_when_its_last_row_settles_not_at_the_next_tick() {
         .await
         .expect("the run did not close within 60 s: no run-settled notice reached the finalizer");
     assert_eq!(run.record.counts.unwrap().delivered, 50);
+}
+
+/// Exactly one update of a run reports it settled, whichever comes last: the ledger
+/// write that takes the settled hint to the enqueued count, or sync-start's plan when
+/// every row was settled while it was still planning. That update's caller tells the
+/// finalizer; no other may, or several finalizers would close the run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_update_of_a_run_reports_it_settled() {
+    let env = TestEnv::start().await;
+    let runs = env.runtime.runs();
+    let batch = |keys: std::ops::Range<usize>| BatchLedger {
+        delivered: keys.map(|i| PrimaryKey::parse(key(i)).unwrap()).collect(),
+        ..BatchLedger::default()
+    };
+
+    // Rows settle while the run delivers: only the write that reaches 30 of 30 reports
+    // it, not the retried copy of that write that comes after.
+    let delivering = RunId::parse("run-delivering").unwrap();
+    runs.open_run(&env.sync, &delivering).await.unwrap();
+    let planned = runs
+        .mark_planned(&env.sync, &delivering, 30, 0, 0, 0, 1, None)
+        .await
+        .unwrap();
+    assert!(!planned, "nothing settled yet");
+    let mut reported = Vec::new();
+    for (i, keys) in [0..10, 10..25, 25..30, 25..30].into_iter().enumerate() {
+        let id = format!("b{i}");
+        reported.push(
+            runs.record_batch(&env.sync, &delivering, &id, &batch(keys))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(reported, [false, false, true, false]);
+
+    // Every row settled while sync-start was planning: no ledger write can tell (the
+    // enqueued count is not known yet); the plan's update does.
+    let planning = RunId::parse("run-planning").unwrap();
+    runs.open_run(&env.sync, &planning).await.unwrap();
+    let written = runs
+        .record_batch(&env.sync, &planning, "b0", &batch(0..30))
+        .await
+        .unwrap();
+    assert!(
+        !written,
+        "a planning run is never reported by a ledger write"
+    );
+    let planned = runs
+        .mark_planned(&env.sync, &planning, 30, 0, 0, 0, 1, None)
+        .await
+        .unwrap();
+    assert!(planned, "the plan's update finds every row settled");
 }
 
 /// A clean run pays ledger writes per batch, not per row: ≤ 0.05 write units per
