@@ -197,7 +197,7 @@ pub fn run_settled_pattern() -> String {
 
 /// The detail of a [`RUN_SETTLED`] event; the finalizer reads `sync_id` (its own
 /// event's detail) and closes that sync's run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunSettled {
     /// The sync.
     pub sync_id: SyncId,
@@ -213,33 +213,27 @@ pub struct RunSettled {
 /// schedule, so a failure is logged, never returned.
 #[derive(Debug, Clone)]
 pub struct SettledNotice {
-    events: Option<(aws_sdk_eventbridge::Client, String)>,
+    client: aws_sdk_eventbridge::Client,
+    bus: String,
 }
 
 impl SettledNotice {
     /// Notices to `bus`.
     pub fn new(client: aws_sdk_eventbridge::Client, bus: impl Into<String>) -> Self {
         Self {
-            events: Some((client, bus.into())),
+            client,
+            bus: bus.into(),
         }
-    }
-
-    /// No notices: runs close on the finalizer's schedule only.
-    pub fn disabled() -> Self {
-        Self { events: None }
     }
 
     /// Sends the notice for a run; logs (keys only) when it cannot.
     pub async fn send(&self, sync_id: &SyncId, run_id: &RunId) {
-        let Some((client, bus)) = &self.events else {
-            return;
-        };
         let detail = serde_json::to_string(&RunSettled {
             sync_id: sync_id.clone(),
             run_id: run_id.clone(),
         })
         .expect("the notice serialises");
-        match put_event(client, bus, RUN_SETTLED, &detail).await {
+        match put_event(&self.client, &self.bus, RUN_SETTLED, &detail).await {
             Ok(()) => {
                 tracing::info!(sync = %sync_id, run = %run_id, "run looks settled; finalizer told")
             }
