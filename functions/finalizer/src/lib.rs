@@ -400,3 +400,30 @@ async fn drain_dead_letters(deps: &Finalizer, destination: &DestinationId) -> Re
         queue.delete(&receipts).await?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use resync_shared::aws::report::{RunSettled, RUN_SETTLED};
+
+    const RUN_SETTLED_EVENT: &str =
+        include_str!("../../../tests/fixtures/eventbridge-run-settled.json");
+
+    /// The event the run-settled rule delivers is the handler's own event type and
+    /// names the sync to finalize; its detail is what `SettledNotice` sends.
+    #[test]
+    fn a_run_settled_event_names_the_sync_to_finalize() {
+        let event: EventBridgeEvent<FinalizerDetail> =
+            serde_json::from_str(RUN_SETTLED_EVENT).unwrap();
+        assert_eq!(event.detail_type, RUN_SETTLED);
+        assert_eq!(event.detail.sync_id.as_deref(), Some("customers"));
+
+        let fixture: serde_json::Value = serde_json::from_str(RUN_SETTLED_EVENT).unwrap();
+        let sent = serde_json::to_value(RunSettled {
+            sync_id: SyncId::parse("customers").unwrap(),
+            run_id: RunId::parse("20261129T101500Z-6f1c2a9e").unwrap(),
+        })
+        .unwrap();
+        assert_eq!(sent, fixture["detail"]);
+    }
+}
