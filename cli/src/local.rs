@@ -449,8 +449,12 @@ impl LocalRuntime {
         event.detail = FinalizerDetail {
             sync_id: Some(sync.to_string()),
         };
+        // One finalizer at a time locally, under one name: a close it claimed and did
+        // not finish (an error) is its own to retry at the next pass.
+        let mut event = lambda_event(event);
+        event.context.request_id = "resync-local-finalizer".into();
         let started = Instant::now();
-        let output = resync_finalizer::handler(&self.finalizer, lambda_event(event)).await;
+        let output = resync_finalizer::handler(&self.finalizer, event).await;
         self.clock.record("finalizer", started.elapsed());
         let mut output = output?;
         output

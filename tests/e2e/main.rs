@@ -711,6 +711,93 @@ async fn exactly_one_update_of_a_run_reports_it_settled() {
     assert!(planned, "the plan's update finds every row settled");
 }
 
+/// Two finalizers at once (the schedule's and a run-settled notice's) report a run
+/// once: only the invocation that claims the close reports it. The claimant may claim
+/// again (Lambda retries an invocation under its request id); a claim left by a dead
+/// finalizer can be taken over once it is stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_finalizer_claims_a_runs_close() {
+    let env = TestEnv::start().await;
+    let runs = env.runtime.runs();
+    let run = RunId::parse("run-claimed").unwrap();
+    let stale = std::time::Duration::from_secs(150);
+    let now = time::OffsetDateTime::now_utc();
+    runs.open_run(&env.sync, &run).await.unwrap();
+    let claim = |who: &'static str, at: time::OffsetDateTime| {
+        let runs = runs.clone();
+        let sync = env.sync.clone();
+        let run = run.clone();
+        async move { runs.claim_close(&sync, &run, who, at, stale).await.unwrap() }
+    };
+    assert!(!claim("a", now).await, "a planning run is not closed");
+    runs.mark_planned(&env.sync, &run, 1, 0, 0, 0, 1, None)
+        .await
+        .unwrap();
+    assert!(claim("a", now).await);
+    assert!(!claim("b", now).await, "a second finalizer backs off");
+    assert!(claim("a", now).await, "a retried invocation claims again");
+    let later = now + stale + time::Duration::seconds(1);
+    assert!(claim("b", later).await, "a stale claim is taken over");
+    assert!(!claim("a", later).await);
+}
+
+/// The same through the finalizer itself: two invocations at once on a settled run
+/// (each would report it: a finalizer reports before its conditional close) — one
+/// closes and reports, the other backs off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_finalizers_at_once_close_and_report_a_run_once() {
+    use aws_lambda_events::eventbridge::EventBridgeEvent;
+    use resync_finalizer::{FinalizerDetail, SyncReport};
+
+    let env = TestEnv::start().await;
+    env.export_rows("batch.jsonl.gz", 0..5).await;
+    let run_id = match env.runtime.start(&env.sync).await.unwrap() {
+        SyncStartOutcome::Started { run_id, .. } => run_id,
+        other => panic!("{other:?}"),
+    };
+    // Every row settled, as delivery records it; the run not closed yet (no pollers).
+    let ledger = BatchLedger {
+        delivered: (0..5).map(|i| PrimaryKey::parse(key(i)).unwrap()).collect(),
+        ..BatchLedger::default()
+    };
+    env.runtime
+        .runs()
+        .record_batch(&env.sync, &run_id, "all", &ledger)
+        .await
+        .unwrap();
+    let finalize = |invocation: &str| {
+        let mut event: EventBridgeEvent<FinalizerDetail> = EventBridgeEvent::default();
+        event.detail = FinalizerDetail {
+            sync_id: Some(env.sync.to_string()),
+        };
+        let mut context = lambda_runtime::Context::default();
+        context.request_id = invocation.into();
+        resync_finalizer::handler(
+            &env.runtime.finalizer,
+            lambda_runtime::LambdaEvent::new(event, context),
+        )
+    };
+    let (a, b) = tokio::join!(finalize("invocation-a"), finalize("invocation-b"));
+    let closed = [a.unwrap(), b.unwrap()]
+        .iter()
+        .filter(|output| matches!(output.syncs[0], SyncReport::Closed { .. }))
+        .count();
+    assert_eq!(
+        closed, 1,
+        "exactly one finalizer closes and reports the run"
+    );
+    let metrics = env.runtime.metrics.lock().unwrap().len();
+    assert_eq!(metrics, 1, "one metrics line for the run");
+    let record = env
+        .runtime
+        .runs()
+        .run(&env.sync, &run_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.counts.unwrap().delivered, 5);
+}
+
 /// A clean run pays ledger writes per batch, not per row: ≤ 0.05 write units per
 /// delivered row, counted from the ledger items it wrote (1 unit per started KB, plus
 /// the settled-counter update of each item).

@@ -40,6 +40,10 @@ use serde::{Deserialize, Serialize};
 /// longest timeout is 15 minutes).
 pub const STALE_PLANNING: Duration = Duration::from_secs(16 * 60);
 
+/// A close claimed longer ago than this lost its finalizer (whose timeout is two
+/// minutes); another may take it over.
+pub const CLOSE_CLAIM_STALE: Duration = Duration::from_secs(150);
+
 /// The `detail` of the finalizer's event: one sync, or all when absent.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FinalizerDetail {
@@ -177,14 +181,26 @@ pub async fn handler(
         }
         None => deps.config.syncs.clone(),
     };
+    // Names this invocation in close claims (Lambda keeps it when it retries one).
+    let invocation = if event.context.request_id.is_empty() {
+        uuid::Uuid::new_v4().to_string()
+    } else {
+        event.context.request_id.clone()
+    };
     let mut output = FinalizerOutput::default();
     for sync in &syncs {
-        output.syncs.push(finalize_sync(deps, sync).await?);
+        output
+            .syncs
+            .push(finalize_sync(deps, sync, &invocation).await?);
     }
     Ok(output)
 }
 
-async fn finalize_sync(deps: &Finalizer, sync: &SyncConfig) -> Result<SyncReport, FinalizerError> {
+async fn finalize_sync(
+    deps: &Finalizer,
+    sync: &SyncConfig,
+    invocation: &str,
+) -> Result<SyncReport, FinalizerError> {
     let state = deps.runs.state(&sync.id).await?;
     let Some(run_id) = state.open_run else {
         return Ok(SyncReport::Idle {
@@ -230,6 +246,20 @@ async fn finalize_sync(deps: &Finalizer, sync: &SyncConfig) -> Result<SyncReport
         tally.add(batch);
     }
     if !tally.complete(record.enqueued) {
+        return Ok(in_flight(tally.settled() as u64, record.enqueued));
+    }
+    // Another finalizer (the schedule's, or a notice's) is closing it: one report.
+    let claimed = deps
+        .runs
+        .claim_close(
+            &sync.id,
+            &run_id,
+            invocation,
+            time_util::now(),
+            CLOSE_CLAIM_STALE,
+        )
+        .await?;
+    if !claimed {
         return Ok(in_flight(tally.settled() as u64, record.enqueued));
     }
     close(deps, sync, &record, &tally, &rejections).await

@@ -509,6 +509,51 @@ impl RunStore {
         Ok((batches, rejections))
     }
 
+    /// Claims a settled run's close for one finalizer invocation, so that two
+    /// finalizers running at once (the schedule's and a run-settled notice's) do not
+    /// both report the run. The same claimant (a retried invocation keeps its request
+    /// id) may claim again; a claim older than `stale_after` (its finalizer died) can be
+    /// taken over, and the run is then reported twice, as after any crash between
+    /// reporting and closing. Returns whether the claim is this claimant's.
+    pub async fn claim_close(
+        &self,
+        sync: &SyncId,
+        run: &RunId,
+        claimant: &str,
+        now: time::OffsetDateTime,
+        stale_after: std::time::Duration,
+    ) -> Result<bool, AwsError> {
+        let stale_before = now.unix_timestamp() - stale_after.as_secs() as i64;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(sync)))
+            .key("sk", s(run_sk(run)))
+            .update_expression("SET #claim = :me, #claimed_at = :now")
+            .condition_expression(
+                "#status = :delivering AND (attribute_not_exists(#claim) OR #claim = :me OR #claimed_at < :stale)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#claim", "close_claim")
+            .expression_attribute_names("#claimed_at", "close_claimed_at")
+            .expression_attribute_values(":delivering", s(RunStatus::Delivering.as_str()))
+            .expression_attribute_values(":me", s(claimant))
+            .expression_attribute_values(":now", n(now.unix_timestamp()))
+            .expression_attribute_values(":stale", n(stale_before))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(err))
+                if err.err().is_conditional_check_failed_exception() =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(AwsError::sdk("DynamoDB.UpdateItem", err)),
+        }
+    }
+
     /// Closes a run and releases the sync in one transaction: the run gets its counts,
     /// the sync its new cursor and no open run. Returns `false` when another finalizer
     /// closed it first.
