@@ -659,6 +659,14 @@ async fn a_run_closes_when_its_last_row_settles_not_at_the_next_tick() {
     assert_eq!(run.record.counts.unwrap().delivered, 50);
 }
 
+/// A delivery invocation's ledger item that delivered the rows `keys`.
+fn delivered(keys: std::ops::Range<usize>) -> BatchLedger {
+    BatchLedger {
+        delivered: keys.map(|i| PrimaryKey::parse(key(i)).unwrap()).collect(),
+        ..BatchLedger::default()
+    }
+}
+
 /// Exactly one update of a run reports it settled, whichever comes last: the ledger
 /// write that takes the settled hint to the enqueued count, or sync-start's plan when
 /// every row was settled while it was still planning. That update's caller tells the
@@ -667,10 +675,6 @@ async fn a_run_closes_when_its_last_row_settles_not_at_the_next_tick() {
 async fn exactly_one_update_of_a_run_reports_it_settled() {
     let env = TestEnv::start().await;
     let runs = env.runtime.runs();
-    let batch = |keys: std::ops::Range<usize>| BatchLedger {
-        delivered: keys.map(|i| PrimaryKey::parse(key(i)).unwrap()).collect(),
-        ..BatchLedger::default()
-    };
 
     // Rows settle while the run delivers: only the write that reaches 30 of 30 reports
     // it, not the retried copy of that write that comes after.
@@ -685,7 +689,7 @@ async fn exactly_one_update_of_a_run_reports_it_settled() {
     for (i, keys) in [0..10, 10..25, 25..30, 25..30].into_iter().enumerate() {
         let id = format!("b{i}");
         reported.push(
-            runs.record_batch(&env.sync, &delivering, &id, &batch(keys))
+            runs.record_batch(&env.sync, &delivering, &id, &delivered(keys))
                 .await
                 .unwrap(),
         );
@@ -697,7 +701,7 @@ async fn exactly_one_update_of_a_run_reports_it_settled() {
     let planning = RunId::parse("run-planning").unwrap();
     runs.open_run(&env.sync, &planning).await.unwrap();
     let written = runs
-        .record_batch(&env.sync, &planning, "b0", &batch(0..30))
+        .record_batch(&env.sync, &planning, "b0", &delivered(0..30))
         .await
         .unwrap();
     assert!(
@@ -756,13 +760,9 @@ async fn two_finalizers_at_once_close_and_report_a_run_once() {
         other => panic!("{other:?}"),
     };
     // Every row settled, as delivery records it; the run not closed yet (no pollers).
-    let ledger = BatchLedger {
-        delivered: (0..5).map(|i| PrimaryKey::parse(key(i)).unwrap()).collect(),
-        ..BatchLedger::default()
-    };
     env.runtime
         .runs()
-        .record_batch(&env.sync, &run_id, "all", &ledger)
+        .record_batch(&env.sync, &run_id, "all", &delivered(0..5))
         .await
         .unwrap();
     let finalize = |invocation: &str| {
