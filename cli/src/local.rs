@@ -560,8 +560,8 @@ impl LocalRuntime {
         })
     }
 
-    /// Runs the finalizer every `finalize_every` until the run closes; returns its
-    /// record and when the finalizer saw it closed.
+    /// Runs the finalizer every `finalize_every`, and at once on a run-settled notice,
+    /// until the run closes; returns its record and when the finalizer saw it closed.
     async fn finalize_until_closed(
         &self,
         sync: &SyncId,
@@ -569,13 +569,10 @@ impl LocalRuntime {
         pollers: &Pollers,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> anyhow::Result<(RunRecord, Instant)> {
-        type Receive = std::pin::Pin<
-            Box<
-                dyn std::future::Future<Output = Result<Vec<aws_sdk_sqs::types::Message>, AwsError>>
-                    + Send,
-            >,
-        >;
-        let mut notice: Option<Receive> = None;
+        let mut notices = Notices {
+            queue: self.notices.clone(),
+            pending: None,
+        };
         loop {
             match self.finalize(sync).await? {
                 SyncReport::Closed { run_id: closed, .. } if &closed == run_id => break,
@@ -589,39 +586,10 @@ impl LocalRuntime {
             if pollers.tasks.iter().any(|poller| poller.is_finished()) {
                 bail!("a delivery poller stopped unexpectedly");
             }
-            // Until the next tick, or sooner when a run-settled notice arrives. A long
-            // poll still in flight at the tick carries over to the next wait.
-            let tick = tokio::time::Instant::now() + self.options.finalize_every;
-            loop {
-                let receive = notice.get_or_insert_with(|| {
-                    let notices = self.notices.clone();
-                    Box::pin(async move { notices.receive(10, Duration::from_secs(1)).await })
-                });
-                tokio::select! {
-                    received = receive => {
-                        notice = None;
-                        // A notice only hurries the finalizer: when the queue cannot
-                        // be read, the tick still comes.
-                        let messages = match received {
-                            Ok(messages) => messages,
-                            Err(err) => {
-                                tracing::warn!(error = %err, "reading run-settled notices failed; waiting for the tick");
-                                tokio::time::sleep_until(tick).await;
-                                break;
-                            }
-                        };
-                        let receipts: Vec<String> =
-                            messages.into_iter().filter_map(|m| m.receipt_handle).collect();
-                        if !receipts.is_empty() {
-                            if let Err(err) = self.notices.delete(&receipts).await {
-                                tracing::warn!(error = %err, "deleting run-settled notices failed; they come back as extra finalizer passes");
-                            }
-                            break;
-                        }
-                    }
-                    () = tokio::time::sleep_until(tick) => break,
-                }
-            }
+            // Until the next tick, or sooner when a run-settled notice arrives.
+            notices
+                .wait(tokio::time::Instant::now() + self.options.finalize_every)
+                .await;
         }
         let closed_at = Instant::now();
         let record = self
@@ -630,6 +598,56 @@ impl LocalRuntime {
             .await?
             .context("the closed run has no record")?;
         Ok((record, closed_at))
+    }
+}
+
+type NoticeReceive = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<Vec<aws_sdk_sqs::types::Message>, AwsError>> + Send,
+    >,
+>;
+
+/// The local finalizer's wait on the run-settled notice queue (see [`provision`]).
+struct Notices {
+    queue: WorkQueue,
+    /// A long poll still in flight when a wait ended: it carries over to the next wait
+    /// (dropping it could hide a notice for the queue's visibility timeout).
+    pending: Option<NoticeReceive>,
+}
+
+impl Notices {
+    /// Until `until`, or sooner when a notice arrives (it is consumed). A notice only
+    /// hurries the finalizer: when the queue cannot be read, the wait runs to `until`.
+    async fn wait(&mut self, until: tokio::time::Instant) {
+        loop {
+            let receive = self.pending.get_or_insert_with(|| {
+                let queue = self.queue.clone();
+                Box::pin(async move { queue.receive(10, Duration::from_secs(1)).await })
+            });
+            let received = tokio::select! {
+                received = receive => received,
+                () = tokio::time::sleep_until(until) => return,
+            };
+            self.pending = None;
+            let messages = match received {
+                Ok(messages) => messages,
+                Err(err) => {
+                    tracing::warn!(error = %err, "reading run-settled notices failed; waiting for the tick");
+                    tokio::time::sleep_until(until).await;
+                    return;
+                }
+            };
+            let receipts: Vec<String> = messages
+                .into_iter()
+                .filter_map(|m| m.receipt_handle)
+                .collect();
+            if !receipts.is_empty() {
+                if let Err(err) = self.queue.delete(&receipts).await {
+                    tracing::warn!(error = %err, "deleting run-settled notices failed; they come back as extra finalizer passes");
+                }
+                return;
+            }
+        }
     }
 }
 
