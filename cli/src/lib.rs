@@ -3,13 +3,11 @@
 //!
 //! # Layout
 //!
-//! - [`local`]: provisioning (the resources `resync_shared::resources` defines), the
-//!   SQS event-source-mapping poller, the scheduler loop and [`local::LocalRuntime`],
-//!   which runs a sync from sync-start to a closed run.
-//! - [`destination_server`]: a local HTTP server speaking the webhook contract, with
-//!   locked and rejecting rows on demand: the demo's destination and the tests'.
-//! - [`demo`]: `resync demo`.
-//! - [`aws`]: building SDK configurations for the emulator or `AWS_ENDPOINT_URL`.
+//! - [`aws`]: SDK configurations (emulator or `AWS_ENDPOINT_URL`) and the request counter.
+//! - [`bench`](mod@bench): `resync bench`, throughput, requests, cost and memory on the emulator.
+//! - [`demo`]: `resync demo`, a whole sync run twice against rows kept locked.
+//! - [`destination_server`]: a local webhook destination, the demo's and the tests'.
+//! - [`local`]: provisioning, pollers, finalizer and scheduler: [`local::LocalRuntime`].
 
 pub mod aws;
 pub mod bench;
