@@ -34,6 +34,7 @@ pub(super) async fn memory_case(
     if options.memory_rows == 0 {
         return Ok(None);
     }
+    prepare(bench, options).await?;
     let peak_rss_mb = sync_start_peak_rss_mb(bench, options).await?;
     Ok(Some(MemoryCase {
         peak_rss_mb,
@@ -42,10 +43,8 @@ pub(super) async fn memory_case(
     }))
 }
 
-/// Prepares the memory case (source rows and failed keys) and runs sync-start in a
-/// child process against this emulator; returns the child's peak RSS in MB.
-async fn sync_start_peak_rss_mb(bench: &Bench, options: &BenchOptions) -> anyhow::Result<f64> {
-    let runtime = &bench.runtime;
+/// Prepares the memory case: its source rows and its keys in the failed-row index.
+async fn prepare(bench: &Bench, options: &BenchOptions) -> anyhow::Result<()> {
     bench.export("memory", options.memory_rows).await?;
     let sync = SyncId::parse("memory")?;
     let run = RunId::parse("seed-run")?;
@@ -71,12 +70,18 @@ async fn sync_start_peak_rss_mb(bench: &Bench, options: &BenchOptions) -> anyhow
         .collect();
     let refs: Vec<&FailedRow> = failures.iter().collect();
     for chunk in refs.chunks(5_000) {
-        runtime
+        bench
+            .runtime
             .index()
             .apply_run(&sync, &run, chunk, &[], &[])
             .await?;
     }
-    drop(failures);
+    Ok(())
+}
+
+/// Runs sync-start in a child process against this emulator; returns the child's peak
+/// RSS in MB.
+async fn sync_start_peak_rss_mb(bench: &Bench, options: &BenchOptions) -> anyhow::Result<f64> {
     let config_file = tempfile_path("resync-bench-config.yaml");
     std::fs::write(&config_file, &bench.yaml)?;
     let output = tokio::process::Command::new(std::env::current_exe()?)
@@ -86,7 +91,7 @@ async fn sync_start_peak_rss_mb(bench: &Bench, options: &BenchOptions) -> anyhow
         .arg("--config")
         .arg(&config_file)
         .arg("--stack")
-        .arg(&runtime.resources.stack)
+        .arg(&bench.runtime.resources.stack)
         .arg("--sync")
         .arg("memory")
         .output()
