@@ -6,7 +6,7 @@ use std::io::Write;
 
 use anyhow::Context as _;
 use rand::{rngs::StdRng, seq::index::sample, SeedableRng};
-use resync_shared::{config::Config, ledger::RunCounts, SyncId};
+use resync_shared::{config::Config, domain::ledger::RunCounts, SyncId};
 use serde::Serialize;
 
 use crate::{
@@ -115,7 +115,7 @@ pub fn demo_key(i: usize) -> String {
     format!("cust-{i:06}")
 }
 
-fn report_run(record: &resync_shared::aws::runs::RunRecord, sent: u64) -> DemoRun {
+fn report_run(record: &resync_shared::domain::run::RunRecord, sent: u64) -> DemoRun {
     let counts: RunCounts = record.counts.unwrap_or_default();
     DemoRun {
         run_id: record.run_id.to_string(),

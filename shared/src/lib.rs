@@ -2,49 +2,38 @@
 //!
 //! # Layout
 //!
-//! - [`ids`]: newtypes for the identifiers that cross process boundaries
-//!   (`SyncId`, `RunId`, `PrimaryKey`, `DestinationId`), validated once at the edge.
-//! - [`config`]: the sync configuration file (destinations and syncs), loaded and
-//!   validated with errors that name the offending field.
-//! - [`retry`]: the per-destination retry policy and full-jitter exponential backoff.
-//! - [`outcome`]: what a destination said about one row (delivered, retryable,
-//!   rate-limited, permanent), and the decision the delivery function takes from it.
-//! - [`source`]: the "new rows" of a run — JSON Lines / CSV objects, gzip or plain,
-//!   parsed as a stream with per-line rejections.
-//! - [`merge`]: the pure planning rule that merges a run's source rows with the
-//!   failed-row index (each key once, source values win).
-//! - [`row`]: a row's fields as the JSON object text they arrived in (validated once,
-//!   spliced verbatim into messages, request bodies and the index).
-//! - [`message`]: the wire DTO of one row on the delivery queue.
-//! - [`ledger`]: run accounting — batch ledger entries and the pure tally that closes a
-//!   run with exact counts.
+//! The modules form layers; each uses only those above it in this list, so the pure
+//! rules can be read and tested without the services around them (a test in this
+//! crate checks the boundaries).
+//!
+//! - [`domain`]: the pure rules — identifiers, rows, the source reader, planning
+//!   (merge), the queue message, the retry policy and the per-row decision, run
+//!   accounting (ledger), run states. No AWS SDK, no HTTP.
+//! - [`secrets`]: where destination secrets come from (Secrets Manager in production).
+//! - [`destination`]: the `Destination` port, the registry of kinds and one module per
+//!   kind (webhook, Salesforce, HubSpot), each owning its settings section, wire format
+//!   and error mapping.
+//! - [`config`]: the configuration file — syncs and the destinations' common fields,
+//!   loaded and validated with errors that name the field; a destination's own section
+//!   goes to its kind through the registry.
 //! - [`resources`]: the names and settings of every queue, table, bucket, topic and bus
 //!   (one place, used by provisioning and by the functions).
-//! - [`destination`]: the `Destination` port and its adapters: the webhook, Salesforce
-//!   (sObject Collections upsert, OAuth 2.0 server-to-server) and HubSpot (CRM v3 batch
-//!   upsert).
-//! - [`aws`]: adapters over the AWS SDK (DynamoDB run ledger and failed-row index, SQS
-//!   work queue, S3 source, SNS/EventBridge/EMF run reporting), the one HTTPS client
-//!   of every build and the functions' SDK configuration from the Lambda environment.
-//! - [`secrets`]: where destination secrets come from (Secrets Manager in production).
+//! - [`aws`]: adapters over the AWS SDK — the runs table (lock, ledger, close), the
+//!   failed-row index, the work queue, the S3 source, run reporting — the one HTTPS
+//!   client of every build and the functions' SDK configuration.
 //! - [`logging`]: the functions' log subscriber (JSON lines, one level, no regex).
 #![warn(missing_docs)]
 
 pub mod aws;
 pub mod config;
 pub mod destination;
-pub mod ids;
-pub mod ledger;
+pub mod domain;
 pub mod logging;
-pub mod merge;
-pub mod message;
-pub mod outcome;
 pub mod resources;
-pub mod retry;
-pub mod row;
 pub mod secrets;
-pub mod source;
-pub mod time_util;
 
-pub use ids::{DestinationId, PrimaryKey, RunId, SyncId};
-pub use row::RowFields;
+pub use domain::ids::{DestinationId, PrimaryKey, RunId, SyncId};
+pub use domain::row::RowFields;
+
+#[cfg(test)]
+mod layers;

@@ -2,7 +2,7 @@
 //! defines them, read by local provisioning, by the functions at start, and mirrored by
 //! the deployment templates.
 
-use crate::{config::DestinationConfig, ids::DestinationId};
+use crate::{config::DestinationConfig, domain::ids::DestinationId};
 
 /// Timeout of the delivery function, in seconds (the queue's visibility timeout is
 /// six times this plus the batching window, as AWS advises for SQS event sources).
@@ -123,7 +123,7 @@ impl QueueSettings {
             visibility_timeout_secs: 6 * DELIVERY_FUNCTION_TIMEOUT_SECS + batching_window_secs,
             max_message_bytes: MAX_MESSAGE_BYTES,
             retention_secs: QUEUE_RETENTION_SECS,
-            max_receive_count: destination.retry.max_attempts + 2,
+            max_receive_count: destination.retry.dead_letter_receive_count(),
             dlq_retention_secs: DLQ_RETENTION_SECS,
             // Several destination batches per invocation keep ledger writes per row low.
             event_batch_size: (destination.effective_batch_size() as u32 * 2).clamp(20, 1000),

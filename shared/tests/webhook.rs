@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use resync_shared::{
     destination::{webhook::Webhook, Destination, OutboundRow},
-    outcome::ErrorClass,
+    domain::outcome::ErrorClass,
     PrimaryKey,
 };
 use serde_json::json;
@@ -108,7 +108,7 @@ async fn send(
     url: &str,
     secret: Option<&str>,
     timeout: Duration,
-) -> Vec<Result<(), resync_shared::outcome::RowError>> {
+) -> Vec<Result<(), resync_shared::domain::outcome::RowError>> {
     let webhook = Webhook::new(url, secret.map(str::to_owned), 100, timeout).unwrap();
     let (keys, fields) = rows();
     webhook.send(&outbound(&keys, &fields)).await

@@ -835,10 +835,10 @@ fn check_destination(
         }
     }
     let secrets = destination
-        .webhook
-        .as_ref()
-        .and_then(|w| w.signing_secret.as_ref())
-        .is_some_and(|s| matches!(s, SecretRef::SecretId(_)));
+        .settings
+        .secrets()
+        .iter()
+        .any(|s| matches!(s, SecretRef::SecretId(_)));
     let actions = role_actions(function);
     let expected = expected_actions("delivery", secrets);
     if actions != expected {

@@ -9,7 +9,8 @@ use std::collections::HashSet;
 use helpers::{key, remote, row, scaled, EnvSettings, TestEnv, Vendor};
 use resync::{destination_server::RowBehaviour, local::LocalOptions};
 use resync_shared::{
-    ledger::BatchLedger, message::RowMessage, outcome::ErrorClass, PrimaryKey, RunId,
+    domain::{ledger::BatchLedger, message::RowMessage, outcome::ErrorClass, run::PlanSummary},
+    PrimaryKey, RunId,
 };
 use resync_sync_start::SyncStartOutcome;
 use resync_tests::Behaviour;
@@ -681,7 +682,15 @@ async fn exactly_one_update_of_a_run_reports_it_settled() {
     let delivering = RunId::parse("run-delivering").unwrap();
     runs.open_run(&env.sync, &delivering).await.unwrap();
     let planned = runs
-        .mark_planned(&env.sync, &delivering, 30, 0, 0, 0, 1, None)
+        .mark_planned(
+            &env.sync,
+            &delivering,
+            &PlanSummary {
+                enqueued: 30,
+                source_objects: 1,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert!(!planned, "nothing settled yet");
@@ -709,7 +718,15 @@ async fn exactly_one_update_of_a_run_reports_it_settled() {
         "a planning run is never reported by a ledger write"
     );
     let planned = runs
-        .mark_planned(&env.sync, &planning, 30, 0, 0, 0, 1, None)
+        .mark_planned(
+            &env.sync,
+            &planning,
+            &PlanSummary {
+                enqueued: 30,
+                source_objects: 1,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert!(planned, "the plan's update finds every row settled");
@@ -734,9 +751,17 @@ async fn one_finalizer_claims_a_runs_close() {
         async move { runs.claim_close(&sync, &run, who, at, stale).await.unwrap() }
     };
     assert!(!claim("a", now).await, "a planning run is not closed");
-    runs.mark_planned(&env.sync, &run, 1, 0, 0, 0, 1, None)
-        .await
-        .unwrap();
+    runs.mark_planned(
+        &env.sync,
+        &run,
+        &PlanSummary {
+            enqueued: 1,
+            source_objects: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert!(claim("a", now).await);
     assert!(!claim("b", now).await, "a second finalizer backs off");
     assert!(claim("a", now).await, "a retried invocation claims again");

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use resync_shared::{
     config::Config,
-    destination::{self, Destination, OutboundRow},
-    outcome::{ErrorClass, RowResult},
+    destination::{Destination, OutboundRow},
+    domain::outcome::{ErrorClass, RowResult},
     secrets::SecretResolver,
     PrimaryKey,
 };
@@ -45,7 +45,8 @@ async fn build(yaml_destination: &str) -> std::sync::Arc<dyn Destination> {
         "destinations:\n{yaml_destination}\nsyncs:\n  - id: s\n    source: {{ prefix: p/ }}\n    primary_key: id\n    destination: d\n    schedule: rate(1 hour)\n"
     );
     let config = Config::from_yaml(&yaml).unwrap();
-    destination::build(&config.destinations[0], &SecretResolver::local_only())
+    config.destinations[0]
+        .build(&SecretResolver::local_only())
         .await
         .unwrap()
 }

@@ -6,7 +6,9 @@ use std::{sync::Arc, time::Instant};
 
 use anyhow::Context as _;
 use resync_shared::{
-    config::Config, ledger::FailedRow, outcome::RowError, PrimaryKey, RunId, SyncId,
+    config::Config,
+    domain::{ledger::FailedRow, outcome::RowError},
+    PrimaryKey, RunId, SyncId,
 };
 
 use super::{

@@ -17,11 +17,11 @@ use resync_shared::{
     aws::{
         index::FailedRowIndex,
         queue::WorkQueue,
-        report::{MetricsSink, Reporter, SettledNotice},
-        runs::{RunRecord, RunStore},
+        report::{MetricsSink, Reporter},
+        runs::RunStore,
     },
     config::Config,
-    destination,
+    domain::run::RunRecord,
     resources::Resources,
     secrets::SecretResolver,
     DestinationId, RunId, SyncId,
@@ -104,24 +104,10 @@ impl LocalRuntime {
         );
         let secrets = SecretResolver::new(aws_sdk_secretsmanager::Client::new(&sdk));
         let mut deliveries = HashMap::new();
-        let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         for destination_config in &config.destinations {
-            let delivery = Delivery {
-                config: config.clone(),
-                destination: destination::build(destination_config, &secrets).await?,
-                queue: WorkQueue::resolve(
-                    sqs.clone(),
-                    &resources.delivery_queue(&destination_config.id),
-                )
-                .await?,
-                runs: RunStore::new(dynamo.clone(), &resources.runs_table),
-                notice: SettledNotice::new(
-                    aws_sdk_eventbridge::Client::new(&sdk),
-                    &resources.event_bus,
-                ),
-                destination_config: destination_config.clone(),
-            };
+            let delivery =
+                Delivery::new(&sdk, &resources, destination_config.clone(), &secrets).await?;
             deliveries.insert(destination_config.id.clone(), Arc::new(delivery));
         }
         let notices = WorkQueue::resolve(sqs, &resources.finalizer_notices_queue()).await?;

@@ -28,7 +28,9 @@
 //! limit's own wait (Retry-After, the HubSpot window, the Salesforce budget recheck)
 //! and otherwise a full-jitter backoff that grows with the deferral count up to the
 //! policy's maximum; past the bound a rate limit counts as an ordinary retryable
-//! attempt, so a run always ends.
+//! attempt, so a run always ends. The whole decision (deliver, retry, defer, fail)
+//! is `resync_shared::domain::outcome::decide`, with the numbers of
+//! `resync_shared::domain::retry`; this crate carries it out.
 //!
 //! # Order before chunking
 //!
@@ -37,7 +39,7 @@
 //! one account share a call instead of contending for the account's lock.
 //!
 //! Outcomes are written as one ledger item per run touched, *before* the function
-//! returns — so before Lambda deletes any message (see `resync_shared::ledger`).
+//! returns — so before Lambda deletes any message (see `resync_shared::domain::ledger`).
 //! Row-level errors never fail the batch; only a failure to record outcomes does, and
 //! then every message comes back and is tried again.
 
@@ -47,34 +49,45 @@ use std::{
     time::Duration,
 };
 
+use aws_config::SdkConfig;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use futures::StreamExt;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use resync_shared::{
-    aws::{
-        queue::{WorkQueue, MAX_DELAY_SECONDS},
-        report::SettledNotice,
-        runs::{RunStatus, RunStore},
-        AwsError,
+    aws::{queue::WorkQueue, report::SettledNotice, runs::RunStore, AwsError},
+    config::DestinationConfig,
+    destination::{Destination, DestinationError, OutboundRow},
+    domain::{
+        ledger::{BatchLedger, FailedRow},
+        message::RowMessage,
+        outcome::{decide, Attempt, Decision, RowError, RowResult},
+        run::RunStatus,
     },
-    config::{Config, DestinationConfig},
-    destination::{Destination, OutboundRow},
-    ledger::{BatchLedger, FailedRow},
-    message::RowMessage,
-    outcome::{decide, Decision, ErrorClass, RowError, RowResult},
+    resources::Resources,
+    secrets::SecretResolver,
     PrimaryKey, RunId, SyncId,
 };
 
+pub use resync_shared::domain::retry::MAX_RATE_LIMIT_DEFERRALS;
+
 /// Destination requests in flight at once within one invocation.
 pub const REQUESTS_IN_FLIGHT: usize = 4;
-
-/// Rate-limit deferrals of one row in one run before a rate limit counts as an attempt.
-pub const MAX_RATE_LIMIT_DEFERRALS: u32 = 100;
 
 /// Why an invocation failed as a whole (its messages all come back).
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     /// Outcomes could not be recorded.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+}
+
+/// Why delivery could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverySetupError {
+    /// The destination could not be built (a secret, a client).
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
+    /// The destination's queue could not be found.
     #[error(transparent)]
     Aws(#[from] AwsError),
 }
@@ -90,8 +103,6 @@ impl From<DeliveryError> for Diagnostic {
 
 /// delivery's dependencies: one destination and its queue.
 pub struct Delivery {
-    /// The sync configuration.
-    pub config: Arc<Config>,
     /// The destination's settings.
     pub destination_config: DestinationConfig,
     /// The destination's API.
@@ -102,6 +113,30 @@ pub struct Delivery {
     pub runs: RunStore,
     /// Tells the finalizer when this invocation's rows made their run look settled.
     pub notice: SettledNotice,
+}
+
+impl Delivery {
+    /// Wires delivery for one destination of a stack: builds the destination (its
+    /// secrets from Secrets Manager), finds its queue, and uses the stack's runs table
+    /// and bus.
+    pub async fn new(
+        sdk: &SdkConfig,
+        resources: &Resources,
+        destination_config: DestinationConfig,
+        secrets: &SecretResolver,
+    ) -> Result<Self, DeliverySetupError> {
+        Ok(Self {
+            destination: destination_config.build(secrets).await?,
+            queue: WorkQueue::resolve(
+                aws_sdk_sqs::Client::new(sdk),
+                &resources.delivery_queue(&destination_config.id),
+            )
+            .await?,
+            runs: RunStore::new(aws_sdk_dynamodb::Client::new(sdk), &resources.runs_table),
+            notice: SettledNotice::new(aws_sdk_eventbridge::Client::new(sdk), &resources.event_bus),
+            destination_config,
+        })
+    }
 }
 
 struct Received {
@@ -181,30 +216,27 @@ pub async fn handler(
             tracing::info!(sync = %sync_id, run = %run_id, rows = rows.len(), "late copies of a closed run's rows dropped");
             continue;
         }
-        let (mut ledger, mut retry, defer) = deliver_run(deps, &rows).await;
+        let Settlement {
+            mut ledger,
+            mut retries,
+            deferrals,
+        } = deliver_run(deps, &rows).await;
         // Re-enqueue rate-limited rows *before* the ledger is written, so a row whose
         // copy SQS refused is settled the ordinary way (this receive counts) in the
         // same ledger item — at the threshold that is a terminal failure (I4).
-        let kept = defer_rows(&deps.queue, &rows, &defer).await;
-        {
-            // Not held across an await: the thread-local RNG is not Send.
-            let mut rng = rand::thread_rng();
-            for position in kept {
-                let (index, _, error) = &defer[position];
-                let row = &rows[*index];
-                match decide(
-                    Err(error.clone()),
-                    row.attempt,
-                    &deps.destination_config.retry,
-                    &mut rng,
-                ) {
-                    Decision::RetryLater { visibility, .. } => retry.push((*index, visibility)),
-                    Decision::TerminalFailure(error) => {
-                        ledger.retrying.retain(|key| key != &row.message.key);
-                        ledger.failed.push(failed_row(row, error));
-                    }
-                    Decision::Delivered => {}
+        for position in defer_rows(&deps.queue, &rows, &deferrals).await {
+            let deferral = &deferrals[position];
+            let row = &rows[deferral.row];
+            match &deferral.if_refused {
+                Decision::RetryLater { visibility, .. } => retries.push(Retry {
+                    row: deferral.row,
+                    visibility: *visibility,
+                }),
+                Decision::TerminalFailure(error) => {
+                    ledger.retrying.retain(|key| key != &row.message.key);
+                    ledger.failed.push(failed_row(row, error.clone()));
                 }
+                Decision::Delivered | Decision::Defer { .. } => {}
             }
         }
         if !ledger.is_empty()
@@ -223,9 +255,9 @@ pub async fn handler(
             failed = ledger.failed.len(),
             "batch settled"
         );
-        for (index, delay) in retry {
-            failures.push(rows[index].message_id.clone());
-            visibility.push((rows[index].receipt_handle.clone(), delay));
+        for retry in retries {
+            failures.push(rows[retry.row].message_id.clone());
+            visibility.push((rows[retry.row].receipt_handle.clone(), retry.visibility));
         }
     }
     if !visibility.is_empty() {
@@ -243,13 +275,18 @@ pub async fn handler(
 
 /// Re-enqueues rate-limited rows as delayed copies (one per key) that carry the attempts
 /// spent so far; their originals are then deleted by the caller's partial batch
-/// response. Returns the positions in `defer` whose rows must be kept instead because
-/// SQS refused their copy.
-async fn defer_rows(queue: &WorkQueue, rows: &[Received], defer: &[Deferral]) -> Vec<usize> {
-    let mut copies: Vec<(usize, String, Duration)> = Vec::new();
+/// response. Returns the positions in `deferrals` whose rows must be kept instead
+/// because SQS refused their copy.
+async fn defer_rows(queue: &WorkQueue, rows: &[Received], deferrals: &[Deferral]) -> Vec<usize> {
+    struct DelayedCopy {
+        position: usize,
+        body: String,
+        delay: Duration,
+    }
+    let mut copies: Vec<DelayedCopy> = Vec::new();
     let mut copied: HashSet<&PrimaryKey> = HashSet::new();
-    for (position, (index, delay, _)) in defer.iter().enumerate() {
-        let row = &rows[*index];
+    for (position, deferral) in deferrals.iter().enumerate() {
+        let row = &rows[deferral.row];
         if !copied.insert(&row.message.key) {
             // A copy of the key is already going back to the queue; if SQS refuses it,
             // that message is kept, so this duplicate can go.
@@ -258,17 +295,21 @@ async fn defer_rows(queue: &WorkQueue, rows: &[Received], defer: &[Deferral]) ->
         let mut copy = row.message.clone();
         copy.attempts_before = row.attempt.saturating_sub(1);
         copy.rate_limit_deferrals += 1;
-        copies.push((position, copy.to_body(), *delay));
+        copies.push(DelayedCopy {
+            position,
+            body: copy.to_body(),
+            delay: deferral.delay,
+        });
     }
     let mut kept = Vec::new();
     for chunk in copies.chunks(10) {
-        let bodies: Vec<String> = chunk.iter().map(|c| c.1.clone()).collect();
-        let delays: Vec<Duration> = chunk.iter().map(|c| c.2).collect();
+        let bodies: Vec<String> = chunk.iter().map(|c| c.body.clone()).collect();
+        let delays: Vec<Duration> = chunk.iter().map(|c| c.delay).collect();
         match queue.send_batch_delayed(&bodies, &delays).await {
-            Ok(unsent) => kept.extend(unsent.into_iter().map(|u| chunk[u.index].0)),
+            Ok(unsent) => kept.extend(unsent.into_iter().map(|u| chunk[u.index].position)),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot re-enqueue rate-limited rows; keeping the originals");
-                kept.extend(chunk.iter().map(|c| c.0));
+                kept.extend(chunk.iter().map(|c| c.position));
             }
         }
     }
@@ -319,15 +360,36 @@ async fn send_chunk(
     (offset, results)
 }
 
-/// Rows to retry (index into the run's rows, delay).
-type Retries = Vec<(usize, Duration)>;
+/// A row to hide for a backoff and report in `batchItemFailures`.
+struct Retry {
+    /// Index into the run's rows.
+    row: usize,
+    /// Its new visibility timeout.
+    visibility: Duration,
+}
 
-/// A rate-limited row to re-enqueue: index into the run's rows, delay, the error.
-type Deferral = (usize, Duration, RowError);
+/// A rate-limited row to re-enqueue as a delayed copy.
+struct Deferral {
+    /// Index into the run's rows.
+    row: usize,
+    /// The copy's delay.
+    delay: Duration,
+    /// What to do if SQS refuses the copy (`RetryLater` or `TerminalFailure`).
+    if_refused: Decision,
+}
 
-/// Sends one run's rows and returns its ledger item, the rows to retry with a visibility
-/// backoff, and the rate-limited rows to re-enqueue with a delay (index, delay).
-async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Retries, Vec<Deferral>) {
+/// What one run's rows came to in this invocation.
+struct Settlement {
+    /// The ledger item to write.
+    ledger: BatchLedger,
+    /// Rows to retry with a visibility backoff.
+    retries: Vec<Retry>,
+    /// Rate-limited rows to re-enqueue with a delay.
+    deferrals: Vec<Deferral>,
+}
+
+/// Sends one run's rows and decides each by the destination's answer.
+async fn deliver_run(deps: &Delivery, rows: &[Received]) -> Settlement {
     // Copies of one key (at-least-once delivery) are sent once and share the answer:
     // a destination request never upserts the same record twice.
     let mut first_copy: HashMap<&PrimaryKey, usize> = HashMap::with_capacity(rows.len());
@@ -360,37 +422,27 @@ async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Retrie
 
     let policy = &deps.destination_config.retry;
     let mut rng = rand::thread_rng();
-    let mut ledger = BatchLedger::default();
-    let mut retry = Vec::new();
-    let mut defer = Vec::new();
+    let mut settlement = Settlement {
+        ledger: BatchLedger::default(),
+        retries: Vec::new(),
+        deferrals: Vec::new(),
+    };
     let mut unique_results: Vec<Option<RowResult>> = vec![None; unique.len()];
     for (offset, results) in answers {
         for (i, result) in results.into_iter().enumerate() {
             unique_results[order[offset + i]] = Some(result);
         }
     }
+    let ledger = &mut settlement.ledger;
     for (index, row) in rows.iter().enumerate() {
         let result = unique_results[answer_of[index]]
             .clone()
             .expect("every unique row was sent");
-        if let Err(error) = &result {
-            if error.class == ErrorClass::RateLimited
-                && row.message.rate_limit_deferrals < MAX_RATE_LIMIT_DEFERRALS
-            {
-                let delay = policy
-                    .visibility_backoff(
-                        row.message.rate_limit_deferrals + 1,
-                        error.retry_after,
-                        &mut rng,
-                    )
-                    .min(Duration::from_secs(MAX_DELAY_SECONDS));
-                tracing::debug!(key = %row.message.key, code = %error.code, deferrals = row.message.rate_limit_deferrals, "rate limited; deferring without spending an attempt");
-                ledger.retrying.push(row.message.key.clone());
-                defer.push((index, delay, error.clone()));
-                continue;
-            }
-        }
-        match decide(result, row.attempt, policy, &mut rng) {
+        let attempt = Attempt {
+            number: row.attempt,
+            rate_limit_deferrals: row.message.rate_limit_deferrals,
+        };
+        match decide(result, attempt, policy, &mut rng) {
             Decision::Delivered if row.message.carried_over => {
                 ledger.recovered.push(row.message.key.clone())
             }
@@ -398,7 +450,23 @@ async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Retrie
             Decision::RetryLater { visibility, error } => {
                 tracing::debug!(key = %row.message.key, code = %error.code, attempt = row.attempt, "retrying later");
                 ledger.retrying.push(row.message.key.clone());
-                retry.push((index, visibility));
+                settlement.retries.push(Retry {
+                    row: index,
+                    visibility,
+                });
+            }
+            Decision::Defer {
+                delay,
+                error,
+                if_refused,
+            } => {
+                tracing::debug!(key = %row.message.key, code = %error.code, deferrals = row.message.rate_limit_deferrals, "rate limited; deferring without spending an attempt");
+                ledger.retrying.push(row.message.key.clone());
+                settlement.deferrals.push(Deferral {
+                    row: index,
+                    delay,
+                    if_refused: *if_refused,
+                });
             }
             Decision::TerminalFailure(error) => {
                 tracing::warn!(key = %row.message.key, class = error.class.as_str(), code = %error.code, attempt = row.attempt, "row failed");
@@ -406,7 +474,7 @@ async fn deliver_run(deps: &Delivery, rows: &[Received]) -> (BatchLedger, Retrie
             }
         }
     }
-    (ledger, retry, defer)
+    settlement
 }
 
 /// Indexes of `unique` in sending order: by the destination's order key (stable), rows

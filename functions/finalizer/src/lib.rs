@@ -24,15 +24,19 @@ use resync_shared::{
         index::FailedRowIndex,
         queue::{QueueDirectory, WorkQueue},
         report::{warn_due, Reporter, RunSummary, Severity},
-        runs::{RunRecord, RunStatus, RunStore},
+        runs::RunStore,
         AwsError,
     },
     config::{Config, SyncConfig},
-    ledger::{BatchLedger, FailedRow, RunCounts, RunTally},
-    message::RowMessage,
-    outcome::{ErrorClass, RowError},
+    domain::{
+        ledger::{BatchLedger, FailedRow, RunCounts, RunTally},
+        message::RowMessage,
+        outcome::{ErrorClass, RowError},
+        run::{RunRecord, RunStatus},
+        timestamp,
+    },
     resources::Resources,
-    time_util, DestinationId, RunId, SyncId,
+    DestinationId, RunId, SyncId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -217,8 +221,8 @@ async fn finalize_sync(
     let record = match record {
         Some(record) if record.status == RunStatus::Delivering => record,
         Some(record) if record.status == RunStatus::Planning => {
-            let started = time_util::parse_rfc3339(&record.started_at);
-            let stale = started.is_some_and(|t| (time_util::now() - t) > STALE_PLANNING);
+            let started = record.started_at;
+            let stale = started.is_some_and(|t| (timestamp::now() - t) > STALE_PLANNING);
             if stale {
                 deps.runs
                     .abandon(&sync.id, &run_id, "sync-start did not finish planning")
@@ -255,7 +259,7 @@ async fn finalize_sync(
             &sync.id,
             &run_id,
             invocation,
-            time_util::now(),
+            timestamp::now(),
             CLOSE_CLAIM_STALE,
         )
         .await?;
@@ -270,7 +274,7 @@ async fn close(
     sync: &SyncConfig,
     record: &RunRecord,
     tally: &RunTally,
-    rejections: &[resync_shared::ledger::RecordedRejection],
+    rejections: &[resync_shared::domain::ledger::RecordedRejection],
 ) -> Result<SyncReport, FinalizerError> {
     let failures = tally.failures();
     let keyed_rejections: Vec<_> = rejections
@@ -304,7 +308,7 @@ async fn close(
     let mut top_errors: Vec<(String, u64)> = errors.into_iter().collect();
     top_errors.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     top_errors.truncate(5);
-    let now = time_util::now();
+    let now = timestamp::now();
     let summary = RunSummary {
         sync_id: sync.id.clone(),
         run_id: record.run_id.clone(),
@@ -314,10 +318,13 @@ async fn close(
         oldest_failure_age_secs: index
             .oldest_failure_at
             .as_deref()
-            .and_then(time_util::parse_rfc3339)
+            .and_then(timestamp::parse_rfc3339)
             .map(|t| (now - t).whole_seconds()),
-        started_at: record.started_at.clone(),
-        closed_at: time_util::rfc3339(now),
+        started_at: record
+            .started_at
+            .map(timestamp::rfc3339)
+            .unwrap_or_default(),
+        closed_at: timestamp::rfc3339(now),
         top_errors,
     };
 

@@ -19,18 +19,22 @@ use resync_shared::{
         index::FailedRowIndex,
         queue::{QueueDirectory, WorkQueue},
         report::{Reporter, SettledNotice, Severity},
-        runs::{Acquired, RunStatus, RunStore},
+        runs::RunStore,
         s3_source::{ObjectReadError, S3Source},
         AwsError,
     },
     config::{Config, SyncConfig},
-    ids::{IdError, RunId, SyncId},
-    ledger::RecordedRejection,
-    merge::{CarriedEntry, DuplicateFinder, Planned, PlannedRow, RunPlanner},
-    message::RowMessage,
+    domain::{
+        ids::{IdError, RunId, SyncId},
+        ledger::RecordedRejection,
+        merge::{CarriedEntry, DuplicateFinder, Planned, PlannedRow, RunPlanner},
+        message::RowMessage,
+        run::{Acquired, PlanSummary, RunStatus},
+        source::{encoding_for, Rejection, SourceReadError},
+        timestamp,
+    },
     resources::Resources,
-    source::{encoding_for, Rejection, SourceReadError},
-    time_util, DestinationId, PrimaryKey,
+    DestinationId, PrimaryKey,
 };
 use serde::{Deserialize, Serialize};
 
@@ -190,7 +194,7 @@ pub async fn handler(
         .payload
         .time
         .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.timestamp()).ok())
-        .unwrap_or_else(time_util::now);
+        .unwrap_or_else(timestamp::now);
     let event_id = event
         .payload
         .id
@@ -331,12 +335,14 @@ async fn start(
         .mark_planned(
             &sync.id,
             run_id,
-            enqueued,
-            rejections.len() as u64,
-            carried_over,
-            waiting as u64,
-            objects.len() as u64,
-            cursor_after.as_deref(),
+            &PlanSummary {
+                enqueued,
+                rejected: rejections.len() as u64,
+                carried_over,
+                waiting: waiting as u64,
+                source_objects: objects.len() as u64,
+                cursor_after: cursor_after.as_deref(),
+            },
         )
         .await?;
     if settled {

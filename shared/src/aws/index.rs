@@ -4,21 +4,22 @@
 use std::{collections::HashMap, time::Duration};
 
 use aws_sdk_dynamodb::{
-    types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest},
+    types::{DeleteRequest, PutRequest, WriteRequest},
     Client,
 };
 use serde_json::{Map, Value};
 
-use super::AwsError;
-use crate::{
+use super::{
+    item::{get_n, get_s, n, s, Item},
+    AwsError,
+};
+use crate::domain::{
     ids::{PrimaryKey, RunId, SyncId},
     ledger::{FailedRow, RecordedRejection},
     merge::CarriedEntry,
     outcome::ErrorClass,
-    time_util,
+    timestamp,
 };
-
-type Item = HashMap<String, AttributeValue>;
 
 /// One failing key as operators see it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -58,21 +59,6 @@ pub struct IndexSummary {
 pub struct FailedRowIndex {
     client: Client,
     table: String,
-}
-
-fn s(value: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(value.into())
-}
-
-fn get_s(item: &Item, name: &str) -> Option<String> {
-    item.get(name).and_then(|v| v.as_s().ok()).cloned()
-}
-
-fn get_attempts(item: &Item) -> u32 {
-    item.get("attempts")
-        .and_then(|v| v.as_n().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 impl FailedRowIndex {
@@ -117,7 +103,7 @@ impl FailedRowIndex {
                 error_class: get_s(&item, "error_class").unwrap_or_default(),
                 error_code: get_s(&item, "error_code").unwrap_or_default(),
                 error_message: get_s(&item, "error_message").unwrap_or_default(),
-                attempts: get_attempts(&item),
+                attempts: get_n::<u32>(&item, "attempts"),
                 first_failed_at: get_s(&item, "first_failed_at").unwrap_or_default(),
                 last_failed_at: get_s(&item, "last_failed_at").unwrap_or_default(),
                 last_run_id: get_s(&item, "last_run_id").unwrap_or_default(),
@@ -152,7 +138,7 @@ impl FailedRowIndex {
                 CarriedEntry {
                     payload: get_s(&item, "payload").map(String::into_boxed_str),
                     first_failed_at: get_s(&item, "first_failed_at").unwrap_or_default(),
-                    attempts: get_attempts(&item),
+                    attempts: get_n::<u32>(&item, "attempts"),
                 },
             );
         }
@@ -192,17 +178,14 @@ impl FailedRowIndex {
         rejections: &[&RecordedRejection],
         recovered: &[&PrimaryKey],
     ) -> Result<(), AwsError> {
-        let now = time_util::rfc3339(time_util::now());
+        let now = timestamp::rfc3339(timestamp::now());
         let mut requests = Vec::with_capacity(failures.len() + rejections.len() + recovered.len());
         for row in failures {
             let mut item = base_item(sync, &row.key, run, &now);
             item.insert("error_class".into(), s(row.error.class.as_str()));
             item.insert("error_code".into(), s(&row.error.code));
             item.insert("error_message".into(), s(&row.error.message));
-            item.insert(
-                "attempts".into(),
-                AttributeValue::N((row.prior_attempts + row.attempts).to_string()),
-            );
+            item.insert("attempts".into(), n(row.prior_attempts + row.attempts));
             item.insert(
                 "first_failed_at".into(),
                 s(row.first_failed_at.clone().unwrap_or_else(|| now.clone())),
@@ -231,7 +214,7 @@ impl FailedRowIndex {
                     rejection.rejection.line
                 )),
             );
-            item.insert("attempts".into(), AttributeValue::N("0".into()));
+            item.insert("attempts".into(), n(0));
             item.insert(
                 "first_failed_at".into(),
                 s(rejection

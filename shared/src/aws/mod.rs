@@ -2,6 +2,7 @@
 //! function's dependencies mirror its IAM policy.
 
 pub mod index;
+pub mod item;
 pub mod queue;
 pub mod report;
 pub mod runs;

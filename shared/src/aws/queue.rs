@@ -21,7 +21,7 @@ use super::AwsError;
 const SEND_TRIES: u32 = 6;
 
 /// The longest `DelaySeconds` SQS accepts (15 minutes).
-pub const MAX_DELAY_SECONDS: u64 = 900;
+pub const MAX_DELAY_SECONDS: u64 = crate::domain::retry::SQS_MAX_DELAY.as_secs();
 
 /// The most message-body bytes one `SendMessageBatch` may carry. SQS refuses a larger
 /// request whole (`BatchRequestTooLong`): 1 MiB today, 256 KiB where the old limit still

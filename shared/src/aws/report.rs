@@ -9,8 +9,10 @@ use serde::Serialize;
 use super::AwsError;
 use crate::{
     config::AlertRule,
-    ids::{DestinationId, RunId, SyncId},
-    ledger::RunCounts,
+    domain::{
+        ids::{DestinationId, RunId, SyncId},
+        ledger::RunCounts,
+    },
 };
 
 /// The summary of a closed run, as published.
@@ -106,7 +108,7 @@ impl Reporter {
     pub fn metrics(&self, summary: &RunSummary) {
         let mut line = serde_json::json!({
             "_aws": {
-                "Timestamp": crate::time_util::now().unix_timestamp() * 1000,
+                "Timestamp": crate::domain::timestamp::now().unix_timestamp() * 1000,
                 "CloudWatchMetrics": [{
                     "Namespace": "resync",
                     "Dimensions": [["SyncId"]],

@@ -5,7 +5,7 @@ use aws_sdk_s3::Client;
 use tokio::sync::mpsc;
 
 use super::AwsError;
-use crate::{
+use crate::domain::{
     merge::DuplicateFinder,
     source::{read_keys, read_object, Encoding, Rejection, SourceReadError, SourceRow},
 };

@@ -1,23 +1,39 @@
-//! The `Destination` port: sends a batch of rows and says, row by row, what happened.
-//! A destination never fails a batch as a whole: a transport error becomes the same
-//! row error for every row of the request.
+//! Destinations: the `Destination` port, the registry of kinds, and one module (or
+//! folder) per kind that owns its settings section, their validation, its wire format
+//! and its error mapping.
+//!
+//! A destination sends a batch of rows and says, row by row, what happened. It never
+//! fails a batch as a whole: a transport error becomes the same row error for every
+//! row of the request.
+//!
+//! - [`registry`]: the kinds resync knows (`kind: webhook | salesforce | hubspot`) and
+//!   the one place that maps a kind to its settings section, batch limits and builder.
+//!   Adding a destination is a new module here plus one line in the registry (see
+//!   `docs/architecture.md`, "Adding a destination").
+//! - [`endpoint`]: HTTPS everywhere but loopback.
+//! - [`http`]: what every HTTP destination shares: the client, transport errors and
+//!   `Retry-After` as row errors.
+//! - [`webhook`], [`salesforce`], [`hubspot`]: the kinds.
 
-use std::{net::IpAddr, sync::Arc};
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
 
 use crate::{
-    config::{DestinationConfig, DestinationKind},
-    ids::PrimaryKey,
-    outcome::RowResult,
-    row::RowFields,
-    secrets::{SecretError, SecretResolver},
+    domain::{ids::PrimaryKey, outcome::RowResult, row::RowFields},
+    secrets::{SecretError, SecretRef, SecretResolver},
 };
 
+pub mod endpoint;
+pub mod http;
 pub mod hubspot;
+pub mod registry;
 pub mod salesforce;
 pub mod webhook;
+
+pub use endpoint::check_endpoint_url;
+pub use registry::{DestinationKind, DestinationSettings};
 
 /// One row as a destination receives it.
 #[derive(Debug, Clone)]
@@ -48,118 +64,85 @@ pub trait Destination: Send + Sync {
     }
 }
 
+/// What every destination's requests share, from the destination's common fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Rows per request.
+    pub batch_size: usize,
+    /// Timeout of one request.
+    pub timeout: std::time::Duration,
+}
+
+/// A kind's settings section: the `webhook:`, `salesforce:` or `hubspot:` block of a
+/// destination in the configuration file. Each kind implements it once; the
+/// [`registry`] dispatches to it.
+pub trait Section: serde::de::DeserializeOwned + std::fmt::Debug + Clone + Send + Sync {
+    /// The kind's name, which is also the section's key in the configuration.
+    const KIND: &'static str;
+    /// The largest batch the API accepts in one request.
+    const MAX_BATCH: usize;
+    /// Rows per request when the configuration does not say.
+    const DEFAULT_BATCH: usize;
+    /// What the section must hold, for the error when it is missing.
+    const NEEDS: &'static str;
+
+    /// Checks the values; the error names the field inside the section.
+    fn validate(&self) -> Result<(), SettingsError>;
+
+    /// The secrets the section refers to (what the delivery function's IAM must read).
+    fn secrets(&self) -> Vec<&SecretRef>;
+
+    /// Resolves the section's secrets and builds the destination.
+    fn build<'a>(
+        &'a self,
+        limits: RequestLimits,
+        secrets: &'a SecretResolver,
+    ) -> BoxFuture<'a, Result<Arc<dyn Destination>, SetupError>>;
+}
+
+/// A section's value refused; `field` is relative to the section (`""`: the section).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SettingsError {
+    /// The field inside the section, dotted (`auth.client_secret`).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl SettingsError {
+    /// An error about `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a destination could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A secret could not be read.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// A credential is unusable (e.g. a private key that is not an RSA PEM key).
+    #[error("{0}")]
+    Credential(String),
+}
+
 /// A destination could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum DestinationError {
-    /// Its secret could not be read.
-    #[error("destination {destination}: {source}")]
-    Secret {
-        /// The destination.
-        destination: String,
-        /// Why.
-        #[source]
-        source: SecretError,
-    },
-    /// Its HTTP client could not be built.
-    #[error("destination {destination}: {message}")]
-    Setup {
-        /// The destination.
-        destination: String,
-        /// Why.
-        message: String,
-    },
-}
-
-/// Builds the destination a configuration describes.
-pub async fn build(
-    config: &DestinationConfig,
-    secrets: &SecretResolver,
-) -> Result<Arc<dyn Destination>, DestinationError> {
-    match config.kind {
-        DestinationKind::Webhook => {
-            let webhook = config
-                .webhook
-                .as_ref()
-                .ok_or_else(|| DestinationError::Setup {
-                    destination: config.id.to_string(),
-                    message: "missing webhook section".into(),
-                })?;
-            let secret = match &webhook.signing_secret {
-                Some(secret) => Some(secrets.resolve(secret).await.map_err(|source| {
-                    DestinationError::Secret {
-                        destination: config.id.to_string(),
-                        source,
-                    }
-                })?),
-                None => None,
-            };
-            Ok(Arc::new(
-                webhook::Webhook::new(
-                    &webhook.url,
-                    secret,
-                    config.effective_batch_size(),
-                    config.timeout(),
-                )
-                .map_err(|message| DestinationError::Setup {
-                    destination: config.id.to_string(),
-                    message,
-                })?,
-            ))
-        }
-        DestinationKind::Salesforce => {
-            let section = config
-                .salesforce
-                .as_ref()
-                .ok_or_else(|| setup(config, "missing salesforce section"))?;
-            let credentials = salesforce::Credentials::resolve(&section.auth, secrets)
-                .await
-                .map_err(|err| match err {
-                    salesforce::CredentialError::Secret(source) => DestinationError::Secret {
-                        destination: config.id.to_string(),
-                        source,
-                    },
-                    salesforce::CredentialError::Key(message) => setup(config, &message),
-                })?;
-            Ok(Arc::new(
-                salesforce::Salesforce::new(
-                    section,
-                    credentials,
-                    config.effective_batch_size(),
-                    config.timeout(),
-                )
-                .map_err(|message| setup(config, &message))?,
-            ))
-        }
-        DestinationKind::Hubspot => {
-            let section = config
-                .hubspot
-                .as_ref()
-                .ok_or_else(|| setup(config, "missing hubspot section"))?;
-            let token = secrets
-                .resolve(&section.access_token)
-                .await
-                .map_err(|source| DestinationError::Secret {
-                    destination: config.id.to_string(),
-                    source,
-                })?;
-            Ok(Arc::new(
-                hubspot::Hubspot::new(
-                    section,
-                    token,
-                    config.effective_batch_size(),
-                    config.timeout(),
-                )
-                .map_err(|message| setup(config, &message))?,
-            ))
-        }
-    }
-}
-
-fn setup(config: &DestinationConfig, message: &str) -> DestinationError {
-    DestinationError::Setup {
-        destination: config.id.to_string(),
-        message: message.to_owned(),
-    }
+#[error("destination {destination}: {source}")]
+pub struct DestinationError {
+    /// The destination.
+    pub destination: String,
+    /// Why.
+    #[source]
+    pub source: SetupError,
 }
 
 /// The text of a JSON field value as a destination sends it as an identifier: strings
@@ -170,46 +153,5 @@ pub fn scalar_text(value: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
-    }
-}
-
-/// Accepts `https://` URLs, and `http://` only for loopback hosts (local tries).
-pub fn check_endpoint_url(url: &str) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("'{url}' is not a URL: {e}"))?;
-    match parsed.scheme() {
-        "https" => Ok(()),
-        "http" => {
-            let loopback = match parsed.host() {
-                Some(url::Host::Domain(host)) => host.eq_ignore_ascii_case("localhost"),
-                Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-                Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-                None => false,
-            };
-            if loopback {
-                Ok(())
-            } else {
-                Err(format!(
-                    "'{url}' must use https (plain http is accepted only for loopback addresses)"
-                ))
-            }
-        }
-        other => Err(format!("'{url}' has scheme '{other}'; expected https")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn https_everywhere_but_loopback() {
-        assert!(check_endpoint_url("https://api.example.com/x").is_ok());
-        assert!(check_endpoint_url("http://127.0.0.1:9000/x").is_ok());
-        assert!(check_endpoint_url("http://localhost:9000/x").is_ok());
-        assert!(check_endpoint_url("http://[::1]:9000/x").is_ok());
-        assert!(check_endpoint_url("http://10.0.0.1/x").is_err());
-        assert!(check_endpoint_url("http://example.com/x").is_err());
-        assert!(check_endpoint_url("ftp://example.com/x").is_err());
-        assert!(check_endpoint_url("not a url").is_err());
     }
 }

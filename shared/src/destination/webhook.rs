@@ -24,6 +24,7 @@
 use std::{
     borrow::Cow,
     collections::{HashMap, VecDeque},
+    sync::Arc,
     time::Duration,
 };
 
@@ -32,8 +33,54 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Destination, OutboundRow};
-use crate::outcome::{RowError, RowResult};
+use super::{
+    check_endpoint_url, http, Destination, OutboundRow, RequestLimits, Section, SettingsError,
+    SetupError,
+};
+use crate::{
+    domain::outcome::{RowError, RowResult},
+    secrets::{SecretRef, SecretResolver},
+};
+
+/// The `webhook:` section of a destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// HTTPS URL (plain HTTP only for loopback addresses).
+    pub url: String,
+    /// Secret for the `X-Resync-Signature` HMAC-SHA256 header.
+    pub signing_secret: Option<SecretRef>,
+}
+
+impl Section for WebhookConfig {
+    const KIND: &'static str = "webhook";
+    const MAX_BATCH: usize = 1000;
+    const DEFAULT_BATCH: usize = 100;
+    const NEEDS: &'static str = "with its url";
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        check_endpoint_url(&self.url).map_err(|message| SettingsError::new("url", message))
+    }
+
+    fn secrets(&self) -> Vec<&SecretRef> {
+        self.signing_secret.iter().collect()
+    }
+
+    fn build<'a>(
+        &'a self,
+        limits: RequestLimits,
+        secrets: &'a SecretResolver,
+    ) -> BoxFuture<'a, Result<Arc<dyn Destination>, SetupError>> {
+        Box::pin(async move {
+            let secret = match &self.signing_secret {
+                Some(secret) => Some(secrets.resolve(secret).await?),
+                None => None,
+            };
+            let webhook = Webhook::new(&self.url, secret, limits.batch_size, limits.timeout)?;
+            Ok(Arc::new(webhook) as Arc<dyn Destination>)
+        })
+    }
+}
 
 /// A webhook endpoint.
 pub struct Webhook {
@@ -101,14 +148,9 @@ impl Webhook {
         secret: Option<String>,
         batch_size: usize,
         timeout: Duration,
-    ) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .user_agent(concat!("resync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    ) -> Result<Self, SetupError> {
         Ok(Self {
-            client,
+            client: http::client(timeout)?,
             url: url.to_owned(),
             secret,
             batch_size,
@@ -150,7 +192,7 @@ impl Webhook {
                 .collect(),
         };
         let body = serde_json::to_vec(&body).expect("rows serialise");
-        let timestamp = crate::time_util::now().unix_timestamp();
+        let timestamp = crate::domain::timestamp::now().unix_timestamp();
         let mut digest = Sha256::new();
         for row in rows {
             digest.update(row.idempotency_key.as_bytes());
@@ -168,29 +210,17 @@ impl Webhook {
         let response = match request.body(body).send().await {
             Ok(response) => response,
             Err(err) => {
-                let (code, message) = if err.is_timeout() {
-                    ("TIMEOUT", "the webhook did not answer in time".to_owned())
-                } else if err.is_connect() {
-                    ("CONNECTION", "cannot connect to the webhook".to_owned())
-                } else {
-                    (
-                        "TRANSPORT",
-                        format!("request failed: {}", err.without_url()),
-                    )
-                };
-                return Some(vec![Err(RowError::retryable(code, message)); rows.len()]);
+                return Some(vec![
+                    Err(http::transport_error(err, "the webhook"));
+                    rows.len()
+                ]);
             }
         };
         let status = response.status();
         if status.as_u16() == 413 && rows.len() > 1 {
             return None;
         }
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = http::retry_after(response.headers());
         let text = response.text().await.unwrap_or_default();
         if status.as_u16() == 200 || status.as_u16() == 207 {
             if let Ok(parsed) = serde_json::from_str::<ResultsBody>(&text) {

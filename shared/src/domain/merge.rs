@@ -20,7 +20,7 @@ use std::{
     hash::{Hash, Hasher},
 };
 
-use crate::{ids::PrimaryKey, row::RowFields, source::Rejection, source::SourceRow};
+use crate::domain::{ids::PrimaryKey, row::RowFields, source::Rejection, source::SourceRow};
 
 /// A failed-row index entry as planning needs it.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
+use crate::domain::{
     ids::{PrimaryKey, RunId, SyncId},
     row::RowFields,
 };

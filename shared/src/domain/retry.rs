@@ -1,6 +1,9 @@
-//! The per-destination retry policy and its backoff: exponential with full jitter,
-//! capped by the policy's maximum and by SQS's 12-hour visibility limit, never
-//! shorter than what the destination asked for with `Retry-After`.
+//! The per-destination retry policy, all of it: the failure threshold, the backoff
+//! (exponential with full jitter, capped by the policy's maximum and by SQS's 12-hour
+//! visibility limit, never shorter than what the destination asked for with
+//! `Retry-After`), the rate-limit deferrals that do not spend attempts, and the receive
+//! count past which a message goes to the dead-letter queue. The decision that applies
+//! it to one row is [`crate::domain::outcome::decide`].
 
 use std::time::Duration;
 
@@ -9,6 +12,17 @@ use serde::Deserialize;
 
 /// The longest visibility timeout SQS accepts (12 hours).
 pub const SQS_MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// The longest `DelaySeconds` SQS accepts (15 minutes): the most a deferred copy waits.
+pub const SQS_MAX_DELAY: Duration = Duration::from_secs(900);
+
+/// Rate-limit deferrals of one row in one run before a rate limit counts as an attempt
+/// (so a run always ends, however long a destination keeps limiting).
+pub const MAX_RATE_LIMIT_DEFERRALS: u32 = 100;
+
+/// Receives beyond the threshold before SQS moves a message to the dead-letter queue:
+/// a row the function settles never gets there, only one that crashes it every time.
+pub const DEAD_LETTER_MARGIN: u32 = 2;
 
 /// How a destination's rows are retried inside a run.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -67,6 +81,31 @@ impl RetryPolicy {
             ));
         }
         Ok(())
+    }
+
+    /// The delivery queue's `maxReceiveCount`: above the threshold, so only messages
+    /// that crash the delivery function land in the dead-letter queue.
+    pub fn dead_letter_receive_count(&self) -> u32 {
+        self.max_attempts.saturating_add(DEAD_LETTER_MARGIN)
+    }
+
+    /// Whether a rate-limited row that was deferred `deferrals` times may be deferred
+    /// again (re-enqueued without spending an attempt).
+    pub fn may_defer(&self, deferrals: u32) -> bool {
+        deferrals < MAX_RATE_LIMIT_DEFERRALS
+    }
+
+    /// The delay of a rate-limited row's deferred copy after `deferrals` deferrals: a
+    /// full-jitter backoff that grows with the deferrals, at least the limit's own wait,
+    /// at most SQS's 15-minute `DelaySeconds`.
+    pub fn deferral_delay(
+        &self,
+        deferrals: u32,
+        retry_after: Option<Duration>,
+        rng: &mut impl Rng,
+    ) -> Duration {
+        self.visibility_backoff(deferrals.saturating_add(1), retry_after, rng)
+            .min(SQS_MAX_DELAY)
     }
 
     /// True when a row that failed on attempt `attempt` (1-based) has reached the threshold.
@@ -170,6 +209,28 @@ mod tests {
         assert!(!policy.exhausted(4));
         assert!(policy.exhausted(5));
         assert!(policy.exhausted(6));
+    }
+
+    #[test]
+    fn dead_letters_start_above_the_threshold() {
+        assert_eq!(policy().dead_letter_receive_count(), 7);
+    }
+
+    #[test]
+    fn deferred_copies_wait_at_least_the_limit_and_at_most_fifteen_minutes() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            base_delay_secs: 5,
+            max_delay_secs: 43_200,
+        };
+        let mut rng = StdRng::seed_from_u64(5);
+        for deferrals in [0, 3, 20, 99] {
+            let delay = policy.deferral_delay(deferrals, Some(Duration::from_secs(7)), &mut rng);
+            assert!(delay >= Duration::from_secs(7), "{delay:?}");
+            assert!(delay <= SQS_MAX_DELAY, "{delay:?}");
+        }
+        assert!(policy.may_defer(MAX_RATE_LIMIT_DEFERRALS - 1));
+        assert!(!policy.may_defer(MAX_RATE_LIMIT_DEFERRALS));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ids::PrimaryKey, outcome::RowError, row::RowFields, source::Rejection};
+use crate::domain::{ids::PrimaryKey, outcome::RowError, row::RowFields, source::Rejection};
 
 /// A row that reached a terminal failure in this run, with all the finalizer needs to
 /// write its failed-row index entry.

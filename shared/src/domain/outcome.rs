@@ -1,11 +1,13 @@
-//! What a destination said about one row, and what the delivery function does about it.
+//! What a destination said about one row, and what the delivery function does about
+//! it: [`decide`] is the whole retry decision (threshold, backoff, rate-limit
+//! deferral), pure, with the policy's numbers from [`crate::domain::retry`].
 
 use std::time::Duration;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::retry::RetryPolicy;
+use crate::domain::retry::RetryPolicy;
 
 /// How an error must be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -126,32 +128,86 @@ pub enum Decision {
         /// Why.
         error: RowError,
     },
+    /// Rate limited: re-enqueue a copy delayed by `delay` that carries the attempts
+    /// spent so far (a rate limit spends none) and delete the original. If SQS refuses
+    /// the copy, the original is kept and `if_refused` applies instead (this receive
+    /// then counts as an attempt).
+    Defer {
+        /// The copy's `DelaySeconds`.
+        delay: Duration,
+        /// Why.
+        error: RowError,
+        /// What to do when the copy cannot be sent: `RetryLater` or `TerminalFailure`.
+        if_refused: Box<Decision>,
+    },
     /// No more attempts in this run: recorded with its last error for the finalizer.
     TerminalFailure(RowError),
 }
 
-/// Decides a row's fate after attempt `attempt` (1-based, from `ApproximateReceiveCount`).
+/// Where a row is in its run when it is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// The attempt that just ended, 1-based: the copy's `ApproximateReceiveCount` plus
+    /// the attempts earlier copies spent.
+    pub number: u32,
+    /// How often the row was deferred for a rate limit in this run.
+    pub rate_limit_deferrals: u32,
+}
+
+/// Decides a row's fate after an attempt: delivered; a rate limit below the deferral
+/// bound is deferred without spending the attempt; a retryable error (or a rate limit
+/// past the bound) is retried after a backoff until the threshold; a permanent error,
+/// or the threshold, is a terminal failure with the last error.
 pub fn decide(
     result: RowResult,
+    attempt: Attempt,
+    policy: &RetryPolicy,
+    rng: &mut impl Rng,
+) -> Decision {
+    let error = match result {
+        Ok(()) => return Decision::Delivered,
+        Err(error) => error,
+    };
+    if error.class == ErrorClass::RateLimited && policy.may_defer(attempt.rate_limit_deferrals) {
+        let delay = policy.deferral_delay(attempt.rate_limit_deferrals, error.retry_after, rng);
+        let if_refused = Box::new(spend_attempt(error.clone(), attempt.number, policy, rng));
+        return Decision::Defer {
+            delay,
+            error,
+            if_refused,
+        };
+    }
+    spend_attempt(error, attempt.number, policy, rng)
+}
+
+/// An error that counts as attempt `attempt`: retried after a backoff, or terminal.
+fn spend_attempt(
+    error: RowError,
     attempt: u32,
     policy: &RetryPolicy,
     rng: &mut impl Rng,
 ) -> Decision {
-    match result {
-        Ok(()) => Decision::Delivered,
-        Err(error) if !error.class.retry_in_run() => Decision::TerminalFailure(error),
-        Err(error) if policy.exhausted(attempt) => Decision::TerminalFailure(error),
-        Err(error) => Decision::RetryLater {
-            visibility: policy.visibility_backoff(attempt, error.retry_after, rng),
-            error,
-        },
+    if !error.class.retry_in_run() || policy.exhausted(attempt) {
+        return Decision::TerminalFailure(error);
+    }
+    Decision::RetryLater {
+        visibility: policy.visibility_backoff(attempt, error.retry_after, rng),
+        error,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::retry::MAX_RATE_LIMIT_DEFERRALS;
     use rand::{rngs::StdRng, SeedableRng};
+
+    fn attempt(number: u32) -> Attempt {
+        Attempt {
+            number,
+            rate_limit_deferrals: MAX_RATE_LIMIT_DEFERRALS,
+        }
+    }
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
@@ -165,7 +221,7 @@ mod tests {
     fn retryable_rows_below_threshold_are_hidden_for_backoff() {
         let mut rng = StdRng::seed_from_u64(0);
         let error = RowError::retryable("UNABLE_TO_LOCK_ROW", "locked");
-        match decide(Err(error.clone()), 2, &policy(), &mut rng) {
+        match decide(Err(error.clone()), attempt(2), &policy(), &mut rng) {
             Decision::RetryLater {
                 visibility,
                 error: e,
@@ -182,7 +238,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0);
         let error = RowError::retryable("HTTP_503", "unavailable");
         assert_eq!(
-            decide(Err(error.clone()), 3, &policy(), &mut rng),
+            decide(Err(error.clone()), attempt(3), &policy(), &mut rng),
             Decision::TerminalFailure(error)
         );
     }
@@ -192,7 +248,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0);
         let error = RowError::permanent("REQUIRED_FIELD_MISSING", "email is required");
         assert_eq!(
-            decide(Err(error.clone()), 1, &policy(), &mut rng),
+            decide(Err(error.clone()), attempt(1), &policy(), &mut rng),
             Decision::TerminalFailure(error)
         );
     }
@@ -201,7 +257,7 @@ mod tests {
     fn rate_limits_wait_at_least_retry_after() {
         let mut rng = StdRng::seed_from_u64(0);
         let error = RowError::rate_limited("HTTP_429", "slow down", Some(Duration::from_secs(7)));
-        match decide(Err(error), 1, &policy(), &mut rng) {
+        match decide(Err(error), attempt(1), &policy(), &mut rng) {
             Decision::RetryLater { visibility, .. } => {
                 assert!(visibility >= Duration::from_secs(7))
             }
@@ -210,8 +266,49 @@ mod tests {
     }
 
     #[test]
+    fn rate_limits_below_the_deferral_bound_are_deferred_without_an_attempt() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let error = RowError::rate_limited("HTTP_429", "slow down", Some(Duration::from_secs(7)));
+        let fresh = Attempt {
+            number: 3,
+            rate_limit_deferrals: 4,
+        };
+        match decide(Err(error.clone()), fresh, &policy(), &mut rng) {
+            Decision::Defer {
+                delay,
+                error: e,
+                if_refused,
+            } => {
+                assert!(delay >= Duration::from_secs(7));
+                assert!(delay <= crate::domain::retry::SQS_MAX_DELAY);
+                assert_eq!(e, error);
+                // Refused copy: this receive counts, and attempt 3 is the threshold.
+                assert_eq!(*if_refused, Decision::TerminalFailure(error));
+            }
+            other => panic!("expected a deferral, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rate_limits_past_the_deferral_bound_spend_attempts() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let error = RowError::rate_limited("HTTP_429", "slow down", None);
+        assert!(matches!(
+            decide(Err(error.clone()), attempt(1), &policy(), &mut rng),
+            Decision::RetryLater { .. }
+        ));
+        assert_eq!(
+            decide(Err(error.clone()), attempt(3), &policy(), &mut rng),
+            Decision::TerminalFailure(error)
+        );
+    }
+
+    #[test]
     fn delivered_is_delivered() {
         let mut rng = StdRng::seed_from_u64(0);
-        assert_eq!(decide(Ok(()), 3, &policy(), &mut rng), Decision::Delivered);
+        assert_eq!(
+            decide(Ok(()), attempt(3), &policy(), &mut rng),
+            Decision::Delivered
+        );
     }
 }

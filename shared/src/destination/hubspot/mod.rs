@@ -36,11 +36,12 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{scalar_text, Destination, OutboundRow};
-use crate::{
-    config::HubspotConfig,
-    outcome::{ErrorClass, RowError, RowResult},
-};
+use super::{http, scalar_text, Destination, OutboundRow, SetupError};
+use crate::domain::outcome::{ErrorClass, RowError, RowResult};
+
+mod config;
+
+pub use config::HubspotConfig;
 
 /// A HubSpot portal and object type.
 pub struct Hubspot {
@@ -144,13 +145,6 @@ fn context_ids(context: &Map<String, Value>) -> HashSet<String> {
     ids
 }
 
-fn header_u64(headers: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-}
-
 impl Hubspot {
     /// A client for one object type.
     pub fn new(
@@ -158,14 +152,9 @@ impl Hubspot {
         token: String,
         batch_size: usize,
         timeout: Duration,
-    ) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .user_agent(concat!("resync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    ) -> Result<Self, SetupError> {
         Ok(Self {
-            client,
+            client: http::client(timeout)?,
             url: format!(
                 "{}/crm/v3/objects/{}/batch/upsert",
                 config.base_url.trim_end_matches('/'),
@@ -240,25 +229,13 @@ impl Hubspot {
             .await
         {
             Ok(response) => response,
-            Err(err) => {
-                let (code, message) = if err.is_timeout() {
-                    ("TIMEOUT", "HubSpot did not answer in time".to_owned())
-                } else if err.is_connect() {
-                    ("CONNECTION", "cannot connect to HubSpot".to_owned())
-                } else {
-                    (
-                        "TRANSPORT",
-                        format!("request failed: {}", err.without_url()),
-                    )
-                };
-                return vec![Err(RowError::retryable(code, message)); rows.len()];
-            }
+            Err(err) => return vec![Err(http::transport_error(err, "HubSpot")); rows.len()],
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let interval = header_u64(&headers, "x-hubspot-ratelimit-interval-milliseconds")
+        let interval = http::header_u64(&headers, "x-hubspot-ratelimit-interval-milliseconds")
             .map(Duration::from_millis);
-        if header_u64(&headers, "x-hubspot-ratelimit-remaining") == Some(0) {
+        if http::header_u64(&headers, "x-hubspot-ratelimit-remaining") == Some(0) {
             self.pause(
                 interval.unwrap_or(Duration::from_secs(10)),
                 "TEN_SECONDLY_ROLLING",
@@ -272,14 +249,14 @@ impl Hubspot {
                 let policy = error
                     .policy_name
                     .unwrap_or_else(|| "TEN_SECONDLY_ROLLING".into());
-                let wait = header_u64(&headers, "retry-after")
-                    .map(Duration::from_secs)
-                    .or(interval)
-                    .unwrap_or(match policy.as_str() {
-                        "SECONDLY" => Duration::from_secs(1),
-                        "DAILY" => Duration::from_secs(3600),
-                        _ => Duration::from_secs(10),
-                    });
+                let wait =
+                    http::retry_after(&headers)
+                        .or(interval)
+                        .unwrap_or(match policy.as_str() {
+                            "SECONDLY" => Duration::from_secs(1),
+                            "DAILY" => Duration::from_secs(3600),
+                            _ => Duration::from_secs(10),
+                        });
                 tracing::warn!(policy = %policy, wait_ms = wait.as_millis() as u64, "HubSpot rate limit reached");
                 self.pause(wait, &policy);
                 vec![
@@ -332,7 +309,7 @@ impl Hubspot {
                         format!("HTTP_{status}"),
                         format!("HubSpot answered {status}"),
                     )
-                    .with_retry_after(header_u64(&headers, "retry-after").map(Duration::from_secs)));
+                    .with_retry_after(http::retry_after(&headers)));
                     rows.len()
                 ]
             }

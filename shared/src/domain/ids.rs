@@ -118,7 +118,7 @@ impl RunId {
     /// Builds a run id from the schedule's firing time (RFC 3339 compact form) and the
     /// event's unique id.
     pub fn from_event(started: time::OffsetDateTime, event_id: &str) -> Self {
-        let stamp = crate::time_util::compact(started);
+        let stamp = crate::domain::timestamp::compact(started);
         let digest = short_digest(event_id);
         Self(format!("{stamp}-{digest}"))
     }

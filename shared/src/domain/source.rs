@@ -10,11 +10,21 @@ use std::io::{BufRead, BufReader, Read};
 
 use serde_json::{Map, Value};
 
-use crate::{
-    config::SourceFormat,
+use crate::domain::{
     ids::PrimaryKey,
     row::{field_of, RowFields},
 };
+
+/// Source file format; by default taken from the object's name
+/// (`.jsonl`, `.ndjson`, `.json` → JSON Lines; `.csv` → CSV; an extra `.gz` means gzip).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// CSV with a header row.
+    Csv,
+}
 
 /// One valid row.
 #[derive(Debug, Clone, PartialEq)]

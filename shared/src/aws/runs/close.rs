@@ -1,0 +1,140 @@
+//! Closing a run: one finalizer claims the close, then the run gets its counts and the
+//! sync its cursor and release in one transaction.
+
+use aws_sdk_dynamodb::{
+    error::SdkError,
+    types::{TransactWriteItem, Update},
+};
+
+use super::{run_sk, state_key, sync_pk, RunStore};
+use crate::{
+    aws::{
+        item::{n, s},
+        AwsError,
+    },
+    domain::{
+        ids::{RunId, SyncId},
+        ledger::RunCounts,
+        run::{RunRecord, RunStatus},
+        timestamp,
+    },
+};
+
+impl RunStore {
+    /// Claims a settled run's close for one finalizer invocation, so that two
+    /// finalizers running at once (the schedule's and a run-settled notice's) do not
+    /// both report the run. The same claimant (a retried invocation keeps its request
+    /// id) may claim again; a claim older than `stale_after` (its finalizer died) can be
+    /// taken over, and the run is then reported twice, as after any crash between
+    /// reporting and closing. Returns whether the claim is this claimant's.
+    pub async fn claim_close(
+        &self,
+        sync: &SyncId,
+        run: &RunId,
+        claimant: &str,
+        now: time::OffsetDateTime,
+        stale_after: std::time::Duration,
+    ) -> Result<bool, AwsError> {
+        let stale_before = now.unix_timestamp() - stale_after.as_secs() as i64;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(sync)))
+            .key("sk", s(run_sk(run)))
+            .update_expression("SET #claim = :me, #claimed_at = :now")
+            .condition_expression(
+                "#status = :delivering AND (attribute_not_exists(#claim) OR #claim = :me OR #claimed_at < :stale)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#claim", "close_claim")
+            .expression_attribute_names("#claimed_at", "close_claimed_at")
+            .expression_attribute_values(":delivering", s(RunStatus::Delivering.as_str()))
+            .expression_attribute_values(":me", s(claimant))
+            .expression_attribute_values(":now", n(now.unix_timestamp()))
+            .expression_attribute_values(":stale", n(stale_before))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(err))
+                if err.err().is_conditional_check_failed_exception() =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(AwsError::sdk("DynamoDB.UpdateItem", err)),
+        }
+    }
+
+    /// Closes a run and releases the sync in one transaction: the run gets its counts,
+    /// the sync its new cursor and no open run. Returns `false` when another finalizer
+    /// closed it first.
+    pub async fn close(
+        &self,
+        record: &RunRecord,
+        counts: &RunCounts,
+        failed_index_size: u64,
+        oldest_failure_at: Option<&str>,
+    ) -> Result<bool, AwsError> {
+        let now = timestamp::rfc3339(timestamp::now());
+        let mut run_update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(&record.sync_id)))
+            .key("sk", s(run_sk(&record.run_id)))
+            .condition_expression("#status = :delivering")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":delivering", s(RunStatus::Delivering.as_str()))
+            .expression_attribute_values(":closed", s(RunStatus::Closed.as_str()))
+            .expression_attribute_values(":now", s(&now))
+            .expression_attribute_values(":planned", n(counts.planned))
+            .expression_attribute_values(":delivered", n(counts.delivered))
+            .expression_attribute_values(":failed", n(counts.failed))
+            .expression_attribute_values(":retried", n(counts.retried_in_run))
+            .expression_attribute_values(":recovered", n(counts.recovered))
+            .expression_attribute_values(":index", n(failed_index_size));
+        let mut run_expression = "SET #status = :closed, closed_at = :now, planned = :planned, delivered = :delivered, failed = :failed, retried_in_run = :retried, recovered = :recovered, failed_index_size = :index".to_owned();
+        if let Some(oldest) = oldest_failure_at {
+            run_expression.push_str(", oldest_failure_at = :oldest");
+            run_update = run_update.expression_attribute_values(":oldest", s(oldest));
+        }
+        let run_update = run_update
+            .update_expression(run_expression)
+            .build()
+            .map_err(|e| AwsError::response("DynamoDB.TransactWriteItems", e.to_string()))?;
+
+        let mut state_update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(&record.sync_id)))
+            .key("sk", s(state_key()))
+            .condition_expression("open_run = :run")
+            .expression_attribute_values(":run", s(record.run_id.as_str()));
+        let state_expression = if let Some(cursor) = &record.cursor_after {
+            // CURSOR is a DynamoDB reserved word.
+            state_update = state_update
+                .expression_attribute_values(":cursor", s(cursor))
+                .expression_attribute_names("#cursor", "cursor");
+            "SET #cursor = :cursor, last_run = :run REMOVE open_run, open_since"
+        } else {
+            "SET last_run = :run REMOVE open_run, open_since"
+        };
+        let state_update = state_update
+            .update_expression(state_expression)
+            .build()
+            .map_err(|e| AwsError::response("DynamoDB.TransactWriteItems", e.to_string()))?;
+
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(run_update).build())
+            .transact_items(TransactWriteItem::builder().update(state_update).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(err)) if err.err().is_transaction_canceled_exception() => {
+                Ok(false)
+            }
+            Err(err) => Err(AwsError::sdk("DynamoDB.TransactWriteItems", err)),
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The sync's lock and a run's way into delivery: take the lock, open (or resume) the
+//! run record, record the plan, or abandon a planning that failed.
+
+use aws_sdk_dynamodb::{
+    error::SdkError,
+    types::{ReturnValue, TransactWriteItem, Update},
+};
+
+use super::{progress, run_sk, state_key, sync_pk, RunStore};
+use crate::{
+    aws::{
+        item::{get_s, n, s},
+        AwsError,
+    },
+    domain::{
+        ids::{RunId, SyncId},
+        run::{Acquired, PlanSummary, RunRecord, RunStatus, SyncState},
+        timestamp,
+    },
+};
+
+impl RunStore {
+    /// Takes the sync's lock for `run`, unless another run holds it. A retried
+    /// invocation of the same run gets it again (resuming), so a crashed sync-start
+    /// never leaves a sync locked.
+    pub async fn acquire(&self, sync: &SyncId, run: &RunId) -> Result<Acquired, AwsError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(sync)))
+            .key("sk", s(state_key()))
+            .update_expression("SET open_run = :run, open_since = :now")
+            .condition_expression("attribute_not_exists(open_run) OR open_run = :run")
+            .expression_attribute_values(":run", s(run.as_str()))
+            .expression_attribute_values(":now", s(timestamp::rfc3339(timestamp::now())))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(Acquired::Acquired {
+                cursor: output.attributes.as_ref().and_then(|a| get_s(a, "cursor")),
+            }),
+            Err(SdkError::ServiceError(err))
+                if err.err().is_conditional_check_failed_exception() =>
+            {
+                let state = self.state(sync).await?;
+                match state.open_run {
+                    Some(open_run) => Ok(Acquired::Busy { open_run }),
+                    None => Err(AwsError::response(
+                        "DynamoDB.UpdateItem",
+                        "lock condition failed but no run is open; retry",
+                    )),
+                }
+            }
+            Err(err) => Err(AwsError::sdk("DynamoDB.UpdateItem", err)),
+        }
+    }
+
+    /// Reads a sync's state (strongly consistent).
+    pub async fn state(&self, sync: &SyncId) -> Result<SyncState, AwsError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(sync)))
+            .key("sk", s(state_key()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("DynamoDB.GetItem", e))?;
+        let Some(item) = output.item else {
+            return Ok(SyncState::default());
+        };
+        Ok(SyncState {
+            open_run: get_s(&item, "open_run").and_then(|r| RunId::parse(r).ok()),
+            cursor: get_s(&item, "cursor"),
+        })
+    }
+
+    /// Writes the run record in `planning` state, unless it already exists (a resumed
+    /// run keeps its record; an abandoned one is planned again).
+    pub async fn open_run(&self, sync: &SyncId, run: &RunId) -> Result<RunRecord, AwsError> {
+        let now = timestamp::rfc3339(timestamp::now());
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(sync_pk(sync)))
+            .item("sk", s(run_sk(run)))
+            .item("run_id", s(run.as_str()))
+            .item("sync_id", s(sync.as_str()))
+            .item("status", s(RunStatus::Planning.as_str()))
+            .item("started_at", s(&now))
+            .condition_expression("attribute_not_exists(pk) OR #status = :abandoned")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":abandoned", s(RunStatus::Abandoned.as_str()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(SdkError::ServiceError(err))
+                if err.err().is_conditional_check_failed_exception() => {}
+            Err(err) => return Err(AwsError::sdk("DynamoDB.PutItem", err)),
+        }
+        self.run(sync, run)
+            .await?
+            .ok_or_else(|| AwsError::response("DynamoDB.GetItem", "run record vanished"))
+    }
+
+    /// Marks a run whose planning failed as abandoned and releases the sync. Its cursor
+    /// is not advanced and the index is untouched, so the next run reads the same
+    /// source and carries the same failed keys: nothing is lost. A retried invocation of
+    /// the same event plans the run again.
+    pub async fn abandon(&self, sync: &SyncId, run: &RunId, reason: &str) -> Result<(), AwsError> {
+        let run_update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(sync)))
+            .key("sk", s(run_sk(run)))
+            .update_expression(
+                "SET #status = :abandoned, abandon_reason = :reason, closed_at = :now",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":abandoned", s(RunStatus::Abandoned.as_str()))
+            .expression_attribute_values(":reason", s(reason))
+            .expression_attribute_values(":now", s(timestamp::rfc3339(timestamp::now())))
+            .build()
+            .map_err(|e| AwsError::response("DynamoDB.TransactWriteItems", e.to_string()))?;
+        let state_update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(sync)))
+            .key("sk", s(state_key()))
+            .update_expression("REMOVE open_run, open_since")
+            .condition_expression("open_run = :run")
+            .expression_attribute_values(":run", s(run.as_str()))
+            .build()
+            .map_err(|e| AwsError::response("DynamoDB.TransactWriteItems", e.to_string()))?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(run_update).build())
+            .transact_items(TransactWriteItem::builder().update(state_update).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(err)) if err.err().is_transaction_canceled_exception() => {
+                Ok(())
+            }
+            Err(err) => Err(AwsError::sdk("DynamoDB.TransactWriteItems", err)),
+        }
+    }
+
+    /// Records the plan and moves the run to `delivering`. Returns whether every row
+    /// already looks settled (see [`RunProgress::became_settled`]), as when delivery finished the
+    /// rows while they were still being planned, or nothing was enqueued.
+    pub async fn mark_planned(
+        &self,
+        sync: &SyncId,
+        run: &RunId,
+        plan: &PlanSummary<'_>,
+    ) -> Result<bool, AwsError> {
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(sync)))
+            .key("sk", s(run_sk(run)))
+            .condition_expression("#status = :planning")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":planning", s(RunStatus::Planning.as_str()))
+            .expression_attribute_values(":delivering", s(RunStatus::Delivering.as_str()))
+            .expression_attribute_values(":enqueued", n(plan.enqueued))
+            .expression_attribute_values(":rejected", n(plan.rejected))
+            .expression_attribute_values(":carried", n(plan.carried_over))
+            .expression_attribute_values(":waiting", n(plan.waiting))
+            .expression_attribute_values(":objects", n(plan.source_objects));
+        let mut expression = "SET #status = :delivering, enqueued = :enqueued, rejected = :rejected, carried_over = :carried, waiting = :waiting, source_objects = :objects".to_owned();
+        if let Some(cursor) = plan.cursor_after {
+            expression.push_str(", cursor_after = :cursor");
+            update = update.expression_attribute_values(":cursor", s(cursor));
+        }
+        let output = update
+            .update_expression(expression)
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("DynamoDB.UpdateItem", e))?;
+        Ok(output
+            .attributes
+            .as_ref()
+            .is_some_and(|run| progress(run).became_settled(0)))
+    }
+}

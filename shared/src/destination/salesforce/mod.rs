@@ -1,0 +1,304 @@
+//! The Salesforce destination: sObject Collections upsert by external ID.
+//!
+//! # Wire format
+//!
+//! `PATCH {instance_url}/services/data/v{api_version}/composite/sobjects/{SObject}/{ExternalIdField}`
+//! with `Authorization: Bearer {access_token}` and the body
+//! `{"allOrNone": false, "records": [{"attributes": {"type": "{SObject}"}, "{ExternalIdField}": "{key}", …mapped fields}]}`
+//! (at most 200 records). A well-formed request answers 200 with one `UpsertResult` per
+//! record, in request order: `{"id", "success", "created", "errors": [{"statusCode", "message", "fields"}]}`.
+//! A refused request answers a 4xx/5xx with `[{"errorCode", "message"}]`.
+//!
+//! # Authentication
+//!
+//! OAuth 2.0 server-to-server, against `{login_url}/services/oauth2/token`: the client
+//! credentials flow (consumer key and secret) or the JWT bearer flow (an RS256 assertion
+//! with `iss` = consumer key, `sub` = username, `aud` = login URL, `exp` = now + 3 min).
+//! The token (and the `instance_url` it names) is cached in the destination object, so a
+//! warm Lambda reuses it across invocations. Salesforce tokens carry no expiry: when a
+//! call answers 401 / `INVALID_SESSION_ID`, the token is refreshed **once** (one refresh
+//! for all requests in flight that saw the same stale token) and the call is repeated.
+//!
+//! # Error classes
+//!
+//! See [`classify`]: locks, 5xx and timeouts are retryable; `REQUEST_LIMIT_EXCEEDED` and
+//! 429 are rate limits; validation and data errors are permanent with Salesforce's code
+//! and message; an unknown code is retried (and logged with its code, never row values).
+//!
+//! # API budget
+//!
+//! Every answer's `Sforce-Limit-Info: api-usage=used/limit` is remembered. Once `used`
+//! reaches `api_budget_share × limit`, requests are not sent: their rows wait as
+//! rate-limited (`API_BUDGET_RESERVED`) and are not failed. After [`BUDGET_RECHECK`]
+//! one request goes through again to read a fresh figure (the org's usage is a rolling
+//! 24-hour window), so a stopped destination spends at most one call per recheck.
+
+use std::{
+    collections::BTreeMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
+use serde_json::{Map, Value};
+
+use super::{http, scalar_text, Destination, OutboundRow, SetupError};
+use crate::domain::outcome::{ErrorClass, RowError, RowResult};
+
+mod answer;
+mod auth;
+mod config;
+
+pub use answer::{classify, parse_limit_info, ApiError, RecordError, UpsertResult};
+pub use auth::Credentials;
+pub use config::{SalesforceAuth, SalesforceConfig, SalesforceFlow};
+
+use answer::{describe, per_record, row_error};
+use auth::{Auth, Token};
+
+/// How long a reading past the API budget stops calls before one call re-reads it.
+pub const BUDGET_RECHECK: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Copy)]
+struct ApiUsage {
+    used: u64,
+    limit: u64,
+    read_at: Instant,
+}
+
+/// A Salesforce org.
+pub struct Salesforce {
+    client: reqwest::Client,
+    auth: Auth,
+    api_version: String,
+    sobject: String,
+    external_id_field: String,
+    fields: BTreeMap<String, String>,
+    parent_column: Option<String>,
+    budget_share: f64,
+    batch_size: usize,
+    usage: Mutex<Option<ApiUsage>>,
+}
+
+enum Attempt {
+    Done(Vec<RowResult>),
+    StaleToken,
+}
+
+impl Salesforce {
+    /// A client for one org, sObject and external ID field.
+    pub fn new(
+        config: &SalesforceConfig,
+        credentials: Credentials,
+        batch_size: usize,
+        timeout: Duration,
+    ) -> Result<Self, SetupError> {
+        let client = http::client(timeout)?;
+        let parent_column = config.parent_field.as_ref().map(|parent| {
+            config
+                .fields
+                .iter()
+                .find(|(_, target)| *target == parent)
+                .map(|(column, _)| column.clone())
+                .unwrap_or_else(|| parent.clone())
+        });
+        Ok(Self {
+            auth: Auth {
+                client: client.clone(),
+                login_url: config.login_url.trim_end_matches('/').to_owned(),
+                instance_url: config
+                    .instance_url
+                    .as_ref()
+                    .map(|u| u.trim_end_matches('/').to_owned()),
+                credentials,
+                token: tokio::sync::Mutex::new(None),
+                generation: std::sync::atomic::AtomicU64::new(0),
+            },
+            client,
+            api_version: config.api_version.clone(),
+            sobject: config.sobject.clone(),
+            external_id_field: config.external_id_field.clone(),
+            fields: config.fields.clone(),
+            parent_column,
+            budget_share: config.api_budget_share,
+            batch_size: batch_size.min(200),
+            usage: Mutex::new(None),
+        })
+    }
+
+    fn budget_exhausted(&self) -> Option<Duration> {
+        let usage = (*self.usage.lock().expect("usage"))?;
+        let over = usage.limit > 0 && usage.used as f64 >= self.budget_share * usage.limit as f64;
+        let age = usage.read_at.elapsed();
+        (over && age < BUDGET_RECHECK).then(|| BUDGET_RECHECK - age)
+    }
+
+    fn record(&self, row: &OutboundRow<'_>) -> Value {
+        let mut record = Map::new();
+        record.insert(
+            "attributes".into(),
+            serde_json::json!({ "type": self.sobject }),
+        );
+        record.insert(
+            self.external_id_field.clone(),
+            Value::String(row.key.as_str().to_owned()),
+        );
+        let mut fields = row.fields.to_map();
+        for (column, field) in &self.fields {
+            if field == &self.external_id_field {
+                continue;
+            }
+            if let Some(value) = fields.remove(column) {
+                record.insert(field.clone(), value);
+            }
+        }
+        Value::Object(record)
+    }
+
+    async fn upsert(&self, rows: &[OutboundRow<'_>]) -> Vec<RowResult> {
+        if let Some(wait) = self.budget_exhausted() {
+            return vec![
+                Err(RowError::rate_limited(
+                    "API_BUDGET_RESERVED",
+                    format!(
+                        "the org used its configured share ({:.0}%) of the daily API limit; waiting",
+                        self.budget_share * 100.0
+                    ),
+                    Some(wait),
+                ));
+                rows.len()
+            ];
+        }
+        let body = serde_json::to_vec(&serde_json::json!({
+            "allOrNone": false,
+            "records": rows.iter().map(|row| self.record(row)).collect::<Vec<_>>(),
+        }))
+        .expect("records serialise");
+        let mut stale = None;
+        for _ in 0..2 {
+            let token = match self.auth.token(stale).await {
+                Ok(token) => token,
+                Err(error) => return vec![Err(error); rows.len()],
+            };
+            match self.call(&token, &body, rows.len()).await {
+                Attempt::Done(results) => return results,
+                Attempt::StaleToken => stale = Some(token.generation),
+            }
+        }
+        vec![
+            Err(RowError::retryable(
+                "INVALID_SESSION_ID",
+                "Salesforce refused a freshly issued access token",
+            ));
+            rows.len()
+        ]
+    }
+
+    async fn call(&self, token: &Token, body: &[u8], count: usize) -> Attempt {
+        let url = format!(
+            "{}/services/data/v{}/composite/sobjects/{}/{}",
+            token.instance_url, self.api_version, self.sobject, self.external_id_field
+        );
+        let response = match self
+            .client
+            .patch(&url)
+            .bearer_auth(&token.access_token)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+        {
+            Ok(response) => response,
+            Err(err) => {
+                return Attempt::Done(vec![Err(http::transport_error(err, "Salesforce")); count])
+            }
+        };
+        let status = response.status();
+        if let Some((used, limit)) = response
+            .headers()
+            .get("sforce-limit-info")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_limit_info)
+        {
+            *self.usage.lock().expect("usage") = Some(ApiUsage {
+                used,
+                limit,
+                read_at: Instant::now(),
+            });
+        }
+        let retry_after = http::retry_after(response.headers());
+        let text = match response.text().await {
+            Ok(text) => text,
+            Err(_) => {
+                return Attempt::Done(vec![
+                    Err(RowError::retryable(
+                        "BAD_RESPONSE",
+                        format!("Salesforce's {status} answer was cut off"),
+                    ));
+                    count
+                ])
+            }
+        };
+        let api_errors = serde_json::from_str::<Vec<ApiError>>(&text).ok();
+        let first_code = api_errors
+            .as_ref()
+            .and_then(|errors| errors.first())
+            .map(|e| e.error_code.as_str());
+        if status.as_u16() == 401 || first_code == Some("INVALID_SESSION_ID") {
+            tracing::info!(
+                generation = token.generation,
+                "Salesforce access token refused; refreshing it once"
+            );
+            return Attempt::StaleToken;
+        }
+        if status.as_u16() == 200 {
+            return Attempt::Done(per_record(&text, count));
+        }
+        let whole = match (api_errors.as_ref().and_then(|e| e.first()), status.as_u16()) {
+            (_, 300) => RowError::permanent(
+                "MULTIPLE_MATCHES",
+                "the external ID matches more than one record (HTTP 300)",
+            ),
+            (_, 429) => {
+                RowError::rate_limited("HTTP_429", "Salesforce is rate limiting", retry_after)
+            }
+            (Some(error), _) if classify(&error.error_code) == ErrorClass::RateLimited => {
+                RowError::rate_limited(&error.error_code, &error.message, retry_after)
+            }
+            (Some(error), status) if status < 500 => {
+                row_error(&error.error_code, error.message.clone())
+            }
+            (_, status) if status >= 500 || status == 408 => RowError::retryable(
+                format!("HTTP_{status}"),
+                format!("Salesforce answered {}", describe(status, &text)),
+            )
+            .with_retry_after(retry_after),
+            (_, status) => RowError::permanent(
+                format!("HTTP_{status}"),
+                format!(
+                    "Salesforce refused the request: {}",
+                    describe(status, &text)
+                ),
+            ),
+        };
+        Attempt::Done(vec![Err(whole); count])
+    }
+}
+
+impl Destination for Salesforce {
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    fn send<'a>(&'a self, rows: &'a [OutboundRow<'a>]) -> BoxFuture<'a, Vec<RowResult>> {
+        Box::pin(self.upsert(rows))
+    }
+
+    fn order_key(&self, row: &OutboundRow<'_>) -> Option<String> {
+        row.fields
+            .field(self.parent_column.as_ref()?)
+            .as_ref()
+            .and_then(scalar_text)
+    }
+}

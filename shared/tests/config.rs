@@ -1,0 +1,160 @@
+//! The configuration file: loading, defaults and errors that name the field, for the
+//! common fields and for each destination kind's section.
+
+mod config_file {
+    use std::time::Duration;
+
+    use resync_shared::config::{rate_period, Config, ConfigError};
+
+    const GOOD: &str = r#"
+destinations:
+  - id: crm
+    kind: webhook
+    batch_size: 50
+    retry: { max_attempts: 4, base_delay_secs: 1, max_delay_secs: 30 }
+    webhook:
+      url: https://hooks.example.com/rows
+      signing_secret: { secret_id: "arn:aws:secretsmanager:us-east-1:123456789012:secret:crm" }
+syncs:
+  - id: accounts
+    source: { prefix: exports/accounts/ }
+    primary_key: id
+    destination: crm
+    schedule: rate(15 minutes)
+"#;
+
+    fn error_field(text: &str) -> String {
+        match Config::from_yaml(text).unwrap_err() {
+            ConfigError::Shape { field, .. } | ConfigError::Invalid { field, .. } => field,
+            other => panic!("unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_file_loads_with_defaults() {
+        let config = Config::from_yaml(GOOD).unwrap();
+        let d = &config.destinations[0];
+        assert_eq!(d.effective_batch_size(), 50);
+        assert_eq!(d.retry.max_attempts, 4);
+        assert_eq!(d.concurrency, 5);
+        let s = &config.syncs[0];
+        assert_eq!(s.alert.warn_failed_rows, 1);
+        assert!(s.alert.critical_on_run_error);
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_field() {
+        let text = GOOD.replace("max_attempts: 4", "max_attempts: four");
+        assert_eq!(error_field(&text), "destinations[0].retry.max_attempts");
+    }
+
+    #[test]
+    fn an_unknown_field_names_where_it_is() {
+        let text = GOOD.replace("primary_key: id", "primary_key: id\n    primary_keys: [id]");
+        let err = Config::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("syncs[0]"), "{err}");
+        assert!(err.contains("primary_keys"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_destination_is_refused_with_the_known_ones() {
+        let text = GOOD.replace("destination: crm", "destination: erp");
+        let err = Config::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("syncs[0].destination"), "{err}");
+        assert!(err.contains("known: crm"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_is_refused_except_for_loopback() {
+        let text = GOOD.replace("https://hooks.example.com", "http://hooks.example.com");
+        assert_eq!(error_field(&text), "destinations[0].webhook.url");
+        let text = GOOD.replace("https://hooks.example.com", "http://127.0.0.1:8080");
+        assert!(Config::from_yaml(&text).is_ok());
+    }
+
+    #[test]
+    fn retry_policy_bounds_are_checked() {
+        let text = GOOD.replace("max_attempts: 4", "max_attempts: 0");
+        assert_eq!(error_field(&text), "destinations[0].retry.max_attempts");
+        let text = GOOD.replace("max_delay_secs: 30", "max_delay_secs: 50000");
+        assert_eq!(error_field(&text), "destinations[0].retry.max_delay_secs");
+    }
+
+    #[test]
+    fn schedules_must_be_eventbridge_expressions() {
+        let text = GOOD.replace("rate(15 minutes)", "every 15 minutes");
+        assert_eq!(error_field(&text), "syncs[0].schedule");
+        let text = GOOD.replace("rate(15 minutes)", "\"cron(0 * * * ? *)\"");
+        assert!(Config::from_yaml(&text).is_ok());
+        assert_eq!(
+            rate_period("rate(2 hours)"),
+            Some(Duration::from_secs(7200))
+        );
+    }
+
+    #[test]
+    fn duplicate_ids_are_refused() {
+        let text = GOOD.replace(
+            "syncs:\n",
+            "syncs:\n  - id: accounts\n    source: { prefix: a/ }\n    primary_key: id\n    destination: crm\n    schedule: rate(1 hour)\n",
+        );
+        assert_eq!(error_field(&text), "syncs[1].id");
+    }
+
+    #[test]
+    fn the_vendor_examples_load() {
+        for text in [
+            include_str!("../../examples/salesforce.yaml"),
+            include_str!("../../examples/hubspot.yaml"),
+        ] {
+            let config = Config::from_yaml(text).unwrap();
+            let d = &config.destinations[0];
+            assert_eq!(d.effective_batch_size(), d.kind_max_batch());
+        }
+    }
+
+    #[test]
+    fn vendor_sections_are_checked_field_by_field() {
+        let salesforce = include_str!("../../examples/salesforce.yaml");
+        let text = salesforce.replace("sobject: Contact", "sobject: \"Contact; DROP\"");
+        assert_eq!(error_field(&text), "destinations[0].salesforce.sobject");
+        let text = salesforce.replace("api_version: \"62.0\"", "api_version: \"45.0\"");
+        assert_eq!(error_field(&text), "destinations[0].salesforce.api_version");
+        let text = salesforce.replace(
+            "        client_secret: { env: SALESFORCE_CLIENT_SECRET }",
+            "",
+        );
+        assert_eq!(
+            error_field(&text),
+            "destinations[0].salesforce.auth.client_secret"
+        );
+        let text = salesforce.replace("https://login.salesforce.com", "http://login.example.com");
+        assert_eq!(error_field(&text), "destinations[0].salesforce.login_url");
+        let hubspot = include_str!("../../examples/hubspot.yaml");
+        let text = hubspot.replace("    hubspot:\n", "    hubspot_settings:\n");
+        assert!(Config::from_yaml(&text).is_err());
+        let text = hubspot.replace("kind: hubspot", "kind: hubspot\n    batch_size: 101");
+        assert_eq!(error_field(&text), "destinations[0].batch_size");
+    }
+
+    #[test]
+    fn a_section_of_another_kind_is_refused() {
+        let salesforce = include_str!("../../examples/salesforce.yaml");
+        let text = salesforce.replace(
+            "    salesforce:\n",
+            "    webhook: { url: https://hooks.example.com/rows }\n    salesforce:\n",
+        );
+        assert_eq!(error_field(&text), "destinations[0].webhook");
+        let text = GOOD.replace(
+            "    webhook:\n",
+            "    hubspot: { object_type: contacts, id_property: resync_id, fields: { email: email }, access_token: { value: t } }\n    webhook:\n",
+        );
+        assert_eq!(error_field(&text), "destinations[0].hubspot");
+    }
+
+    #[test]
+    fn a_webhook_without_its_section_is_refused() {
+        let text = GOOD.replace("    webhook:\n      url: https://hooks.example.com/rows\n      signing_secret: { secret_id: \"arn:aws:secretsmanager:us-east-1:123456789012:secret:crm\" }\n", "");
+        assert_eq!(error_field(&text), "destinations[0].webhook");
+    }
+}
