@@ -4,10 +4,12 @@
 use std::collections::HashSet;
 
 use resync::local::LocalOptions;
-use resync_shared::outcome::ErrorClass;
 use resync_tests::Behaviour;
 
-use crate::helpers::{full_batches, key, remote, row, scaled, EnvSettings, TestEnv, Vendor};
+use crate::helpers::{
+    assert_locked_at_the_threshold, full_batches, key, remote, row, scaled, EnvSettings, TestEnv,
+    Vendor,
+};
 
 /// Issue 4 — the seed scenario with Salesforce as the destination: 5 records locked
 /// (`UNABLE_TO_LOCK_ROW`), 2 released during run 1, 3 only for run 2; JWT bearer auth
@@ -59,18 +61,7 @@ async fn salesforce_seed_scenario_recovers_locked_records() {
     assert_eq!(counts.retried_in_run, 5);
     let index = env.index().await;
     let expected: HashSet<String> = locked_until_next.iter().map(|&i| key(i)).collect();
-    assert_eq!(
-        index
-            .iter()
-            .map(|e| e.key.to_string())
-            .collect::<HashSet<_>>(),
-        expected
-    );
-    for entry in &index {
-        assert_eq!(entry.error_code, "UNABLE_TO_LOCK_ROW");
-        assert_eq!(entry.error_class, ErrorClass::Retryable.as_str());
-        assert_eq!(entry.attempts, 5, "threshold reached, not exceeded (I4)");
-    }
+    assert_locked_at_the_threshold(&index, &expected);
     let stats = org.stats();
     // Retries send only the failing records: every record once, the 2 released ones
     // 3 times, the 3 locked ones 5 times.

@@ -5,9 +5,8 @@
 use std::collections::HashSet;
 
 use resync::destination_server::RowBehaviour;
-use resync_shared::outcome::ErrorClass;
 
-use crate::helpers::{key, scaled, EnvSettings, TestEnv};
+use crate::helpers::{assert_locked_at_the_threshold, key, scaled, EnvSettings, TestEnv};
 
 /// The seed scenario: 5 rows locked; 2 unlock during run 1, 3 only for run 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,17 +48,8 @@ async fn seed_scenario_recovers_locked_rows_in_run_and_next_run() {
     assert_eq!(counts.carried_over, 0);
     let index = env.index().await;
     let expected: HashSet<String> = locked_until_next.iter().map(|&i| key(i)).collect();
-    assert_eq!(
-        index
-            .iter()
-            .map(|e| e.key.to_string())
-            .collect::<HashSet<_>>(),
-        expected
-    );
+    assert_locked_at_the_threshold(&index, &expected);
     for entry in &index {
-        assert_eq!(entry.error_code, "UNABLE_TO_LOCK_ROW");
-        assert_eq!(entry.error_class, ErrorClass::Retryable.as_str());
-        assert_eq!(entry.attempts, 5, "threshold reached, not exceeded (I4)");
         assert!(
             entry.payload.is_some(),
             "the payload is kept for the next run"
