@@ -9,8 +9,13 @@
 //!   Collections upsert by external ID.
 //! - [`hubspot::HubspotServer`]: CRM v3 batch upsert by a unique property, 207
 //!   multi-status errors, the ten-second rolling rate limit.
+//!
+//! The fakes live in `fakes/`, one file a vendor; what they share (the per-record
+//! [`Behaviour`], the [`VendorStats`] they keep, the loopback server) is here.
 
+#[path = "fakes/hubspot.rs"]
 pub mod hubspot;
+#[path = "fakes/salesforce.rs"]
 pub mod salesforce;
 
 use std::collections::{HashMap, HashSet};

@@ -2,14 +2,14 @@
 //! `RESYNC_TEST_ENDPOINT`, e.g. moto's server), uniquely named resources, and a local
 //! webhook destination on port 0.
 
-use std::io::Write;
+use std::{collections::HashSet, io::Write};
 
 use resync::{
     destination_server::DestinationServer,
     local::{LocalOptions, LocalRuntime},
 };
 use resync_emulator::Emulator;
-use resync_shared::{aws::index::IndexEntry, config::Config, SyncId};
+use resync_shared::{aws::index::IndexEntry, config::Config, domain::outcome::ErrorClass, SyncId};
 use resync_tests::{
     hubspot::HubspotServer,
     salesforce::{OrgAuth, SalesforceServer},
@@ -60,6 +60,22 @@ fn remote_endpoint() -> Option<String> {
     std::env::var("RESYNC_TEST_ENDPOINT")
         .ok()
         .filter(|v| !v.is_empty())
+}
+
+/// Options for the vendor scenarios (with `concurrency: 1`): a batching window long
+/// enough to fill an invocation, so every destination call is as full as it can be.
+/// moto's ReceiveMessage costs ~1 ms per queued message, so there it takes seconds to
+/// gather a few hundred messages; the exact-count scenarios use ≤ 200 rows there.
+pub fn full_batches() -> LocalOptions {
+    LocalOptions {
+        batching_window: std::time::Duration::from_secs(if remote() { 30 } else { 3 }),
+        // moto's ReceiveMessage is not atomic: two receives in flight at once can both
+        // return the same message (seen: a batch of 200 holding one row twice, so 199
+        // distinct rows and a third call). SQS is at-least-once too, but these tests
+        // count calls exactly, so on moto a poller keeps one receive in flight.
+        receives_in_flight: if remote() { 1 } else { 4 },
+        ..LocalOptions::default()
+    }
 }
 
 /// Settings a test may change.
@@ -295,6 +311,24 @@ pub fn key(i: usize) -> String {
 
 pub fn row(i: usize, version: &str) -> serde_json::Value {
     serde_json::json!({"id": key(i), "email": format!("c{i}@example.com"), "version": version})
+}
+
+/// The failed-row index after a run whose `expected` rows stayed locked: exactly those
+/// rows, each with the lock error, retryable, at the threshold of 5 attempts.
+#[track_caller]
+pub fn assert_locked_at_the_threshold(index: &[IndexEntry], expected: &HashSet<String>) {
+    assert_eq!(
+        index
+            .iter()
+            .map(|e| e.key.to_string())
+            .collect::<HashSet<_>>(),
+        *expected
+    );
+    for entry in index {
+        assert_eq!(entry.error_code, "UNABLE_TO_LOCK_ROW");
+        assert_eq!(entry.error_class, ErrorClass::Retryable.as_str());
+        assert_eq!(entry.attempts, 5, "threshold reached, not exceeded (I4)");
+    }
 }
 
 fn uuid_like() -> String {

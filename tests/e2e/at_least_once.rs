@@ -1,0 +1,191 @@
+//! At-least-once delivery: duplicate SQS deliveries, invocations that crash before or
+//! after their handler, and late copies of a closed run's rows.
+
+use resync::local::LocalOptions;
+use resync_shared::{domain::message::RowMessage, PrimaryKey, RunId};
+use resync_sync_start::SyncStartOutcome;
+
+use crate::helpers::{key, row, scaled, EnvSettings, TestEnv};
+
+/// Duplicate SQS deliveries change no count: the same rows arrive twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_deliveries_do_not_change_any_count() {
+    let rows = scaled(500, 100);
+    let env = TestEnv::start().await;
+    env.export_rows("batch.jsonl.gz", 0..rows).await;
+    let started = env.runtime.start(&env.sync).await.unwrap();
+    let SyncStartOutcome::Started {
+        run_id, enqueued, ..
+    } = started
+    else {
+        panic!("expected a started run, got {started:?}")
+    };
+    assert_eq!(enqueued, rows as u64);
+    let delivery = env.runtime.deliveries.values().next().unwrap().clone();
+    // The same messages delivered to two invocations, as SQS may do.
+    let mut messages = Vec::new();
+    while messages.len() < 10 {
+        let want = 10 - messages.len() as i32;
+        messages.extend(
+            delivery
+                .queue
+                .receive(want, std::time::Duration::from_secs(1))
+                .await
+                .unwrap(),
+        );
+    }
+    for _ in 0..2 {
+        let event =
+            resync::local::sqs_event(messages.clone(), "arn:aws:sqs:us-east-1:000000000000:q");
+        let response = resync_delivery::handler(&delivery, resync::local::lambda_invocation(event))
+            .await
+            .unwrap();
+        assert!(response.batch_item_failures.is_empty());
+    }
+    let receipts: Vec<String> = messages
+        .iter()
+        .filter_map(|m| m.receipt_handle.clone())
+        .collect();
+    assert_eq!(delivery.queue.delete(&receipts).await.unwrap(), 0);
+    // And copies of 20 rows' messages on the queue (at-least-once delivery).
+    let copies: Vec<String> = (0..20).map(|i| duplicate_body(&run_id, i)).collect();
+    for chunk in copies.chunks(10) {
+        assert!(delivery.queue.send_batch(chunk).await.unwrap().is_empty());
+    }
+    let (record, _) = env
+        .runtime
+        .drive(&env.sync, &run_id, &|_| {})
+        .await
+        .unwrap();
+    let counts = record.counts.unwrap();
+    assert_eq!(counts.planned, rows as u64);
+    assert_eq!(counts.delivered, rows as u64);
+    assert_eq!(counts.failed, 0);
+    assert_eq!(counts.retried_in_run, 0);
+    let stats = env.destination.stats();
+    assert!(
+        stats.rows_received[0] >= rows as u64 + 10,
+        "the twice-delivered batch reached the destination twice"
+    );
+    assert_eq!(stats.keys_received[0].len(), rows);
+    assert!(env.index().await.is_empty());
+}
+
+fn duplicate_body(run_id: &RunId, i: usize) -> String {
+    RowMessage {
+        run_id: run_id.clone(),
+        sync_id: resync_shared::SyncId::parse("customers").unwrap(),
+        key: PrimaryKey::parse(key(i)).unwrap(),
+        row: row(i, "v1").as_object().unwrap().clone().into(),
+        carried_over: false,
+        first_failed_at: None,
+        prior_attempts: 0,
+        attempts_before: 0,
+        rate_limit_deferrals: 0,
+    }
+    .to_body()
+}
+
+/// Invocations that crash — before their handler ran, or after it did its work but
+/// before the messages were deleted — leave every row recoverable and the counts exact;
+/// copies that come back after the run closed are dropped, not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_invocations_leave_counts_exact() {
+    let rows = scaled(400, 100);
+    let env = TestEnv::with(EnvSettings {
+        max_attempts: 5,
+        options: LocalOptions {
+            visibility_timeout_secs: 2,
+            crash_before_handler: 1,
+            crash_after_handler: 1,
+            ..LocalOptions::default()
+        },
+        ..EnvSettings::default()
+    })
+    .await;
+    env.export_rows("batch.jsonl.gz", 0..rows).await;
+    let run = env.run().await;
+    let counts = run.record.counts.unwrap();
+    assert_eq!(
+        (counts.planned, counts.delivered, counts.failed),
+        (rows as u64, rows as u64, 0)
+    );
+    let stats = env.destination.stats();
+    assert_eq!(
+        stats.delivered_keys.len(),
+        rows,
+        "every row reached the destination"
+    );
+    assert!(env.index().await.is_empty());
+
+    // The lost batch's messages were never deleted: either run 1's pollers got them
+    // back before it closed, or they wait on the queue until their visibility ends and
+    // the next run's pollers drop them as settled.
+    let queue = env
+        .runtime
+        .deliveries
+        .values()
+        .next()
+        .unwrap()
+        .queue
+        .clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, in_flight) = queue.depth().await.unwrap();
+        if in_flight == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lost batch never became visible"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    env.destination.next_run();
+    let run2 = env.run().await.record.counts.unwrap();
+    assert_eq!(run2.planned, 0);
+    let stats = env.destination.stats();
+    assert_eq!(
+        stats.rows_received[1], 0,
+        "late copies of a closed run are not re-sent"
+    );
+    assert_eq!(stats.received_after_delivered, 0);
+}
+
+/// A copy of a row that arrives after its run closed is dropped, not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_copies_of_a_closed_run_are_dropped() {
+    let env = TestEnv::start().await;
+    env.export_rows("batch.jsonl.gz", 0..10).await;
+    let run = env.run().await;
+    assert_eq!(run.record.counts.unwrap().delivered, 10);
+    let delivery = env.runtime.deliveries.values().next().unwrap().clone();
+    let copies: Vec<String> = (0..3)
+        .map(|i| duplicate_body(&run.record.run_id, i))
+        .collect();
+    assert!(delivery.queue.send_batch(&copies).await.unwrap().is_empty());
+    let sent_before = env.destination.stats().rows_received[0];
+    let mut messages = Vec::new();
+    while messages.len() < 3 {
+        messages.extend(
+            delivery
+                .queue
+                .receive(10, std::time::Duration::from_secs(1))
+                .await
+                .unwrap(),
+        );
+    }
+    let event = resync::local::sqs_event(messages.clone(), "arn:aws:sqs:us-east-1:000000000000:q");
+    let response = resync_delivery::handler(&delivery, resync::local::lambda_invocation(event))
+        .await
+        .unwrap();
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "the copies are settled: delete them"
+    );
+    let stats = env.destination.stats();
+    assert_eq!(
+        stats.rows_received[0], sent_before,
+        "nothing was sent again"
+    );
+}

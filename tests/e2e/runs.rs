@@ -1,0 +1,273 @@
+//! A run's life: overlapping starts refused, the close on the last row's settled
+//! notice, the one update that reports a run settled, close claims and two finalizers
+//! at once, the local scheduler, and a run that cannot run.
+
+use resync::local::LocalOptions;
+use resync_shared::{
+    domain::{ledger::BatchLedger, run::PlanSummary},
+    PrimaryKey, RunId,
+};
+use resync_sync_start::SyncStartOutcome;
+
+use crate::helpers::{key, EnvSettings, TestEnv};
+
+/// Two runs of a sync never overlap (I5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_start_while_a_run_is_open_is_refused() {
+    let env = TestEnv::start().await;
+    env.export_rows("batch.jsonl.gz", 0..30).await;
+    let first = env.runtime.start(&env.sync).await.unwrap();
+    let SyncStartOutcome::Started { run_id, .. } = first else {
+        panic!("expected a start")
+    };
+    let second = env.runtime.start(&env.sync).await.unwrap();
+    assert_eq!(
+        second,
+        SyncStartOutcome::Skipped {
+            sync_id: env.sync.clone(),
+            open_run: run_id.clone()
+        }
+    );
+    let (record, _) = env
+        .runtime
+        .drive(&env.sync, &run_id, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(record.counts.unwrap().delivered, 30);
+    // Released: the next start opens a run (with nothing new to send).
+    let third = env.runtime.start(&env.sync).await.unwrap();
+    assert!(
+        matches!(third, SyncStartOutcome::Started { enqueued: 0, .. }),
+        "{third:?}"
+    );
+}
+
+/// The update that makes a run look settled tells the finalizer (a "Run settled" event
+/// that a rule routes to it), so the run closes within seconds of its last row, not at
+/// the finalizer's next scheduled tick — a minute in a deployment, and here longer than
+/// the test waits, so only the notice can close the run in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_closes_when_its_last_row_settles_not_at_the_next_tick() {
+    let env = TestEnv::with(EnvSettings {
+        options: LocalOptions {
+            finalize_every: std::time::Duration::from_secs(3600),
+            ..LocalOptions::default()
+        },
+        ..EnvSettings::default()
+    })
+    .await;
+    env.export_rows("batch.jsonl.gz", 0..50).await;
+    let run = tokio::time::timeout(std::time::Duration::from_secs(60), env.run())
+        .await
+        .expect("the run did not close within 60 s: no run-settled notice reached the finalizer");
+    assert_eq!(run.record.counts.unwrap().delivered, 50);
+}
+
+/// A delivery invocation's ledger item that delivered the rows `keys`.
+fn delivered(keys: std::ops::Range<usize>) -> BatchLedger {
+    BatchLedger {
+        delivered: keys.map(|i| PrimaryKey::parse(key(i)).unwrap()).collect(),
+        ..BatchLedger::default()
+    }
+}
+
+/// Exactly one update of a run reports it settled, whichever comes last: the ledger
+/// write that takes the settled hint to the enqueued count, or sync-start's plan when
+/// every row was settled while it was still planning. That update's caller tells the
+/// finalizer; no other may, or several finalizers would close the run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_update_of_a_run_reports_it_settled() {
+    let env = TestEnv::start().await;
+    let runs = env.runtime.runs();
+
+    // Rows settle while the run delivers: only the write that reaches 30 of 30 reports
+    // it, not the retried copy of that write that comes after.
+    let delivering = RunId::parse("run-delivering").unwrap();
+    runs.open_run(&env.sync, &delivering).await.unwrap();
+    let planned = runs
+        .mark_planned(
+            &env.sync,
+            &delivering,
+            &PlanSummary {
+                enqueued: 30,
+                source_objects: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!planned, "nothing settled yet");
+    let mut reported = Vec::new();
+    for (i, keys) in [0..10, 10..25, 25..30, 25..30].into_iter().enumerate() {
+        let id = format!("b{i}");
+        reported.push(
+            runs.record_batch(&env.sync, &delivering, &id, &delivered(keys))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(reported, [false, false, true, false]);
+
+    // Every row settled while sync-start was planning: no ledger write can tell (the
+    // enqueued count is not known yet); the plan's update does.
+    let planning = RunId::parse("run-planning").unwrap();
+    runs.open_run(&env.sync, &planning).await.unwrap();
+    let written = runs
+        .record_batch(&env.sync, &planning, "b0", &delivered(0..30))
+        .await
+        .unwrap();
+    assert!(
+        !written,
+        "a planning run is never reported by a ledger write"
+    );
+    let planned = runs
+        .mark_planned(
+            &env.sync,
+            &planning,
+            &PlanSummary {
+                enqueued: 30,
+                source_objects: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(planned, "the plan's update finds every row settled");
+}
+
+/// Two finalizers at once (the schedule's and a run-settled notice's) report a run
+/// once: only the invocation that claims the close reports it. The claimant may claim
+/// again (Lambda retries an invocation under its request id); a claim left by a dead
+/// finalizer can be taken over once it is stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_finalizer_claims_a_runs_close() {
+    let env = TestEnv::start().await;
+    let runs = env.runtime.runs();
+    let run = RunId::parse("run-claimed").unwrap();
+    let stale = std::time::Duration::from_secs(150);
+    let now = time::OffsetDateTime::now_utc();
+    runs.open_run(&env.sync, &run).await.unwrap();
+    let claim = |who: &'static str, at: time::OffsetDateTime| {
+        let runs = runs.clone();
+        let sync = env.sync.clone();
+        let run = run.clone();
+        async move { runs.claim_close(&sync, &run, who, at, stale).await.unwrap() }
+    };
+    assert!(!claim("a", now).await, "a planning run is not closed");
+    runs.mark_planned(
+        &env.sync,
+        &run,
+        &PlanSummary {
+            enqueued: 1,
+            source_objects: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(claim("a", now).await);
+    assert!(!claim("b", now).await, "a second finalizer backs off");
+    assert!(claim("a", now).await, "a retried invocation claims again");
+    let later = now + stale + time::Duration::seconds(1);
+    assert!(claim("b", later).await, "a stale claim is taken over");
+    assert!(!claim("a", later).await);
+}
+
+/// The same through the finalizer itself: two invocations at once on a settled run
+/// (each would report it: a finalizer reports before its conditional close) — one
+/// closes and reports, the other backs off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_finalizers_at_once_close_and_report_a_run_once() {
+    use aws_lambda_events::eventbridge::EventBridgeEvent;
+    use resync_finalizer::{FinalizerDetail, SyncReport};
+
+    let env = TestEnv::start().await;
+    env.export_rows("batch.jsonl.gz", 0..5).await;
+    let run_id = match env.runtime.start(&env.sync).await.unwrap() {
+        SyncStartOutcome::Started { run_id, .. } => run_id,
+        other => panic!("{other:?}"),
+    };
+    // Every row settled, as delivery records it; the run not closed yet (no pollers).
+    env.runtime
+        .runs()
+        .record_batch(&env.sync, &run_id, "all", &delivered(0..5))
+        .await
+        .unwrap();
+    let finalize = |invocation: &str| {
+        let mut event: EventBridgeEvent<FinalizerDetail> = EventBridgeEvent::default();
+        event.detail = FinalizerDetail {
+            sync_id: Some(env.sync.to_string()),
+        };
+        let mut context = lambda_runtime::Context::default();
+        context.request_id = invocation.into();
+        resync_finalizer::handler(
+            &env.runtime.finalizer,
+            lambda_runtime::LambdaEvent::new(event, context),
+        )
+    };
+    let (a, b) = tokio::join!(finalize("invocation-a"), finalize("invocation-b"));
+    let closed = [a.unwrap(), b.unwrap()]
+        .iter()
+        .filter(|output| matches!(output.syncs[0], SyncReport::Closed { .. }))
+        .count();
+    assert_eq!(
+        closed, 1,
+        "exactly one finalizer closes and reports the run"
+    );
+    let metrics = env.runtime.metrics.lock().unwrap().len();
+    assert_eq!(metrics, 1, "one metrics line for the run");
+    let record = env
+        .runtime
+        .runs()
+        .run(&env.sync, &run_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.counts.unwrap().delivered, 5);
+}
+
+/// The local scheduler fires each sync on its schedule and runs it to a close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_scheduler_runs_a_due_sync() {
+    let env = TestEnv::start().await;
+    env.export_rows("batch.jsonl.gz", 0..25).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let runs = std::sync::Mutex::new(Vec::new());
+    let stopper = stop.clone();
+    resync::local::schedule(&env.runtime, stop, &|sync, result| {
+        runs.lock()
+            .unwrap()
+            .push((sync.clone(), result.map(|r| r.record.counts)));
+        stopper.store(true, std::sync::atomic::Ordering::SeqCst);
+    })
+    .await;
+    let runs = runs.into_inner().unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].0, env.sync);
+    let counts = runs[0].1.as_ref().unwrap().unwrap();
+    assert_eq!(counts.delivered, 25);
+}
+
+/// A run that cannot run (its source bucket is gone) raises a critical alert, releases
+/// the sync and loses nothing: once the source is back, the next run delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_cannot_run_alerts_critical_and_releases_the_sync() {
+    let env = TestEnv::start().await;
+    let sinks = env.sinks().await;
+    let bucket = env.runtime.resources.source_bucket.clone();
+    env.s3.delete_bucket().bucket(&bucket).send().await.unwrap();
+
+    let err = env.runtime.start(&env.sync).await.unwrap_err();
+    assert!(format!("{err:#}").contains("S3.ListObjectsV2"), "{err:#}");
+    let events = sinks.receive(&sinks.events_url, 1).await;
+    let alert: serde_json::Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(alert["detail-type"], "Sync Alert");
+    assert_eq!(alert["detail"]["severity"], "critical");
+    let state = env.runtime.runs().state(&env.sync).await.unwrap();
+    assert_eq!(state.open_run, None, "the sync is released");
+
+    env.s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    env.export_rows("batch.jsonl.gz", 0..15).await;
+    let counts = env.run().await.record.counts.unwrap();
+    assert_eq!(counts.delivered, 15);
+}

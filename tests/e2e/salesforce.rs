@@ -1,0 +1,185 @@
+//! Salesforce as the destination: the seed scenario (JWT bearer auth, expiring tokens),
+//! one call per 200 rows, and the rows of one account in one call.
+
+use std::collections::HashSet;
+
+use resync::local::LocalOptions;
+use resync_tests::Behaviour;
+
+use crate::helpers::{
+    assert_locked_at_the_threshold, full_batches, key, remote, row, scaled, EnvSettings, TestEnv,
+    Vendor,
+};
+
+/// Issue 4 — the seed scenario with Salesforce as the destination: 5 records locked
+/// (`UNABLE_TO_LOCK_ROW`), 2 released during run 1, 3 only for run 2; JWT bearer auth
+/// with the key in Secrets Manager and tokens that expire every 20 calls (3 on moto).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salesforce_seed_scenario_recovers_locked_records() {
+    let rows = scaled(10_000, 400);
+    let env = TestEnv::with(EnvSettings {
+        max_attempts: 5,
+        vendor: Vendor::Salesforce {
+            jwt: true,
+            parent_field: false,
+        },
+        concurrency: 1,
+        options: LocalOptions {
+            batching_window: std::time::Duration::from_secs(3),
+            ..LocalOptions::default()
+        },
+        ..EnvSettings::default()
+    })
+    .await;
+    let org = env.salesforce.as_ref().unwrap();
+    let token_lifetime = scaled(20, 3) as u64;
+    org.expire_tokens_after(token_lifetime as u32);
+    env.export_rows("part-0000.jsonl.gz", 0..rows / 2).await;
+    env.export_rows("part-0001.jsonl.gz", rows / 2..rows).await;
+    let released_in_run = [7, rows / 2 + 3];
+    let locked_until_next = [1, rows / 3, rows - 1];
+    for i in released_in_run {
+        org.set(
+            key(i),
+            Behaviour::Locked {
+                until_attempt: Some(2),
+            },
+        );
+    }
+    for i in locked_until_next {
+        org.set(
+            key(i),
+            Behaviour::Locked {
+                until_attempt: None,
+            },
+        );
+    }
+
+    let counts = env.run().await.record.counts.unwrap();
+    assert_eq!(counts.planned, rows as u64);
+    assert_eq!((counts.delivered, counts.failed), (rows as u64 - 3, 3));
+    assert_eq!(counts.retried_in_run, 5);
+    let index = env.index().await;
+    let expected: HashSet<String> = locked_until_next.iter().map(|&i| key(i)).collect();
+    assert_locked_at_the_threshold(&index, &expected);
+    let stats = org.stats();
+    // Retries send only the failing records: every record once, the 2 released ones
+    // 3 times, the 3 locked ones 5 times.
+    let first_pass_calls = rows.div_ceil(200) as u64;
+    assert_eq!(stats.records[0], rows as u64 + 2 * 2 + 3 * 4);
+    assert_eq!(stats.ids[0].len(), rows);
+    assert!(stats.largest_call <= 200);
+    if !remote() {
+        // Full calls (moto is too slow to fill 400-message invocations in the window).
+        assert!(
+            (first_pass_calls..=first_pass_calls + 2 * 2 + 3 * 4).contains(&stats.calls[0]),
+            "{} calls for {rows} records",
+            stats.calls[0]
+        );
+        assert_eq!(stats.largest_call, 200);
+    }
+
+    org.next_run();
+    let counts = env.run().await.record.counts.unwrap();
+    assert_eq!((counts.planned, counts.carried_over), (3, 3));
+    assert_eq!(
+        (counts.delivered, counts.recovered, counts.failed),
+        (3, 3, 0)
+    );
+    assert!(
+        env.index().await.is_empty(),
+        "the index is empty after run 2"
+    );
+    let stats = org.stats();
+    assert_eq!(stats.ids[1], expected, "run 2 sends only those 3");
+    assert_eq!(stats.calls[1], 1, "in one call");
+    assert_eq!(
+        stats.received_after_written, 0,
+        "successes are never re-sent (I3)"
+    );
+    assert_eq!(stats.written.len(), rows);
+    assert_eq!(
+        stats.malformed_calls, 0,
+        "every call had the documented shape"
+    );
+    // Tokens expire every 20 calls (3 on moto); each expiry cost exactly one refresh.
+    let accepted: u64 = stats.calls.iter().sum();
+    assert!(
+        stats.unauthorized_calls >= 1,
+        "tokens expired during the run"
+    );
+    assert_eq!(stats.tokens_issued, accepted.div_ceil(token_lifetime));
+    eprintln!(
+        "salesforce seed scenario: calls per run {:?}, records per run {:?}, tokens {}, refused for expiry {}",
+        stats.calls, stats.records, stats.tokens_issued, stats.unauthorized_calls
+    );
+}
+
+/// Issue 4 — a clean Salesforce run of N rows makes exactly ⌈N/200⌉ calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_salesforce_run_makes_one_call_per_200_rows() {
+    let rows = scaled(1_000, 200);
+    let env = TestEnv::with(EnvSettings {
+        vendor: Vendor::Salesforce {
+            jwt: false,
+            parent_field: false,
+        },
+        concurrency: 1,
+        options: full_batches(),
+        ..EnvSettings::default()
+    })
+    .await;
+    env.export_rows("batch.jsonl.gz", 0..rows).await;
+    let counts = env.run().await.record.counts.unwrap();
+    assert_eq!(counts.delivered, rows as u64);
+    let stats = env.salesforce.as_ref().unwrap().stats();
+    assert_eq!(stats.calls[0], rows.div_ceil(200) as u64, "{rows} rows");
+    assert_eq!(stats.records[0], rows as u64);
+    assert_eq!(
+        stats.tokens_issued, 1,
+        "the token is cached across invocations"
+    );
+}
+
+/// Issue 4 — lock-aware batching: rows are ordered by their parent (`AccountId`) before
+/// they are cut into calls, so each account's rows share one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salesforce_rows_of_one_account_share_a_call() {
+    let env = TestEnv::with(EnvSettings {
+        vendor: Vendor::Salesforce {
+            jwt: false,
+            parent_field: true,
+        },
+        concurrency: 1,
+        options: full_batches(),
+        ..EnvSettings::default()
+    })
+    .await;
+    let org = env.salesforce.as_ref().unwrap();
+    org.group_calls_by("AccountId");
+    // 400 rows of 20 accounts (200 of 10 on moto), interleaved in the export.
+    let rows = scaled(400, 200);
+    let accounts = rows / 20;
+    let mut jsonl = String::new();
+    for i in 0..rows {
+        let mut value = row(i, "v1");
+        value["account"] = serde_json::json!(format!("001-acc-{:02}", i % accounts));
+        jsonl.push_str(&format!("{value}\n"));
+    }
+    env.export("accounts.jsonl", jsonl.into_bytes()).await;
+    let counts = env.run().await.record.counts.unwrap();
+    assert_eq!(counts.delivered, rows as u64);
+    let stats = org.stats();
+    assert_eq!(stats.calls[0], rows as u64 / 200);
+    let mut calls_per_account = std::collections::HashMap::new();
+    for groups in &stats.groups_per_call {
+        for account in groups {
+            *calls_per_account.entry(account.clone()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(calls_per_account.len(), accounts);
+    assert!(
+        calls_per_account.values().all(|&n| n == 1),
+        "every account in exactly one call: {calls_per_account:?}"
+    );
+}

@@ -1,0 +1,158 @@
+//! What the source exports hold: bad lines, duplicate keys, rows too large for a
+//! message, wide rows, and new rows merged with the failed keys of the last run.
+
+use resync::destination_server::RowBehaviour;
+
+use crate::helpers::{key, row, EnvSettings, TestEnv};
+
+/// A bad line and a duplicate key are rejected and reported; the rest is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lines_and_duplicate_keys_are_rejected_while_the_rest_is_delivered() {
+    let env = TestEnv::start().await;
+    let mut jsonl = String::new();
+    for i in 0..10 {
+        jsonl.push_str(&format!("{}\n", row(i, "v1")));
+    }
+    jsonl.push_str("{\"id\": \"cust-000100\", \"email\": \n"); // line 11: malformed
+    jsonl.push_str("{\"email\": \"nokey@example.com\"}\n"); // line 12: no key
+    jsonl.push_str(&format!("{}\n", row(3, "v2"))); // line 13: duplicate of line 4
+    env.export("a.jsonl", jsonl.into_bytes()).await;
+    env.export(
+        "b.csv",
+        b"id,email,version\ncust-000200,x@example.com,v1\ncust-000201\n".to_vec(),
+    )
+    .await;
+
+    let run = env.run().await;
+    let counts = run.record.counts.unwrap();
+    // Delivered: rows 0..10 without key 3, plus one CSV row.
+    assert_eq!(counts.delivered, 9 + 1);
+    // Rejected: malformed, missing key, both copies of key 3, short CSV record.
+    assert_eq!(counts.rejected, 5);
+    assert_eq!(counts.planned, 15);
+    assert_eq!(counts.failed, 0);
+    let index = env.index().await;
+    assert_eq!(index.len(), 1, "only the keyed rejection is indexed");
+    assert_eq!(index[0].key.as_str(), key(3));
+    assert_eq!(index[0].error_code, "non_unique_primary_key");
+    assert!(
+        index[0].error_message.contains("a.jsonl line"),
+        "{}",
+        index[0].error_message
+    );
+    assert!(index[0].payload.is_none());
+    let delivered = env.destination.stats().delivered_keys;
+    assert!(!delivered.contains(&key(3)));
+    assert!(delivered.contains("cust-000200"));
+
+    // The rejected key waits for the source: nothing to send next run.
+    env.destination.next_run();
+    let run2 = env.run().await.record.counts.unwrap();
+    assert_eq!(run2.planned, 0);
+    assert_eq!(env.index().await.len(), 1);
+}
+
+/// A row too large for one queue message is rejected with its size; its neighbours
+/// (in the same batch of ten) are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_larger_than_a_message_is_rejected_and_its_batch_still_delivered() {
+    let env = TestEnv::start().await;
+    let mut jsonl = String::new();
+    for i in 0..12 {
+        if i == 4 {
+            let huge = "x".repeat(300_000);
+            jsonl.push_str(&format!(
+                "{{\"id\": \"{}\", \"notes\": \"{huge}\"}}\n",
+                key(i)
+            ));
+        } else {
+            jsonl.push_str(&format!("{}\n", row(i, "v1")));
+        }
+    }
+    env.export("big.jsonl", jsonl.into_bytes()).await;
+
+    let run = env.run().await;
+    let counts = run.record.counts.unwrap();
+    assert_eq!(counts.delivered, 11);
+    assert_eq!(counts.rejected, 1);
+    let index = env.index().await;
+    assert_eq!(index.len(), 1);
+    assert_eq!(index[0].key.as_str(), key(4));
+    assert_eq!(index[0].error_code, "row_too_large");
+    assert!(
+        index[0].error_message.contains("bytes as a message"),
+        "{}",
+        index[0].error_message
+    );
+    let delivered = env.destination.stats().delivered_keys;
+    assert!(!delivered.contains(&key(4)));
+    assert!(delivered.contains(&key(5)) && delivered.contains(&key(11)));
+}
+
+/// Wide rows: ten of them together exceed what one `SendMessageBatch` may carry, though
+/// each fits a message. They go in several requests and every row is delivered (moto
+/// refuses an oversized batch request whole, as SQS does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_rows_are_sent_in_requests_within_the_batch_byte_limit() {
+    let env = TestEnv::start().await;
+    let notes = "n".repeat(120_000);
+    let mut jsonl = String::new();
+    for i in 0..12 {
+        jsonl.push_str(&format!(
+            "{{\"id\": \"{}\", \"notes\": \"{notes}\"}}\n",
+            key(i)
+        ));
+    }
+    env.export("wide.jsonl", jsonl.into_bytes()).await;
+
+    let run = env.run().await;
+    let counts = run.record.counts.unwrap();
+    assert_eq!(
+        (counts.delivered, counts.rejected, counts.failed),
+        (12, 0, 0)
+    );
+    assert!(env.index().await.is_empty());
+    assert_eq!(env.destination.stats().delivered_keys.len(), 12);
+}
+
+/// New rows and failed keys merge: each key once, the source's values win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_run_merges_new_rows_with_failed_keys_once_each() {
+    let env = TestEnv::with(EnvSettings {
+        max_attempts: 1,
+        ..EnvSettings::default()
+    })
+    .await;
+    env.export_rows("0001.jsonl.gz", 0..20).await;
+    env.destination.set(
+        key(5),
+        RowBehaviour::Locked {
+            until_attempt: None,
+        },
+    );
+    env.destination.set(
+        key(6),
+        RowBehaviour::Locked {
+            until_attempt: None,
+        },
+    );
+    let run1 = env.run().await.record.counts.unwrap();
+    assert_eq!(run1.failed, 2);
+
+    env.destination.next_run();
+    // The next export has new rows and a new version of key 5.
+    let mut jsonl = String::new();
+    for i in 20..25 {
+        jsonl.push_str(&format!("{}\n", row(i, "v1")));
+    }
+    jsonl.push_str(&format!("{}\n", row(5, "v2")));
+    env.export("0002.jsonl", jsonl.into_bytes()).await;
+    let run2 = env.run().await.record.counts.unwrap();
+    assert_eq!(run2.planned, 5 + 2, "5 new rows + 2 failed keys, each once");
+    assert_eq!(run2.carried_over, 2);
+    assert_eq!(run2.recovered, 2);
+    let sent = &env.destination.stats().keys_received[1];
+    let expected: std::collections::HashSet<String> = [20, 21, 22, 23, 24, 5, 6].map(key).into();
+    assert_eq!(sent, &expected);
+    assert!(env.index().await.is_empty());
+}
