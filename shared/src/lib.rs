@@ -9,6 +9,7 @@
 //! - [`domain`]: the pure rules — identifiers, rows, the source reader, planning
 //!   (merge), the queue message, the retry policy and the per-row decision, run
 //!   accounting (ledger), run states. No AWS SDK, no HTTP.
+//! - [`yaml`]: reading YAML with errors that name the field.
 //! - [`secrets`]: where destination secrets come from (Secrets Manager in production).
 //! - [`destination`]: the `Destination` port, the registry of kinds and one module per
 //!   kind (webhook, Salesforce, HubSpot), each owning its settings section, wire format
@@ -31,6 +32,7 @@ pub mod domain;
 pub mod logging;
 pub mod resources;
 pub mod secrets;
+pub mod yaml;
 
 pub use domain::ids::{DestinationId, PrimaryKey, RunId, SyncId};
 pub use domain::row::RowFields;

@@ -43,29 +43,24 @@
 //! Row-level errors never fail the batch; only a failure to record outcomes does, and
 //! then every message comes back and is tried again.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use aws_config::SdkConfig;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use futures::StreamExt;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use resync_shared::{
     aws::{queue::WorkQueue, report::SettledNotice, runs::RunStore, AwsError},
     config::DestinationConfig,
-    destination::{Destination, DestinationError, OutboundRow},
+    destination::{Destination, DestinationError},
     domain::{
-        ledger::{BatchLedger, FailedRow},
+        ledger::FailedRow,
         message::RowMessage,
-        outcome::{decide, Attempt, Decision, RowError, RowResult},
+        outcome::{Decision, RowError},
         run::RunStatus,
     },
     resources::Resources,
     secrets::SecretResolver,
-    PrimaryKey, RunId, SyncId,
+    RunId, SyncId,
 };
 
 pub use resync_shared::domain::retry::MAX_RATE_LIMIT_DEFERRALS;
@@ -139,6 +134,13 @@ impl Delivery {
     }
 }
 
+mod defer;
+mod settle;
+
+use defer::defer_rows;
+use settle::{deliver_run, Retry, Settlement};
+
+/// One received message: where it came from, which attempt it is, and the row.
 struct Received {
     message_id: String,
     receipt_handle: String,
@@ -273,49 +275,6 @@ pub async fn handler(
     Ok(response)
 }
 
-/// Re-enqueues rate-limited rows as delayed copies (one per key) that carry the attempts
-/// spent so far; their originals are then deleted by the caller's partial batch
-/// response. Returns the positions in `deferrals` whose rows must be kept instead
-/// because SQS refused their copy.
-async fn defer_rows(queue: &WorkQueue, rows: &[Received], deferrals: &[Deferral]) -> Vec<usize> {
-    struct DelayedCopy {
-        position: usize,
-        body: String,
-        delay: Duration,
-    }
-    let mut copies: Vec<DelayedCopy> = Vec::new();
-    let mut copied: HashSet<&PrimaryKey> = HashSet::new();
-    for (position, deferral) in deferrals.iter().enumerate() {
-        let row = &rows[deferral.row];
-        if !copied.insert(&row.message.key) {
-            // A copy of the key is already going back to the queue; if SQS refuses it,
-            // that message is kept, so this duplicate can go.
-            continue;
-        }
-        let mut copy = row.message.clone();
-        copy.attempts_before = row.attempt.saturating_sub(1);
-        copy.rate_limit_deferrals += 1;
-        copies.push(DelayedCopy {
-            position,
-            body: copy.to_body(),
-            delay: deferral.delay,
-        });
-    }
-    let mut kept = Vec::new();
-    for chunk in copies.chunks(10) {
-        let bodies: Vec<String> = chunk.iter().map(|c| c.body.clone()).collect();
-        let delays: Vec<Duration> = chunk.iter().map(|c| c.delay).collect();
-        match queue.send_batch_delayed(&bodies, &delays).await {
-            Ok(unsent) => kept.extend(unsent.into_iter().map(|u| chunk[u.index].position)),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot re-enqueue rate-limited rows; keeping the originals");
-                kept.extend(chunk.iter().map(|c| c.position));
-            }
-        }
-    }
-    kept
-}
-
 fn failed_row(row: &Received, error: RowError) -> FailedRow {
     FailedRow {
         key: row.message.key.clone(),
@@ -326,180 +285,6 @@ fn failed_row(row: &Received, error: RowError) -> FailedRow {
         first_failed_at: row.message.first_failed_at.clone(),
         payload: row.message.row.clone(),
     }
-}
-
-/// Sends one destination request; a wrong result count retries the request's rows.
-async fn send_chunk(
-    destination: &dyn Destination,
-    offset: usize,
-    chunk: &[&Received],
-) -> (usize, Vec<RowResult>) {
-    let outbound: Vec<OutboundRow<'_>> = chunk
-        .iter()
-        .map(|r| OutboundRow {
-            key: &r.message.key,
-            idempotency_key: r.message.idempotency_key(),
-            fields: &r.message.row,
-        })
-        .collect();
-    let mut results = destination.send(&outbound).await;
-    if results.len() != chunk.len() {
-        tracing::error!(
-            expected = chunk.len(),
-            got = results.len(),
-            "the destination answered a wrong number of results; retrying the request's rows"
-        );
-        results = vec![
-            Err(RowError::retryable(
-                "RESULT_COUNT_MISMATCH",
-                "the destination's answer did not match the request",
-            ));
-            chunk.len()
-        ];
-    }
-    (offset, results)
-}
-
-/// A row to hide for a backoff and report in `batchItemFailures`.
-struct Retry {
-    /// Index into the run's rows.
-    row: usize,
-    /// Its new visibility timeout.
-    visibility: Duration,
-}
-
-/// A rate-limited row to re-enqueue as a delayed copy.
-struct Deferral {
-    /// Index into the run's rows.
-    row: usize,
-    /// The copy's delay.
-    delay: Duration,
-    /// What to do if SQS refuses the copy (`RetryLater` or `TerminalFailure`).
-    if_refused: Decision,
-}
-
-/// What one run's rows came to in this invocation.
-struct Settlement {
-    /// The ledger item to write.
-    ledger: BatchLedger,
-    /// Rows to retry with a visibility backoff.
-    retries: Vec<Retry>,
-    /// Rate-limited rows to re-enqueue with a delay.
-    deferrals: Vec<Deferral>,
-}
-
-/// Sends one run's rows and decides each by the destination's answer.
-async fn deliver_run(deps: &Delivery, rows: &[Received]) -> Settlement {
-    // Copies of one key (at-least-once delivery) are sent once and share the answer:
-    // a destination request never upserts the same record twice.
-    let mut first_copy: HashMap<&PrimaryKey, usize> = HashMap::with_capacity(rows.len());
-    let mut unique: Vec<&Received> = Vec::with_capacity(rows.len());
-    let mut answer_of: Vec<usize> = Vec::with_capacity(rows.len());
-    for row in rows {
-        let slot = *first_copy.entry(&row.message.key).or_insert_with(|| {
-            unique.push(row);
-            unique.len() - 1
-        });
-        answer_of.push(slot);
-    }
-    // Order by the destination's key (stable), remembering where each row came from.
-    let order = send_order(deps.destination.as_ref(), &unique);
-    let sorted: Vec<&Received> = order.iter().map(|&i| unique[i]).collect();
-    let batch_size = deps.destination.batch_size().max(1);
-    let chunks: Vec<(usize, &[&Received])> = sorted
-        .chunks(batch_size)
-        .enumerate()
-        .map(|(i, chunk)| (i * batch_size, chunk))
-        .collect();
-    let requests: Vec<_> = chunks
-        .into_iter()
-        .map(|(offset, chunk)| send_chunk(deps.destination.as_ref(), offset, chunk))
-        .collect();
-    let answers: Vec<(usize, Vec<RowResult>)> = futures::stream::iter(requests)
-        .buffer_unordered(REQUESTS_IN_FLIGHT)
-        .collect()
-        .await;
-
-    let policy = &deps.destination_config.retry;
-    let mut rng = rand::thread_rng();
-    let mut settlement = Settlement {
-        ledger: BatchLedger::default(),
-        retries: Vec::new(),
-        deferrals: Vec::new(),
-    };
-    let mut unique_results: Vec<Option<RowResult>> = vec![None; unique.len()];
-    for (offset, results) in answers {
-        for (i, result) in results.into_iter().enumerate() {
-            unique_results[order[offset + i]] = Some(result);
-        }
-    }
-    let ledger = &mut settlement.ledger;
-    for (index, row) in rows.iter().enumerate() {
-        let result = unique_results[answer_of[index]]
-            .clone()
-            .expect("every unique row was sent");
-        let attempt = Attempt {
-            number: row.attempt,
-            rate_limit_deferrals: row.message.rate_limit_deferrals,
-        };
-        match decide(result, attempt, policy, &mut rng) {
-            Decision::Delivered if row.message.carried_over => {
-                ledger.recovered.push(row.message.key.clone())
-            }
-            Decision::Delivered => ledger.delivered.push(row.message.key.clone()),
-            Decision::RetryLater { visibility, error } => {
-                tracing::debug!(key = %row.message.key, code = %error.code, attempt = row.attempt, "retrying later");
-                ledger.retrying.push(row.message.key.clone());
-                settlement.retries.push(Retry {
-                    row: index,
-                    visibility,
-                });
-            }
-            Decision::Defer {
-                delay,
-                error,
-                if_refused,
-            } => {
-                tracing::debug!(key = %row.message.key, code = %error.code, deferrals = row.message.rate_limit_deferrals, "rate limited; deferring without spending an attempt");
-                ledger.retrying.push(row.message.key.clone());
-                settlement.deferrals.push(Deferral {
-                    row: index,
-                    delay,
-                    if_refused: *if_refused,
-                });
-            }
-            Decision::TerminalFailure(error) => {
-                tracing::warn!(key = %row.message.key, class = error.class.as_str(), code = %error.code, attempt = row.attempt, "row failed");
-                ledger.failed.push(failed_row(row, error));
-            }
-        }
-    }
-    settlement
-}
-
-/// Indexes of `unique` in sending order: by the destination's order key (stable), rows
-/// without a key last in their original order.
-fn send_order(destination: &dyn Destination, unique: &[&Received]) -> Vec<usize> {
-    let keys: Vec<Option<String>> = unique
-        .iter()
-        .map(|r| {
-            destination.order_key(&OutboundRow {
-                key: &r.message.key,
-                idempotency_key: String::new(),
-                fields: &r.message.row,
-            })
-        })
-        .collect();
-    let mut order: Vec<usize> = (0..unique.len()).collect();
-    if keys.iter().any(Option::is_some) {
-        order.sort_by(|&a, &b| match (&keys[a], &keys[b]) {
-            (Some(x), Some(y)) => x.cmp(y),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => std::cmp::Ordering::Equal,
-        });
-    }
-    order
 }
 
 #[cfg(test)]
@@ -520,67 +305,6 @@ mod tests {
         let second = RowMessage::from_body(event.records[1].body.as_deref().unwrap()).unwrap();
         assert!(second.carried_over);
         assert_eq!(second.prior_attempts, 5);
-    }
-
-    struct ByParent;
-
-    impl Destination for ByParent {
-        fn batch_size(&self) -> usize {
-            2
-        }
-
-        fn send<'a>(
-            &'a self,
-            rows: &'a [OutboundRow<'a>],
-        ) -> futures::future::BoxFuture<'a, Vec<RowResult>> {
-            Box::pin(async move { vec![Ok(()); rows.len()] })
-        }
-
-        fn order_key(&self, row: &OutboundRow<'_>) -> Option<String> {
-            row.fields.field("parent")?.as_str().map(str::to_owned)
-        }
-    }
-
-    fn received(key: &str, parent: Option<&str>) -> Received {
-        let mut row = serde_json::Map::new();
-        if let Some(parent) = parent {
-            row.insert("parent".into(), parent.into());
-        }
-        Received {
-            message_id: key.into(),
-            receipt_handle: key.into(),
-            attempt: 1,
-            message: RowMessage {
-                run_id: RunId::parse("r").unwrap(),
-                sync_id: SyncId::parse("s").unwrap(),
-                key: PrimaryKey::parse(key).unwrap(),
-                row: row.into(),
-                carried_over: false,
-                first_failed_at: None,
-                prior_attempts: 0,
-                attempts_before: 0,
-                rate_limit_deferrals: 0,
-            },
-        }
-    }
-
-    #[test]
-    fn rows_are_ordered_by_parent_stably_with_unkeyed_rows_last() {
-        let rows = [
-            received("a", Some("p2")),
-            received("b", None),
-            received("c", Some("p1")),
-            received("d", Some("p2")),
-            received("e", None),
-            received("f", Some("p1")),
-        ];
-        let unique: Vec<&Received> = rows.iter().collect();
-        let order = send_order(&ByParent, &unique);
-        let keys: Vec<&str> = order
-            .iter()
-            .map(|&i| unique[i].message.key.as_str())
-            .collect();
-        assert_eq!(keys, ["c", "f", "a", "d", "b", "e"]);
     }
 
     #[test]

@@ -82,23 +82,15 @@ struct RawConfig {
 impl Config {
     /// Parses and validates YAML text.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let deserializer = serde_yaml::Deserializer::from_str(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
-            let field = err.path().to_string();
-            let message = err.into_inner().to_string();
-            let message = message
-                .strip_prefix(&format!("{field}: "))
-                .map(str::to_owned)
-                .unwrap_or(message);
-            ConfigError::Shape {
-                field: if field == "." {
+        let raw: RawConfig = crate::yaml::from_yaml(serde_yaml::Deserializer::from_str(text))
+            .map_err(|err| ConfigError::Shape {
+                field: if err.field.is_empty() {
                     "(top level)".into()
                 } else {
-                    field
+                    err.field
                 },
-                message,
-            }
-        })?;
+                message: err.message,
+            })?;
         let destinations = destination::validate_destinations(raw.destinations)?;
         sync::validate_syncs(&raw.syncs, &destinations)?;
         Ok(Self {

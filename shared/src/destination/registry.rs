@@ -114,18 +114,7 @@ kinds! {
 }
 
 fn parse<S: Section>(section: serde_yaml::Value) -> Result<S, SettingsError> {
-    serde_path_to_error::deserialize(section).map_err(|err| {
-        let field = err.path().to_string();
-        let message = err.into_inner().to_string();
-        let message = message
-            .strip_prefix(&format!("{field}: "))
-            .map(str::to_owned)
-            .unwrap_or(message);
-        SettingsError {
-            field: if field == "." { String::new() } else { field },
-            message,
-        }
-    })
+    crate::yaml::from_yaml(section).map_err(|err| SettingsError::new(err.field, err.message))
 }
 
 #[cfg(test)]

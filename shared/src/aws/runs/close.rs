@@ -1,10 +1,7 @@
 //! Closing a run: one finalizer claims the close, then the run gets its counts and the
 //! sync its cursor and release in one transaction.
 
-use aws_sdk_dynamodb::{
-    error::SdkError,
-    types::{TransactWriteItem, Update},
-};
+use aws_sdk_dynamodb::{error::SdkError, types::Update};
 
 use super::{run_sk, state_key, sync_pk, RunStore};
 use crate::{
@@ -122,19 +119,6 @@ impl RunStore {
             .build()
             .map_err(|e| AwsError::response("DynamoDB.TransactWriteItems", e.to_string()))?;
 
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(run_update).build())
-            .transact_items(TransactWriteItem::builder().update(state_update).build())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(err)) if err.err().is_transaction_canceled_exception() => {
-                Ok(false)
-            }
-            Err(err) => Err(AwsError::sdk("DynamoDB.TransactWriteItems", err)),
-        }
+        self.update_run_and_state(run_update, state_update).await
     }
 }

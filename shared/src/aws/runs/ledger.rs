@@ -3,7 +3,7 @@
 
 use aws_sdk_dynamodb::types::ReturnValue;
 
-use super::{expires_at, ledger_pk, progress, run_sk, sync_pk, RunStore};
+use super::{became_settled, expires_at, ledger_pk, run_sk, sync_pk, RunStore};
 use crate::{
     aws::{
         item::{get_s, n, s},
@@ -52,10 +52,7 @@ impl RunStore {
             .send()
             .await
             .map_err(|e| AwsError::sdk("DynamoDB.UpdateItem", e))?;
-        Ok(output
-            .attributes
-            .as_ref()
-            .is_some_and(|run| progress(run).became_settled(ledger.settled() as u64)))
+        Ok(became_settled(&output, ledger.settled() as u64))
     }
 
     /// Writes sync-start's rejections, in chunks that fit an item.

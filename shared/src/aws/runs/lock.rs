@@ -3,10 +3,10 @@
 
 use aws_sdk_dynamodb::{
     error::SdkError,
-    types::{ReturnValue, TransactWriteItem, Update},
+    types::{ReturnValue, Update},
 };
 
-use super::{progress, run_sk, state_key, sync_pk, RunStore};
+use super::{became_settled, run_sk, state_key, sync_pk, RunStore};
 use crate::{
     aws::{
         item::{get_s, n, s},
@@ -135,20 +135,10 @@ impl RunStore {
             .expression_attribute_values(":run", s(run.as_str()))
             .build()
             .map_err(|e| AwsError::response("DynamoDB.TransactWriteItems", e.to_string()))?;
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(run_update).build())
-            .transact_items(TransactWriteItem::builder().update(state_update).build())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(err)) if err.err().is_transaction_canceled_exception() => {
-                Ok(())
-            }
-            Err(err) => Err(AwsError::sdk("DynamoDB.TransactWriteItems", err)),
-        }
+        // Canceled: another invocation abandoned or closed it first.
+        self.update_run_and_state(run_update, state_update)
+            .await
+            .map(|_| ())
     }
 
     /// Records the plan and moves the run to `delivering`. Returns whether every row
@@ -186,9 +176,6 @@ impl RunStore {
             .send()
             .await
             .map_err(|e| AwsError::sdk("DynamoDB.UpdateItem", e))?;
-        Ok(output
-            .attributes
-            .as_ref()
-            .is_some_and(|run| progress(run).became_settled(0)))
+        Ok(became_settled(&output, 0))
     }
 }

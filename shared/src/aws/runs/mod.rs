@@ -13,7 +13,12 @@
 //!
 //! [`BatchLedger`]: crate::domain::ledger::BatchLedger
 
-use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::{
+    error::SdkError,
+    operation::update_item::UpdateItemOutput,
+    types::{TransactWriteItem, Update},
+    Client,
+};
 
 use super::{
     item::{get_n, get_s, n, s, Item},
@@ -60,16 +65,40 @@ fn expires_at() -> aws_sdk_dynamodb::types::AttributeValue {
     n(timestamp::now().unix_timestamp() + LEDGER_TTL_SECS)
 }
 
-/// A run item's progress, as an update returned it (`ReturnValues=ALL_NEW`).
-fn progress(run: &Item) -> RunProgress {
-    RunProgress {
-        status: get_s(run, "status").and_then(|s| RunStatus::parse(&s)),
-        enqueued: get_n(run, "enqueued"),
-        settled_hint: get_n(run, "settled_hint"),
-    }
+/// Whether the update of a run item that returned `output` (`ReturnValues=ALL_NEW`)
+/// and added `added` to its settled hint made the run look settled.
+fn became_settled(output: &UpdateItemOutput, added: u64) -> bool {
+    output.attributes.as_ref().is_some_and(|run| {
+        RunProgress {
+            status: get_s(run, "status").and_then(|s| RunStatus::parse(&s)),
+            enqueued: get_n(run, "enqueued"),
+            settled_hint: get_n(run, "settled_hint"),
+        }
+        .became_settled(added)
+    })
 }
 
 impl RunStore {
+    /// Applies an update of a run record and one of its sync's state in one
+    /// transaction. Returns `false` when a condition cancelled it (another invocation
+    /// got there first).
+    async fn update_run_and_state(&self, run: Update, state: Update) -> Result<bool, AwsError> {
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(run).build())
+            .transact_items(TransactWriteItem::builder().update(state).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(err)) if err.err().is_transaction_canceled_exception() => {
+                Ok(false)
+            }
+            Err(err) => Err(AwsError::sdk("DynamoDB.TransactWriteItems", err)),
+        }
+    }
+
     /// Wraps a client and the table name.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
