@@ -14,6 +14,12 @@
 //! - a form-encoded `POST` whose `Action=` is an SNS operation → SNS,
 //! - anything else → S3 (path-style).
 //!
+//! SQS and DynamoDB requests pass a guard first that refuses what AWS refuses and the
+//! rustack crates accept (message and batch sizes, `DelaySeconds`, visibility, 400 KB
+//! items, `BatchWriteItem` and `TransactWriteItems` bounds and duplicate keys), and
+//! injects the seeded faults of [`Emulator::faults`] (throttling, internal errors,
+//! transaction conflicts, partial batch failures, latency).
+//!
 //! SNS `sqs` subscriptions and EventBridge SQS targets deliver into the emulator's own
 //! queues. All state is in memory (large S3 objects are spooled to temporary files)
 //! and dies with the emulator; two emulators in one process are independent.
@@ -35,12 +41,15 @@
 
 mod body;
 mod bridge;
+mod guard;
 mod quiet;
 mod s3;
 mod server;
 mod sns;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+pub use guard::{FaultKind, FaultRule, Faults};
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
@@ -115,6 +124,12 @@ impl Emulator {
     #[must_use]
     pub fn endpoint_url(&self) -> &str {
         &self.endpoint_url
+    }
+
+    /// The fault plan: empty until a test sets one (see [`Faults::set`]).
+    #[must_use]
+    pub fn faults(&self) -> &Faults {
+        &self.providers.faults
     }
 
     /// Stop accepting and end the server task (also done on Drop).

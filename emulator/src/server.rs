@@ -1,6 +1,7 @@
 //! The HTTP side: the accept loop, one hyper connection task per socket, and the
 //! per-request routing to the service that owns the request.
 
+use crate::guard::{dynamodb::GuardedDynamoDB, sqs::GuardedSqs, Guard};
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -42,6 +43,8 @@ const FORM_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// The providers, kept for an orderly shutdown.
 pub(crate) struct Providers {
+    /// The fault plan the guards draw from.
+    pub(crate) faults: Arc<crate::guard::Faults>,
     pub(crate) sqs: Arc<RustackSqs>,
     pub(crate) sns: Arc<RustackSns>,
     pub(crate) events: Arc<RustackEvents>,
@@ -59,8 +62,8 @@ impl Providers {
 
 /// Every service behind the one port.
 pub(crate) struct Services {
-    sqs: SqsHttpService<RustackSqsHandler>,
-    dynamodb: DynamoDBHttpService<RustackDynamoDBHandler>,
+    sqs: SqsHttpService<GuardedSqs<RustackSqsHandler>>,
+    dynamodb: DynamoDBHttpService<GuardedDynamoDB<RustackDynamoDBHandler>>,
     events: EventsHttpService<RustackEventsHandler>,
     secrets: SecretsManagerHttpService<RustackSecretsManagerHandler>,
     sns: Sns,
@@ -120,6 +123,7 @@ impl Services {
             region: REGION.to_owned(),
             credential_provider: None,
         };
+        let guard = Guard::default();
         let s3_backend = Arc::new(S3Backend::new(RustackS3::new(S3Config {
             s3_skip_signature_validation: true,
             default_region: REGION.to_owned(),
@@ -127,7 +131,10 @@ impl Services {
         })));
         let services = Self {
             sqs: SqsHttpService::new(
-                Arc::new(RustackSqsHandler::new(Arc::clone(&sqs))),
+                Arc::new(GuardedSqs::new(
+                    RustackSqsHandler::new(Arc::clone(&sqs)),
+                    guard.clone(),
+                )),
                 SqsHttpConfig {
                     skip_signature_validation: true,
                     region: REGION.to_owned(),
@@ -135,7 +142,10 @@ impl Services {
                 },
             ),
             dynamodb: DynamoDBHttpService::new(
-                Arc::new(RustackDynamoDBHandler::new(dynamodb)),
+                Arc::new(GuardedDynamoDB::new(
+                    RustackDynamoDBHandler::new(dynamodb),
+                    guard.clone(),
+                )),
                 DynamoDBHttpConfig {
                     skip_signature_validation: true,
                     region: REGION.to_owned(),
@@ -164,7 +174,13 @@ impl Services {
             s3_backend,
             quiet: crate::quiet::Quiet::dispatch_for_current(),
         };
-        (Arc::new(services), Providers { sqs, sns, events })
+        let providers = Providers {
+            faults: guard.faults,
+            sqs,
+            sns,
+            events,
+        };
+        (Arc::new(services), providers)
     }
 
     /// Answer one request.

@@ -289,6 +289,12 @@ syncs:
         self.export(name, encoder.finish().unwrap()).await;
     }
 
+    /// The embedded emulator's fault plan; `None` on a remote endpoint, which cannot
+    /// inject faults.
+    pub fn faults(&self) -> Option<&resync_emulator::Faults> {
+        self._emulator.as_ref().map(Emulator::faults)
+    }
+
     pub async fn index(&self) -> Vec<IndexEntry> {
         self.runtime
             .index()

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod dynamodb;
+mod guard;
 mod isolation;
 mod logging;
 mod s3;

@@ -279,6 +279,7 @@ async fn start(
                 },
                 first_failed_at: None,
                 in_index: false,
+                payload: None,
             }),
         }
     }
@@ -310,12 +311,14 @@ async fn start(
                             rejection,
                             first_failed_at: carried.as_ref().map(|c| c.first_failed_at.clone()),
                             in_index: carried.is_some(),
+                            payload: None,
                         }),
                     },
                     Err(rejection) => rejections.push(RecordedRejection {
                         rejection,
                         first_failed_at: None,
                         in_index: false,
+                        payload: None,
                     }),
                 }
             }
@@ -495,19 +498,35 @@ impl<'a> Sender<'a> {
         }));
         while self.in_flight.len() >= SEND_CONCURRENCY {
             let done = self.in_flight.next().await.expect("in flight");
-            self.settle(joined(done)?, rejections);
+            self.settle(joined(done)?, rejections)?;
         }
         Ok(())
     }
 
+    /// Counts a finished batch's rows and turns those that could not be queued into
+    /// rejections. An entry SQS refused on its own side (still failing after the
+    /// retries) ends the planning attempt instead: the run is abandoned and planned
+    /// again, so no row is rejected for SQS's sake and no stored payload is lost.
     fn settle(
         &mut self,
         (batch, not_sent): (Vec<Pending>, Vec<(usize, NotSent)>),
         rejections: &mut Vec<RecordedRejection>,
-    ) {
+    ) -> Result<(), AwsError> {
+        if let Some((_, NotSent::Refused(unsent))) = not_sent
+            .iter()
+            .find(|(_, n)| matches!(n, NotSent::Refused(u) if !u.sender_fault))
+        {
+            return Err(AwsError::response(
+                "SQS.SendMessageBatch",
+                format!(
+                    "SQS did not take a row after retries ({} {}); the run is planned again",
+                    unsent.code, unsent.message
+                ),
+            ));
+        }
         let mut not_sent_at: HashMap<usize, NotSent> = not_sent.into_iter().collect();
         for (i, pending) in batch.into_iter().enumerate() {
-            let (code, reason) = match not_sent_at.remove(&i) {
+            let (code, reason, payload) = match not_sent_at.remove(&i) {
                 None => {
                     self.enqueued += 1;
                     self.carried_over += u64::from(pending.carried.is_some());
@@ -519,10 +538,15 @@ impl<'a> Sender<'a> {
                         "the row is {bytes} bytes as a message, larger than the queue's maximum message size of {} bytes",
                         self.queue.max_message_bytes()
                     ),
+                    None,
                 ),
+                // SQS blames the message itself (e.g. characters it does not take): the
+                // row is rejected with the reason, and its payload is kept in the index
+                // so a carried key is not left waiting for a re-export.
                 Some(NotSent::Refused(unsent)) => (
                     "enqueue_refused",
                     format!("SQS refused the row: {} {}", unsent.code, unsent.message),
+                    Some(pending.message.row.clone()),
                 ),
             };
             rejections.push(RecordedRejection {
@@ -535,8 +559,10 @@ impl<'a> Sender<'a> {
                 },
                 first_failed_at: pending.carried.as_ref().map(|c| c.first_failed_at.clone()),
                 in_index: pending.carried.is_some(),
+                payload,
             });
         }
+        Ok(())
     }
 
     async fn finish(
@@ -545,7 +571,7 @@ impl<'a> Sender<'a> {
     ) -> Result<(u64, u64), AwsError> {
         self.flush(rejections).await?;
         while let Some(done) = self.in_flight.next().await {
-            self.settle(joined(done)?, rejections);
+            self.settle(joined(done)?, rejections)?;
         }
         Ok((self.enqueued, self.carried_over))
     }

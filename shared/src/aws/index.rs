@@ -222,6 +222,9 @@ impl FailedRowIndex {
                     .clone()
                     .unwrap_or_else(|| now.clone())),
             );
+            if let Some(payload) = &rejection.payload {
+                item.insert("payload".into(), s(payload.as_str()));
+            }
             requests.push(put(item));
         }
         for key in recovered {

@@ -77,6 +77,9 @@ pub struct Unsent {
     pub code: String,
     /// SQS's message.
     pub message: String,
+    /// Whether SQS blames the entry itself (it would refuse it again); otherwise the
+    /// entry failed on SQS's side and was still failing after the retries.
+    pub sender_fault: bool,
 }
 
 impl WorkQueue {
@@ -215,6 +218,7 @@ impl WorkQueue {
                         index,
                         code: failed.code().to_owned(),
                         message: failed.message().unwrap_or_default().to_owned(),
+                        sender_fault: failed.sender_fault(),
                     });
                 } else {
                     retry.push(index);

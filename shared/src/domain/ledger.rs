@@ -89,6 +89,10 @@ pub struct RecordedRejection {
     /// Whether the key was in the index before the run.
     #[serde(default)]
     pub in_index: bool,
+    /// The row's payload, for a row that was read whole but could not be queued
+    /// (SQS refused its message): the index keeps it to retry the row from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<RowFields>,
 }
 
 /// The union of a run's ledger items.

@@ -72,6 +72,7 @@ impl RunStore {
                     .key
                     .as_ref()
                     .map_or(0, |k| k.as_str().len())
+                + rejection.payload.as_ref().map_or(0, |p| p.as_str().len())
                 + 128;
             if size + approx > 300_000 && !chunk.is_empty() {
                 self.put_rejection_chunk(run, seq, &chunk).await?;
