@@ -5,12 +5,14 @@
 //!
 //! - [`aws`]: SDK configurations (emulator or `AWS_ENDPOINT_URL`) and the request counter.
 //! - [`bench`](mod@bench): `resync bench`, throughput, requests, cost and memory on the emulator.
+//! - [`chaos`]: `resync chaos`, runs through injected faults, invariants checked from outside.
 //! - [`demo`]: `resync demo`, a whole sync run twice against rows kept locked.
 //! - [`destination_server`]: a local webhook destination, the demo's and the tests'.
 //! - [`local`]: provisioning, pollers, finalizer and scheduler: [`local::LocalRuntime`].
 
 pub mod aws;
 pub mod bench;
+pub mod chaos;
 pub mod demo;
 pub mod destination_server;
 pub mod local;

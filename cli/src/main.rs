@@ -70,6 +70,23 @@ enum Command {
         json: bool,
     },
     /// Measure throughput against the emulator's ceiling, AWS requests and cost per row, retry efficiency and sync-start's memory.
+    /// Several runs of a sync through injected AWS faults, crashed invocations and a
+    /// misbehaving destination; checks I1–I5 from the destination's log and the index,
+    /// and exits non-zero on any violation.
+    Chaos {
+        /// Rows of the first run (later runs add a tenth as many).
+        #[arg(long, default_value_t = 10_000)]
+        rows: usize,
+        /// Runs, the last one without faults (it drains the index).
+        #[arg(long, default_value_t = 4)]
+        runs: usize,
+        /// Seeds every fault.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     Bench {
         /// Rows of the clean pipeline run.
         #[arg(long, default_value_t = 100_000)]
@@ -175,6 +192,23 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 print!("{}", demo::table(&report));
+            }
+        }
+        Command::Chaos {
+            rows,
+            runs,
+            seed,
+            json,
+        } => {
+            let report =
+                resync::chaos::run(&resync::chaos::ChaosOptions { rows, runs, seed }).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", resync::chaos::table(&report));
+            }
+            if !report.violations.is_empty() {
+                anyhow::bail!("{} invariant violations", report.violations.len());
             }
         }
         Command::Bench {

@@ -1,0 +1,269 @@
+//! The invariants, checked from the outside: from what the chaos destination logged
+//! and what the failed-row index holds, not from resync's own counts.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use super::destination::{Answer, Received};
+
+/// What one run (between two closes) looked like from outside.
+#[derive(Debug, Clone, Default)]
+pub struct RunFacts {
+    /// The run that closed.
+    pub run_id: String,
+    /// Keys of the objects exported for this run.
+    pub source_keys: HashSet<String>,
+    /// The failed-row index before the run.
+    pub index_before: HashSet<String>,
+    /// The failed-row index after the run closed.
+    pub index_after: HashSet<String>,
+    /// Keys resync's ledger counts delivered in the run.
+    pub ledger_delivered: HashSet<String>,
+    /// The destination's log entries that arrived during this run (from the previous
+    /// close to this one).
+    pub received: Vec<Received>,
+}
+
+/// The invariants' figures over a whole chaos session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Findings {
+    /// Keys planned that were never written nor are in the index (I1).
+    pub lost_rows: u64,
+    /// Keys counted delivered without a delivered answer in their run.
+    pub wrongly_delivered: u64,
+    /// Whether the index after every run was what the destination's answers imply (I2).
+    pub index_exact: bool,
+    /// Rows re-sent by a later run after a delivered answer, although the key was not
+    /// in the index nor in that run's source (I3).
+    pub resent_after_delivery: u64,
+    /// The most attempts one key had in one run (rate-limited tries excluded) (I4).
+    pub max_attempts_seen: u32,
+    /// Rows of a closed run that reached the destination after it closed (I5).
+    pub overlapping_runs: u64,
+    /// Human-readable descriptions of what did not hold.
+    pub violations: Vec<String>,
+}
+
+fn sample(keys: &BTreeSet<&String>) -> String {
+    let shown: Vec<&str> = keys.iter().take(5).map(|k| k.as_str()).collect();
+    let more = keys.len().saturating_sub(shown.len());
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// Checks I1–I5 over the runs, in order; `final_index` is the index after the last run.
+pub fn check(runs: &[RunFacts], threshold: u32) -> Findings {
+    let mut findings = Findings {
+        index_exact: true,
+        ..Findings::default()
+    };
+    let mut acked_before: HashSet<String> = HashSet::new();
+    let mut closed_runs: HashSet<String> = HashSet::new();
+    let mut planned_ever: HashSet<String> = HashSet::new();
+    for (n, run) in runs.iter().enumerate() {
+        let label = format!("run {} ({})", n + 1, run.run_id);
+        let acked: HashSet<&String> = run
+            .received
+            .iter()
+            .filter(|r| r.answer == Answer::Delivered)
+            .map(|r| &r.key)
+            .collect();
+        let planned: HashSet<&String> = run.source_keys.iter().chain(&run.index_before).collect();
+        planned_ever.extend(planned.iter().map(|k| (*k).clone()));
+
+        // I2: the index is what the answers imply.
+        let expected: HashSet<&String> = planned.difference(&acked).copied().collect();
+        let after: HashSet<&String> = run.index_after.iter().collect();
+        let missing: BTreeSet<&String> = expected.difference(&after).copied().collect();
+        let extra: BTreeSet<&String> = after.difference(&expected).copied().collect();
+        if !missing.is_empty() || !extra.is_empty() {
+            findings.index_exact = false;
+            findings.violations.push(format!(
+                "{label}: the index is not exact: {} keys missing without a delivered answer ({}), {} keys kept although delivered or never planned ({})",
+                missing.len(),
+                sample(&missing),
+                extra.len(),
+                sample(&extra)
+            ));
+        }
+        let wrongly: BTreeSet<&String> = run
+            .ledger_delivered
+            .iter()
+            .filter(|k| !acked.contains(k))
+            .chain(missing.iter().copied())
+            .collect();
+        if !wrongly.is_empty() {
+            findings.wrongly_delivered += wrongly.len() as u64;
+            findings.violations.push(format!(
+                "{label}: {} keys counted delivered without a delivered answer ({})",
+                wrongly.len(),
+                sample(&wrongly)
+            ));
+        }
+
+        // I3: nothing acknowledged earlier is sent again unless resync had reason to.
+        let resent: BTreeSet<&String> = run
+            .received
+            .iter()
+            .map(|r| &r.key)
+            .filter(|k| {
+                acked_before.contains(*k)
+                    && !run.source_keys.contains(*k)
+                    && !run.index_before.contains(*k)
+            })
+            .collect();
+        if !resent.is_empty() {
+            findings.resent_after_delivery += resent.len() as u64;
+            findings.violations.push(format!(
+                "{label}: {} keys delivered by an earlier run were sent again ({})",
+                resent.len(),
+                sample(&resent)
+            ));
+        }
+
+        // I4: attempts per key per run, rate limits excluded.
+        let mut attempts: HashMap<(&str, &str), u32> = HashMap::new();
+        for row in &run.received {
+            if row.answer != Answer::RateLimited {
+                *attempts.entry((&row.run_id, &row.key)).or_default() += 1;
+            }
+        }
+        let over: BTreeSet<&String> = run
+            .received
+            .iter()
+            .filter(|r| {
+                attempts
+                    .get(&(r.run_id.as_str(), r.key.as_str()))
+                    .copied()
+                    .unwrap_or(0)
+                    > threshold
+            })
+            .map(|r| &r.key)
+            .collect();
+        let most = attempts.values().copied().max().unwrap_or(0);
+        findings.max_attempts_seen = findings.max_attempts_seen.max(most);
+        if !over.is_empty() {
+            findings.violations.push(format!(
+                "{label}: {} keys had more than {threshold} attempts in one run (up to {most}: {})",
+                over.len(),
+                sample(&over)
+            ));
+        }
+
+        // I5: a closed run sends nothing more.
+        let late = run
+            .received
+            .iter()
+            .filter(|r| closed_runs.contains(&r.run_id))
+            .count() as u64;
+        if late > 0 {
+            findings.overlapping_runs += late;
+            findings.violations.push(format!(
+                "{label}: {late} rows of an already closed run reached the destination"
+            ));
+        }
+        closed_runs.insert(run.run_id.clone());
+        acked_before.extend(acked.into_iter().cloned());
+    }
+
+    // I1: every planned key was written, or is still in the index.
+    if let Some(last) = runs.last() {
+        let lost: BTreeSet<&String> = planned_ever
+            .iter()
+            .filter(|k| !acked_before.contains(*k) && !last.index_after.contains(*k))
+            .collect();
+        if !lost.is_empty() {
+            findings.lost_rows = lost.len() as u64;
+            findings.violations.push(format!(
+                "{} keys planned were neither delivered nor kept in the index ({})",
+                lost.len(),
+                sample(&lost)
+            ));
+        }
+    }
+    findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(run: &str, key: &str, answer: Answer) -> Received {
+        Received {
+            run_id: run.into(),
+            key: key.into(),
+            answer,
+            request: 0,
+        }
+    }
+
+    fn keys(list: &[&str]) -> HashSet<String> {
+        list.iter().map(|k| (*k).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_clean_pair_of_runs_holds_every_invariant() {
+        let runs = vec![
+            RunFacts {
+                run_id: "r1".into(),
+                source_keys: keys(&["a", "b"]),
+                index_after: keys(&["b"]),
+                ledger_delivered: keys(&["a"]),
+                received: vec![
+                    row("r1", "a", Answer::Delivered),
+                    row("r1", "b", Answer::RateLimited),
+                    row("r1", "b", Answer::Retry),
+                ],
+                ..RunFacts::default()
+            },
+            RunFacts {
+                run_id: "r2".into(),
+                index_before: keys(&["b"]),
+                ledger_delivered: keys(&["b"]),
+                received: vec![row("r2", "b", Answer::Delivered)],
+                ..RunFacts::default()
+            },
+        ];
+        let findings = check(&runs, 2);
+        assert!(findings.violations.is_empty(), "{:?}", findings.violations);
+        assert!(findings.index_exact);
+        assert_eq!(findings.max_attempts_seen, 1);
+    }
+
+    #[test]
+    fn each_broken_invariant_is_found() {
+        let runs = vec![
+            RunFacts {
+                run_id: "r1".into(),
+                source_keys: keys(&["a", "b", "c"]),
+                // "b" never answered delivered but left the index; "a" delivered.
+                index_after: keys(&[]),
+                ledger_delivered: keys(&["a", "b"]),
+                received: vec![
+                    row("r1", "a", Answer::Delivered),
+                    row("r1", "b", Answer::Retry),
+                    row("r1", "b", Answer::Retry),
+                    row("r1", "b", Answer::Retry),
+                ],
+                ..RunFacts::default()
+            },
+            RunFacts {
+                run_id: "r2".into(),
+                received: vec![
+                    row("r2", "a", Answer::Delivered),
+                    row("r1", "a", Answer::Delivered),
+                ],
+                ..RunFacts::default()
+            },
+        ];
+        let findings = check(&runs, 2);
+        assert!(!findings.index_exact);
+        assert!(findings.wrongly_delivered >= 2, "{findings:?}");
+        assert_eq!(findings.resent_after_delivery, 1);
+        assert_eq!(findings.max_attempts_seen, 3);
+        assert_eq!(findings.overlapping_runs, 1);
+        assert_eq!(findings.lost_rows, 2, "b and c: {findings:?}");
+    }
+}

@@ -1,0 +1,395 @@
+//! `resync chaos`: several runs of one sync through AWS's faults (the embedded
+//! emulator's fault plan), crashed delivery invocations and a destination that
+//! misbehaves on a seed, then I1–I5 checked from the destination's own log and the
+//! failed-row index ([`checks`]), not from resync's counts.
+//!
+//! Run 1 exports `rows` rows; every later run but the last exports a tenth as many new
+//! rows; the last run has no new rows and no faults, so everything still failing is
+//! delivered and the index must end empty. Exits non-zero on any violation.
+
+use std::{collections::BTreeMap, collections::HashSet, io::Write, time::Duration};
+
+use anyhow::Context as _;
+use resync_emulator::{FaultKind, FaultRule};
+use resync_shared::{config::Config, SyncId};
+use serde::Serialize;
+
+use crate::local::{LocalOptions, LocalRuntime};
+
+pub mod checks;
+pub mod destination;
+
+use checks::RunFacts;
+use destination::{ChaosDestination, DestinationFaults};
+
+/// The failure threshold of the chaos destination (attempts per row per run).
+pub const THRESHOLD: u32 = 4;
+
+/// How long one run may take before its sync counts as stuck.
+const RUN_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Planning attempts of one run (a failed one is abandoned and planned again, as the
+/// schedule's next firing would).
+const PLANNING_ATTEMPTS: usize = 5;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ChaosOptions {
+    /// Rows of the first run.
+    pub rows: usize,
+    /// Runs (at least 2: the last one drains).
+    pub runs: usize,
+    /// Seeds every fault.
+    pub seed: u64,
+}
+
+/// The outcome, as `--json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChaosReport {
+    /// Rows of the first run.
+    pub rows: usize,
+    /// Runs closed.
+    pub runs: usize,
+    /// The seed.
+    pub seed: u64,
+    /// Faults injected, by kind (`kind:service.Operation` for AWS's).
+    pub faults_injected: BTreeMap<String, u64>,
+    /// Planned keys neither delivered nor in the index (I1).
+    pub lost_rows: u64,
+    /// Keys counted delivered without a delivered answer.
+    pub wrongly_delivered: u64,
+    /// Whether the index was exact after every run (I2).
+    pub index_exact: bool,
+    /// Rows re-sent after a delivered answer without a reason (I3).
+    pub resent_after_delivery: u64,
+    /// The most attempts of one key in one run (I4), against [`THRESHOLD`].
+    pub max_attempts_seen: u32,
+    /// The failure threshold.
+    pub threshold: u32,
+    /// Rows of a closed run that reached the destination afterwards (I5).
+    pub overlapping_runs: u64,
+    /// Syncs that did not close a run within its bound.
+    pub stuck_syncs: u64,
+    /// Planning attempts that failed and were planned again.
+    pub planning_retries: u64,
+    /// What did not hold (empty when all did).
+    pub violations: Vec<String>,
+}
+
+fn chaos_yaml(url: &str) -> String {
+    format!(
+        r#"
+destinations:
+  - id: chaos
+    kind: webhook
+    batch_size: 50
+    concurrency: 2
+    timeout_secs: 2
+    retry: {{ max_attempts: {THRESHOLD}, base_delay_secs: 1, max_delay_secs: 2 }}
+    webhook:
+      url: {url}
+syncs:
+  - id: chaos
+    source: {{ prefix: exports/chaos/ }}
+    primary_key: id
+    destination: chaos
+    schedule: rate(1 hour)
+    alert: {{ warn_failed_rows: 0 }}
+"#
+    )
+}
+
+/// The AWS faults of a chaos run: throttling and internal errors everywhere (the SDK
+/// retries them), transaction conflicts, partial batch failures, some latency.
+fn aws_faults() -> Vec<FaultRule> {
+    let rule = |operation: &str, kind: FaultKind, probability: f64| FaultRule {
+        operation: operation.to_owned(),
+        kind,
+        probability,
+        limit: None,
+    };
+    vec![
+        rule("sqs.*", FaultKind::Throttle, 0.01),
+        rule("sqs.*", FaultKind::InternalError, 0.005),
+        rule("sqs.SendMessageBatch", FaultKind::EntryFailure, 0.01),
+        rule("sqs.DeleteMessageBatch", FaultKind::EntryFailure, 0.01),
+        rule(
+            "sqs.ChangeMessageVisibilityBatch",
+            FaultKind::EntryFailure,
+            0.01,
+        ),
+        rule(
+            "sqs.ReceiveMessage",
+            FaultKind::Latency(Duration::from_millis(50)),
+            0.02,
+        ),
+        rule("dynamodb.*", FaultKind::Throttle, 0.01),
+        rule("dynamodb.*", FaultKind::InternalError, 0.005),
+        rule(
+            "dynamodb.TransactWriteItems",
+            FaultKind::TransactionConflict,
+            0.05,
+        ),
+    ]
+}
+
+/// The destination's faults while the chaos lasts.
+const DESTINATION_FAULTS: DestinationFaults = DestinationFaults {
+    row_retry: 0.03,
+    row_reject: 0.005,
+    rate_limit: 0.02,
+    unavailable: 0.02,
+    answer_lost: 0.01,
+};
+
+fn key(i: usize) -> String {
+    format!("chaos-{i:08}")
+}
+
+async fn export(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    run: usize,
+    keys: std::ops::Range<usize>,
+) -> anyhow::Result<HashSet<String>> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut exported = HashSet::with_capacity(keys.len());
+    for i in keys {
+        writeln!(
+            encoder,
+            r#"{{"id":"{}","email":"user{i}@example.com","run":{run}}}"#,
+            key(i)
+        )?;
+        exported.insert(key(i));
+    }
+    s3.put_object()
+        .bucket(bucket)
+        .key(format!("exports/chaos/{run:04}.jsonl.gz"))
+        .body(encoder.finish()?.into())
+        .send()
+        .await
+        .context("uploading a chaos export")?;
+    Ok(exported)
+}
+
+/// Runs the chaos session.
+pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
+    anyhow::ensure!(
+        options.runs >= 2,
+        "--runs must be at least 2 (the last one drains)"
+    );
+    let emulator = resync_emulator::Emulator::start().await?;
+    let sdk = crate::aws::for_endpoint(emulator.endpoint_url()).await;
+    let destination = ChaosDestination::start(
+        options.seed,
+        DESTINATION_FAULTS,
+        Duration::from_millis(2_500),
+    )
+    .await?;
+    let config = Config::from_yaml(&chaos_yaml(&destination.url()))?;
+    let sync = SyncId::parse("chaos")?;
+    // Crashed delivery invocations, before their handler and after it (response lost),
+    // a few of each, by the seed.
+    let crashes = 2 + (options.seed % 3) as usize;
+    let runtime = LocalRuntime::new(
+        sdk.clone(),
+        config,
+        "resync-chaos",
+        LocalOptions {
+            visibility_timeout_secs: 6,
+            crash_before_handler: crashes,
+            crash_after_handler: crashes,
+            ..LocalOptions::default()
+        },
+    )
+    .await?;
+    emulator.faults().set(options.seed, aws_faults());
+    let s3 = crate::aws::s3_client(&sdk);
+    let bucket = runtime.resources.source_bucket.clone();
+
+    let mut facts: Vec<RunFacts> = Vec::new();
+    let mut stuck = 0;
+    let mut planning_retries = 0;
+    let mut next_key = 0;
+    let mut seen = 0;
+    for run in 0..options.runs {
+        let last = run + 1 == options.runs;
+        let new_rows = if run == 0 {
+            options.rows
+        } else if last {
+            0
+        } else {
+            (options.rows / 10).max(1)
+        };
+        if last {
+            emulator.faults().clear();
+            destination.set_faults(DestinationFaults::NONE);
+        }
+        let source_keys = if new_rows > 0 {
+            // Uploads go around the fault plan's retries only through the SDK's own.
+            export(&s3, &bucket, run, next_key..next_key + new_rows).await?
+        } else {
+            HashSet::new()
+        };
+        next_key += new_rows;
+        let index_before = index_keys(&runtime, &sync).await?;
+
+        let mut closed = None;
+        for _ in 0..PLANNING_ATTEMPTS {
+            match tokio::time::timeout(RUN_DEADLINE, runtime.run_sync(&sync, &|_| {})).await {
+                Err(_) => break,
+                Ok(Ok(done)) => {
+                    closed = Some(done.record);
+                    break;
+                }
+                Ok(Err(err)) => {
+                    planning_retries += 1;
+                    tracing::warn!(error = %format!("{err:#}"), "a chaos run did not complete; trying again");
+                    // A run left open (its planning finished) is driven to its close.
+                    if let Some(open) = runtime.runs().state(&sync).await?.open_run {
+                        if let Ok(Ok((record, _))) =
+                            tokio::time::timeout(RUN_DEADLINE, runtime.drive(&sync, &open, &|_| {}))
+                                .await
+                        {
+                            closed = Some(record);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let Some(record) = closed else {
+            stuck += 1;
+            break;
+        };
+        let (ledger, _) = runtime.runs().ledger(&record.run_id).await?;
+        let ledger_delivered = ledger
+            .into_iter()
+            .flat_map(|item| item.delivered.into_iter().chain(item.recovered))
+            .map(|k| k.as_str().to_owned())
+            .collect();
+        // What the destination logged up to the close (late rows show in the next run).
+        let log = destination.log();
+        let received = log[seen..].to_vec();
+        seen = log.len();
+        facts.push(RunFacts {
+            run_id: record.run_id.as_str().to_owned(),
+            source_keys,
+            index_before,
+            index_after: index_keys(&runtime, &sync).await?,
+            ledger_delivered,
+            received,
+        });
+    }
+    // Let lost answers finish before the log is read for the last time.
+    tokio::time::sleep(destination.answer_delay()).await;
+    if let Some(last) = facts.last_mut() {
+        let log = destination.log();
+        last.received.extend(log[seen..].iter().cloned());
+    }
+
+    let findings = checks::check(&facts, THRESHOLD);
+    let mut violations = findings.violations;
+    if stuck > 0 {
+        violations.push(format!(
+            "the sync did not close a run within {} s ({stuck} time)",
+            RUN_DEADLINE.as_secs()
+        ));
+    }
+    if let Some(last) = facts.last() {
+        if !last.index_after.is_empty() {
+            violations.push(format!(
+                "{} keys are still in the index after the fault-free last run",
+                last.index_after.len()
+            ));
+        }
+    }
+    let mut faults_injected: BTreeMap<String, u64> = emulator.faults().injected();
+    for (kind, count) in destination.injected() {
+        faults_injected.insert(format!("destination:{kind}"), count);
+    }
+    faults_injected.insert("crash:before_handler".into(), crashes as u64);
+    faults_injected.insert("crash:after_handler".into(), crashes as u64);
+    drop(runtime);
+    emulator.shutdown().await;
+    Ok(ChaosReport {
+        rows: options.rows,
+        runs: facts.len(),
+        seed: options.seed,
+        faults_injected,
+        lost_rows: findings.lost_rows,
+        wrongly_delivered: findings.wrongly_delivered,
+        index_exact: findings.index_exact,
+        resent_after_delivery: findings.resent_after_delivery,
+        max_attempts_seen: findings.max_attempts_seen,
+        threshold: THRESHOLD,
+        overlapping_runs: findings.overlapping_runs,
+        stuck_syncs: stuck,
+        planning_retries,
+        violations,
+    })
+}
+
+async fn index_keys(runtime: &LocalRuntime, sync: &SyncId) -> anyhow::Result<HashSet<String>> {
+    Ok(runtime
+        .index()
+        .entries(sync)
+        .await?
+        .into_iter()
+        .map(|entry| entry.key.as_str().to_owned())
+        .collect())
+}
+
+/// The report as a short table.
+pub fn table(report: &ChaosReport) -> String {
+    let mut out = String::new();
+    let line = |out: &mut String, name: &str, value: String| {
+        out.push_str(&format!("{name:<28} {value}\n"));
+    };
+    line(
+        &mut out,
+        "rows / runs / seed",
+        format!("{} / {} / {}", report.rows, report.runs, report.seed),
+    );
+    let injected: u64 = report.faults_injected.values().sum();
+    line(&mut out, "faults injected", injected.to_string());
+    line(&mut out, "lost rows (I1)", report.lost_rows.to_string());
+    line(
+        &mut out,
+        "wrongly delivered",
+        report.wrongly_delivered.to_string(),
+    );
+    line(&mut out, "index exact (I2)", report.index_exact.to_string());
+    line(
+        &mut out,
+        "re-sent after delivery (I3)",
+        report.resent_after_delivery.to_string(),
+    );
+    line(
+        &mut out,
+        "max attempts (I4)",
+        format!(
+            "{} (threshold {})",
+            report.max_attempts_seen, report.threshold
+        ),
+    );
+    line(
+        &mut out,
+        "overlapping runs (I5)",
+        report.overlapping_runs.to_string(),
+    );
+    line(&mut out, "stuck syncs", report.stuck_syncs.to_string());
+    line(
+        &mut out,
+        "planning retries",
+        report.planning_retries.to_string(),
+    );
+    if report.violations.is_empty() {
+        out.push_str("all invariants hold\n");
+    } else {
+        for violation in &report.violations {
+            out.push_str(&format!("VIOLATION: {violation}\n"));
+        }
+    }
+    out
+}
