@@ -5,6 +5,8 @@
 //! One module per topic:
 //! - `seed`: the seed and FAQ scenarios, permanent errors;
 //! - `at_least_once`: duplicate deliveries, crashed invocations, late copies;
+//! - `dead_letters`: rows that keep crashing their invocation, failed from the
+//!   dead-letter queue;
 //! - `source_rows`: bad lines, duplicate keys, too-large and wide rows, new rows merged
 //!   with failed keys;
 //! - `runs`: overlapping starts, the close on the last row, the settled report, close
@@ -19,6 +21,7 @@
 mod helpers;
 
 mod at_least_once;
+mod dead_letters;
 mod hubspot;
 mod rate_limits;
 mod reporting;
