@@ -1,4 +1,7 @@
-//! SDK configuration for local runs.
+//! SDK configuration for local runs, the request counter of the benchmark, and
+//! ([`calls`]) the recorder of what each function's calls need from IAM.
+
+pub mod calls;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;

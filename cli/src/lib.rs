@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //!
-//! - [`aws`]: SDK configurations (emulator or `AWS_ENDPOINT_URL`) and the request counter.
+//! - [`aws`]: SDK configurations (emulator or `AWS_ENDPOINT_URL`), the request counter,
+//!   and the recorder of each function's SDK calls (`RESYNC_CALL_LOG`).
 //! - [`bench`](mod@bench): `resync bench`, throughput, requests, cost and memory on the emulator.
 //! - [`chaos`]: `resync chaos`, runs through injected faults, invariants checked from outside.
 //! - [`demo`]: `resync demo`, a whole sync run twice against rows kept locked.

@@ -296,9 +296,15 @@ export class Resync extends Construct {
         actions: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem'],
         resources: [this.runsTable.tableArn],
       }),
+      // The event source mapping receives and deletes with this role; the handler hides
+      // retries (ChangeMessageVisibility) and re-enqueues rate-limited rows as delayed
+      // copies on its own queue (SendMessage).
       new iam.PolicyStatement({
         sid: 'DeliveryQueue',
-        actions: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes', 'sqs:GetQueueUrl', 'sqs:ChangeMessageVisibility'],
+        actions: [
+          'sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes', 'sqs:GetQueueUrl',
+          'sqs:ChangeMessageVisibility', 'sqs:SendMessage',
+        ],
         resources: [queue.queueArn],
       }),
       new iam.PolicyStatement({ sid: 'RunSettled', actions: ['events:PutEvents'], resources: [this.eventBus.eventBusArn] }),

@@ -202,6 +202,10 @@ describe('template.yaml and the CDK construct deploy the same stack', () => {
     expect(model.functions['resync-delivery-crm-webhook'].iam).toContain(
       'Allow sqs:ChangeMessageVisibility on resync-crm-webhook-delivery.Arn',
     );
+    // Issue 12, defect 9: a rate-limited row's delayed copy goes back on the same queue.
+    expect(model.functions['resync-delivery-crm-webhook'].iam).toContain(
+      'Allow sqs:SendMessage on resync-crm-webhook-delivery.Arn',
+    );
     const drifted = JSON.parse(JSON.stringify(sam));
     drifted.Resources.CrmWebhookDeliveryQueue.Properties.RedrivePolicy.maxReceiveCount = 5;
     drifted.Resources.CrmWebhookDeliveryRole.Properties.Policies[0].PolicyDocument.Statement[1].Action.push('dynamodb:DeleteItem');

@@ -2,25 +2,31 @@
 //! the settings of `QueueSettings` (`shared/src/resources.rs`), a redrive count above the
 //! destination's retry threshold, and the function's SQS event and IAM actions.
 
+use resync::aws::calls::ObservedCalls;
 use resync_shared::{
     config::{Config, DestinationConfig},
     resources::{QueueSettings, DELIVERY_FUNCTION_TIMEOUT_SECS},
-    secrets::SecretRef,
 };
 use serde_yaml::Value;
 
 use crate::{
     functions::{events, Functions},
-    iam::exact_actions,
+    iam::delivery_grants,
     template::{assert_named, edited, get, number, referenced, strings, text, untag, Template},
 };
 
-/// Each destination's queues, then its delivery function.
-pub fn each(template: &Template, config: &Config, functions: &Functions) -> Vec<String> {
+/// Each destination's queues, then its delivery function (its role against the
+/// observed calls).
+pub fn each(
+    template: &Template,
+    config: &Config,
+    observed: &ObservedCalls,
+    functions: &Functions,
+) -> Vec<String> {
     config
         .destinations
         .iter()
-        .flat_map(|destination| one(template, destination, functions))
+        .flat_map(|destination| one(template, config, observed, destination, functions))
         .collect()
 }
 
@@ -37,7 +43,13 @@ pub fn one_delivery_function_each(config: &Config, functions: &Functions) -> Vec
     out
 }
 
-fn one(template: &Template, destination: &DestinationConfig, functions: &Functions) -> Vec<String> {
+fn one(
+    template: &Template,
+    config: &Config,
+    observed: &ObservedCalls,
+    destination: &DestinationConfig,
+    functions: &Functions,
+) -> Vec<String> {
     let mut out = Vec::new();
     let id = destination.id.as_str();
     let settings = QueueSettings::for_destination(destination);
@@ -70,6 +82,7 @@ fn one(template: &Template, destination: &DestinationConfig, functions: &Functio
     ));
     out.extend(delivery_function(
         template,
+        (config, observed),
         destination,
         functions,
         &settings,
@@ -157,9 +170,11 @@ fn redrive(
 }
 
 /// The destination's delivery function: its timeout against the queue's visibility, its
-/// one SQS event (batch items reported, batch size, window, concurrency), its IAM actions.
+/// one SQS event (batch items reported, batch size, window, concurrency), its IAM
+/// grants against the observed calls.
 fn delivery_function(
     template: &Template,
+    (config, observed): (&Config, &ObservedCalls),
     destination: &DestinationConfig,
     functions: &Functions,
     settings: &QueueSettings,
@@ -230,12 +245,13 @@ fn delivery_function(
             out.push(format!("{name}: {} {got:?}, want {want}", path.join(".")));
         }
     }
-    let secrets = destination
-        .settings
-        .secrets()
-        .iter()
-        .any(|s| matches!(s, SecretRef::SecretId(_)));
-    out.extend(exact_actions(template, name, function, "delivery", secrets));
+    out.extend(delivery_grants(
+        template,
+        config,
+        observed,
+        (name, function),
+        destination,
+    ));
     out
 }
 

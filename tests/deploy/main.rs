@@ -1,6 +1,8 @@
 //! The SAM template (`template.yaml`) against the deployed configuration
-//! (`config/resync.yaml`) and the one place that defines names and queue settings
-//! (`shared/src/resources.rs`): what `sam validate --lint` and `cfn-lint` cannot know.
+//! (`config/resync.yaml`), the one place that defines names and queue settings
+//! (`shared/src/resources.rs`) and the calls the handlers make
+//! (`tests/deploy/observed-calls.json`): what `sam validate --lint` and `cfn-lint`
+//! cannot know.
 //!
 //! [`problems`] lists every disagreement; the first test wants none, the others break
 //! one setting of the real template each and want it named (so the checks are proven
@@ -10,7 +12,8 @@
 //! - `template`: reading the files, the YAML readers and lookups, the mutation helpers;
 //! - `functions`: runtime, architecture, build, logs, the config layer; the finalizer's
 //!   triggers;
-//! - `iam`: no wildcards, exactly the actions each handler calls;
+//! - `iam`: no wildcards; each role grants exactly the calls its function was observed
+//!   to make (`observed-calls.json`), on the resources it made them on;
 //! - `destinations`: each destination's queues and delivery function;
 //! - `wiring`: errors and dead-letter alarms, queue and source grants;
 //! - `schedules`: each sync's schedule rule and RowsFailed alarm;
@@ -26,20 +29,22 @@ mod tables;
 mod template;
 mod wiring;
 
+use resync::aws::calls::ObservedCalls;
 use resync_shared::config::Config;
 
 use functions::Functions;
 use template::{problems_of, template_text, Template};
 
-/// Every disagreement between the template and the configuration, check by check.
-fn problems(template: &Template, config: &Config) -> Vec<String> {
+/// Every disagreement between the template, the configuration and the calls the
+/// handlers were observed to make, check by check.
+fn problems(template: &Template, config: &Config, observed: &ObservedCalls) -> Vec<String> {
     let functions = Functions::of(template);
     [
         functions::builds(template, &functions),
         iam::no_wildcards(template),
-        destinations::each(template, config, &functions),
+        destinations::each(template, config, observed, &functions),
         destinations::one_delivery_function_each(config, &functions),
-        iam::function_actions(template, &functions),
+        iam::function_actions(template, config, observed, &functions),
         wiring::error_alarms(template, &functions),
         wiring::destination_queues(template, config, &functions),
         wiring::source_reads(template, config, &functions),

@@ -1,10 +1,11 @@
 //! The template as YAML: reading `template.yaml` and `config/resync.yaml`, the small
 //! readers of CloudFormation values (tags, `!Sub` texts, references), the [`Template`]
 //! lookups the checks share, and the mutation helpers of the tests ([`edited`],
-//! [`assert_named`]).
+//! [`assert_named`], [`problems_observing`]).
 
 use std::collections::BTreeMap;
 
+use resync::aws::calls::ObservedCalls;
 use resync_shared::config::Config;
 use serde_yaml::{Mapping, Value};
 
@@ -173,8 +174,13 @@ pub fn config() -> Config {
 }
 
 pub fn problems_of(text: &str) -> Vec<String> {
+    problems_observing(text, &crate::iam::observed_calls())
+}
+
+/// The problems of a template text against a given observation of the handlers' calls.
+pub fn problems_observing(text: &str, observed: &ObservedCalls) -> Vec<String> {
     let root: Value = serde_yaml::from_str(text).expect("template parses");
-    crate::problems(&Template { root }, &config())
+    crate::problems(&Template { root }, &config(), observed)
 }
 
 /// The real template with one edit (the edit must apply).

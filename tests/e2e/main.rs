@@ -7,6 +7,8 @@
 //! - `at_least_once`: duplicate deliveries, crashed invocations, late copies;
 //! - `aws_faults`: what SQS and DynamoDB refuse on their own side (the embedded
 //!   emulator's fault plan) never costs a row;
+//! - `dead_letters`: rows that keep crashing their invocation, failed from the
+//!   dead-letter queue;
 //! - `source_rows`: bad lines, duplicate keys, too-large and wide rows, new rows merged
 //!   with failed keys;
 //! - `runs`: overlapping starts, the close on the last row, the settled report, close
@@ -22,6 +24,7 @@ mod helpers;
 
 mod at_least_once;
 mod aws_faults;
+mod dead_letters;
 mod hubspot;
 mod rate_limits;
 mod reporting;

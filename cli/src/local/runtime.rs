@@ -28,6 +28,8 @@ use resync_shared::{
 };
 use resync_sync_start::{SyncStart, SyncStartDetail, SyncStartOutcome};
 
+use crate::aws::calls::{CallLog, CallRecorder, Caller, StackNaming, CALL_LOG_ENV};
+
 use super::{
     crashes::Crashes, event_source::Pollers, lambda_invocation, notices::Notices, provision,
     HandlerClock, LocalOptions,
@@ -57,7 +59,8 @@ pub struct LocalRun {
 
 /// Everything a local run needs: the three functions' dependencies, built once.
 pub struct LocalRuntime {
-    /// The SDK configuration (emulator or endpoint).
+    /// The SDK configuration (emulator or endpoint) of the runner itself and of test
+    /// setup; never recorded for a function.
     pub sdk: SdkConfig,
     /// The sync configuration.
     pub config: Arc<Config>,
@@ -91,30 +94,64 @@ impl LocalRuntime {
         let resources = provision(&sdk, &config, stack, &options).await?;
         let config = Arc::new(config);
         let metrics = Arc::new(Mutex::new(Vec::new()));
-        let reporter = Reporter::new(
-            Some((
-                aws_sdk_eventbridge::Client::new(&sdk),
-                resources.event_bus.clone(),
-            )),
-            resources
-                .alert_topic_arn
-                .clone()
-                .map(|arn| (aws_sdk_sns::Client::new(&sdk), arn)),
-            MetricsSink::Memory(metrics.clone()),
-        );
-        let secrets = SecretResolver::new(aws_sdk_secretsmanager::Client::new(&sdk));
+        // Each function's own SDK configuration: the plain one, or with RESYNC_CALL_LOG
+        // one that records the calls its role must allow (issue 12, defect 9).
+        let recording = CallLog::from_env()
+            .with_context(|| format!("{CALL_LOG_ENV}: cannot create the call log"))?
+            .map(|log| (log, Arc::new(StackNaming::new(&resources, &config))));
+        let sdk_of = |caller: Caller| match &recording {
+            Some((log, naming)) => {
+                CallRecorder::new(log.clone(), naming.clone(), caller).instrument(&sdk)
+            }
+            None => sdk.clone(),
+        };
+        let reporter = |sdk: &SdkConfig| {
+            Reporter::new(
+                Some((
+                    aws_sdk_eventbridge::Client::new(sdk),
+                    resources.event_bus.clone(),
+                )),
+                resources
+                    .alert_topic_arn
+                    .clone()
+                    .map(|arn| (aws_sdk_sns::Client::new(sdk), arn)),
+                MetricsSink::Memory(metrics.clone()),
+            )
+        };
         let mut deliveries = HashMap::new();
-        let sqs = aws_sdk_sqs::Client::new(&sdk);
         for destination_config in &config.destinations {
-            let delivery =
-                Delivery::new(&sdk, &resources, destination_config.clone(), &secrets).await?;
+            let delivery_sdk = sdk_of(Caller::Delivery(destination_config.id.clone()));
+            let secrets = SecretResolver::new(aws_sdk_secretsmanager::Client::new(&delivery_sdk));
+            let delivery = Delivery::new(
+                &delivery_sdk,
+                &resources,
+                destination_config.clone(),
+                &secrets,
+            )
+            .await?;
             deliveries.insert(destination_config.id.clone(), Arc::new(delivery));
         }
-        let notices = WorkQueue::resolve(sqs, &resources.finalizer_notices_queue()).await?;
+        let notices = WorkQueue::resolve(
+            aws_sdk_sqs::Client::new(&sdk),
+            &resources.finalizer_notices_queue(),
+        )
+        .await?;
+        let sync_start_sdk = sdk_of(Caller::SyncStart);
+        let finalizer_sdk = sdk_of(Caller::Finalizer);
         Ok(Self {
             notices,
-            sync_start: SyncStart::new(&sdk, config.clone(), resources.clone(), reporter.clone()),
-            finalizer: Finalizer::new(&sdk, config.clone(), resources.clone(), reporter),
+            sync_start: SyncStart::new(
+                &sync_start_sdk,
+                config.clone(),
+                resources.clone(),
+                reporter(&sync_start_sdk),
+            ),
+            finalizer: Finalizer::new(
+                &finalizer_sdk,
+                config.clone(),
+                resources.clone(),
+                reporter(&finalizer_sdk),
+            ),
             clock: Arc::new(HandlerClock::default()),
             crashes: Arc::new(Crashes::new(&options)),
             sdk,
