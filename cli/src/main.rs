@@ -343,7 +343,8 @@ async fn run(
     }
     if let Some(open_run) = runtime.open_run(&sync).await? {
         eprintln!(
-            "run {open_run} of sync {sync} was left open (an interrupted or failed run); driving it to its close first — rows an interrupted runner held come back after the queue's visibility timeout"
+            "run {open_run} of sync {sync} was left open (an interrupted or failed run); driving it to its close first — rows an interrupted runner held come back after the queue's visibility timeout ({} s)",
+            runtime.options.queue_visibility_secs()
         );
     }
     if watch {
