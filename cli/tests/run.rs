@@ -1,6 +1,7 @@
 //! `resync run` as an operator runs it: the built binary against an emulator that
 //! outlives it (as `resync emulator`, LocalStack or moto do) — its exit status, what it
-//! prints, and what it leaves in the stack.
+//! prints, and what it leaves in the stack. The emulator is the embedded one, or the
+//! endpoint in `RESYNC_TEST_ENDPOINT` (e.g. moto's server).
 
 use std::{
     io::BufRead,
@@ -26,7 +27,9 @@ use resync_sync_start::SyncStartOutcome;
 /// An emulator, a local destination and a configuration file with two syncs, `other`
 /// (first in the file) and `customers`, both to that destination.
 struct Stack {
-    emulator: Emulator,
+    /// The embedded emulator, unless `RESYNC_TEST_ENDPOINT` names another.
+    _emulator: Option<Emulator>,
+    endpoint: String,
     destination: DestinationServer,
     config_path: PathBuf,
     name: String,
@@ -34,7 +37,14 @@ struct Stack {
 
 impl Stack {
     async fn start() -> Self {
-        let emulator = Emulator::start().await.expect("the emulator starts");
+        let (emulator, endpoint) = match std::env::var("RESYNC_TEST_ENDPOINT") {
+            Ok(endpoint) if !endpoint.is_empty() => (None, endpoint),
+            _ => {
+                let emulator = Emulator::start().await.expect("the emulator starts");
+                let endpoint = emulator.endpoint_url().to_owned();
+                (Some(emulator), endpoint)
+            }
+        };
         let destination = DestinationServer::start(Some("cli-test-secret".into()))
             .await
             .expect("the destination starts");
@@ -67,7 +77,8 @@ syncs:
         let config_path = std::env::temp_dir().join(format!("{name}.yaml"));
         std::fs::write(&config_path, yaml).expect("the configuration is written");
         Self {
-            emulator,
+            _emulator: emulator,
+            endpoint,
             destination,
             config_path,
             name,
@@ -80,7 +91,7 @@ syncs:
 
     /// The local runtime of the stack, in this process (provisions it).
     async fn runtime(&self) -> LocalRuntime {
-        let sdk = resync::aws::for_endpoint(self.emulator.endpoint_url()).await;
+        let sdk = resync::aws::for_endpoint(&self.endpoint).await;
         LocalRuntime::new(sdk, self.config(), &self.name, LocalOptions::default())
             .await
             .expect("provisioning")
@@ -161,10 +172,7 @@ async fn the_next_run_closes_a_run_an_interrupted_runner_left_open() {
     };
 
     let output = stack
-        .resync(
-            stack.emulator.endpoint_url(),
-            &["run", "--sync", "customers", "--json"],
-        )
+        .resync(&stack.endpoint, &["run", "--sync", "customers", "--json"])
         .await;
     let stderr = String::from_utf8_lossy(&output.stderr);
 
@@ -205,7 +213,7 @@ async fn the_next_run_closes_a_run_an_interrupted_runner_left_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_that_fails_exits_non_zero() {
     let stack = Stack::start().await;
-    let proxy = RefusingProxy::start(stack.emulator.endpoint_url()).await;
+    let proxy = RefusingProxy::start(&stack.endpoint).await;
 
     let output = stack
         .resync(&proxy.url, &["run", "--sync", "customers"])
@@ -230,7 +238,7 @@ async fn watch_runs_only_the_sync_it_names() {
         stack.export(&runtime, "customers", "cust", 5).await;
     }
     let mut command = stack.command(
-        stack.emulator.endpoint_url(),
+        &stack.endpoint,
         &["run", "--watch", "--sync", "customers", "--json"],
     );
     let first_run = tokio::task::spawn_blocking(move || {
