@@ -1,6 +1,6 @@
 //! A local destination that speaks the webhook contract (see
 //! `resync_shared::destination::webhook`): it verifies the signature, answers per row,
-//! and keeps rows locked or rejected on demand. The demo's destination, and the one
+//! keeps rows locked or rejected on demand, and answers slowly on demand. The demo's destination, and the one
 //! the end-to-end suites assert against.
 
 use std::{
@@ -43,6 +43,7 @@ struct ServerState {
     received_after_delivered: u64,
     bad_requests: u64,
     last_request_at: Option<std::time::Instant>,
+    answer_after: std::time::Duration,
 }
 
 /// What the destination saw.
@@ -124,6 +125,11 @@ impl DestinationServer {
             .insert(key.into(), behaviour);
     }
 
+    /// Answers every request only after `delay`: a healthy but slow destination.
+    pub fn answer_after(&self, delay: std::time::Duration) {
+        self.state.lock().expect("state").answer_after = delay;
+    }
+
     /// Begins the next run: locks held until the next run are released, this-run
     /// rejections end, attempt counts restart.
     pub fn next_run(&self) {
@@ -175,6 +181,10 @@ async fn receive(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<ResultsBody<'static>>, (StatusCode, String)> {
+    let delay = state.lock().expect("state").answer_after;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut state = state.lock().expect("state");
     if let Some(secret) = &state.secret {
         let timestamp = headers

@@ -1,7 +1,13 @@
 //! `resync`: run syncs locally on the embedded emulator (or any endpoint), the demo,
 //! and operator commands.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -9,7 +15,11 @@ use resync::{
     demo::{self, DemoOptions},
     local::{LocalOptions, LocalRuntime},
 };
-use resync_shared::{config::Config, SyncId};
+use resync_shared::{
+    config::Config,
+    domain::run::{RunRecord, RunStatus},
+    SyncId,
+};
 
 // The local runtime hosts the emulator, the destination server and all three functions
 // in one process, with many small allocations freed on other threads than allocated
@@ -48,7 +58,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run one configured sync through the local runner (the embedded emulator, or the endpoint in AWS_ENDPOINT_URL).
+    /// Run one configured sync through the local runner (the embedded emulator, or the endpoint in AWS_ENDPOINT_URL); a run of it left open is driven to its close first. Exits non-zero when a run fails.
     Run {
         /// The sync configuration file.
         #[arg(long)]
@@ -62,7 +72,8 @@ enum Command {
         /// Local files to upload under the sync's source prefix first.
         #[arg(long)]
         upload: Vec<PathBuf>,
-        /// Keep running on the sync's schedule until interrupted.
+        /// Keep running the sync on its schedule until interrupted (Ctrl-C stops once the
+        /// current run has closed).
         #[arg(long)]
         watch: bool,
         /// Print one JSON object per run.
@@ -364,41 +375,103 @@ async fn run(
             .await
             .with_context(|| format!("uploading {}", path.display()))?;
     }
-    let print = |result: anyhow::Result<resync::local::LocalRun>| match result {
-        Ok(run) => {
-            let counts = run.record.counts.unwrap_or_default();
-            if json {
-                let mut value = serde_json::to_value(counts).expect("counts serialise");
-                value["run_id"] = run.record.run_id.to_string().into();
-                value["failed_index_size"] = run.record.failed_index_size.unwrap_or(0).into();
-                println!("{value}");
-            } else {
-                println!(
-                    "run {}: planned {} delivered {} failed {} rejected {} retried {} carried over {} recovered {}; failed-row index {}",
-                    run.record.run_id,
-                    counts.planned,
-                    counts.delivered,
-                    counts.failed,
-                    counts.rejected,
-                    counts.retried_in_run,
-                    counts.carried_over,
-                    counts.recovered,
-                    run.record.failed_index_size.unwrap_or(0)
-                );
-            }
-        }
-        Err(err) => eprintln!("run failed: {err:#}"),
-    };
+    if let Some(open_run) = runtime.open_run(&sync).await? {
+        eprintln!(
+            "run {open_run} of sync {sync} was left open (an interrupted or failed run); driving it to its close first — rows an interrupted runner held come back after the queue's visibility timeout ({} s)",
+            runtime.options.queue_visibility_secs()
+        );
+    }
     if watch {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let stopper = stop.clone();
         tokio::spawn(async move {
             let _ = tokio::signal::ctrl_c().await;
-            stopper.store(true, std::sync::atomic::Ordering::SeqCst);
+            eprintln!("stopping once the current run has closed (Ctrl-C again stops at once)");
+            stopper.store(true, Ordering::SeqCst);
+            let _ = tokio::signal::ctrl_c().await;
+            std::process::exit(130);
         });
-        resync::local::schedule(&runtime, stop, &|_, result| print(result)).await;
+        let runs = AtomicUsize::new(0);
+        let failed = AtomicUsize::new(0);
+        resync::local::schedule(
+            &runtime,
+            std::slice::from_ref(&sync),
+            stop,
+            &|sync, result| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                match result {
+                    Ok(run) => print_run(sync, &run, json),
+                    Err(err) => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        eprintln!(
+                            "run of sync {sync} failed: {err:#}; trying again in {} s",
+                            resync::local::AGAIN_AFTER_FAILURE.as_secs()
+                        );
+                    }
+                }
+            },
+        )
+        .await;
+        let (runs, failed) = (runs.into_inner(), failed.into_inner());
+        anyhow::ensure!(failed == 0, "{failed} of {runs} runs of sync {sync} failed");
     } else {
-        print(runtime.run_sync(&sync, &|_| {}).await);
+        let run = runtime
+            .run_sync(&sync, &|_| {})
+            .await
+            .with_context(|| format!("the run of sync {sync} failed"))?;
+        print_run(&sync, &run, json);
     }
     Ok(())
+}
+
+/// Prints a run that ended (after the run it drove to its end first, if any): one
+/// line, or one JSON object, each.
+fn print_run(sync: &SyncId, run: &resync::local::LocalRun, json: bool) {
+    if let Some(resumed) = &run.resumed {
+        print_record(sync, resumed, true, json);
+    }
+    print_record(sync, &run.record, false, json);
+}
+
+fn print_record(sync: &SyncId, record: &RunRecord, resumed: bool, json: bool) {
+    let counts = record.counts.unwrap_or_default();
+    let failed_index_size = record.failed_index_size.unwrap_or(0);
+    if json {
+        let mut line = serde_json::json!({
+            "sync_id": sync.as_str(),
+            "run_id": record.run_id.as_str(),
+            "status": record.status.as_str(),
+        });
+        if resumed {
+            line["resumed"] = true.into();
+        }
+        if let (Some(line), Ok(serde_json::Value::Object(counts))) =
+            (line.as_object_mut(), serde_json::to_value(counts))
+        {
+            line.extend(counts);
+        }
+        line["failed_index_size"] = failed_index_size.into();
+        println!("{line}");
+    } else if record.status == RunStatus::Closed {
+        println!(
+            "run {}{}: planned {} delivered {} failed {} rejected {} retried {} carried over {} recovered {}; failed-row index {}",
+            record.run_id,
+            if resumed { " (left open, closed now)" } else { "" },
+            counts.planned,
+            counts.delivered,
+            counts.failed,
+            counts.rejected,
+            counts.retried_in_run,
+            counts.carried_over,
+            counts.recovered,
+            failed_index_size
+        );
+    } else {
+        println!(
+            "run {}{}: {} (it never finished planning; its rows are planned again by the next run)",
+            record.run_id,
+            if resumed { " (left open)" } else { "" },
+            record.status.as_str()
+        );
+    }
 }

@@ -1,14 +1,17 @@
 //! The names and settings of every AWS resource resync uses — the one place that
 //! defines them, read by local provisioning, by the functions at start, and mirrored by
-//! the deployment templates.
+//! the deployment templates. The limits a destination's configuration is checked
+//! against when it loads (the delivery function's timeout, the queue's visibility and
+//! retention) live beside that check, in `crate::config::deployment`, and are
+//! re-exported here.
 
 use crate::{config::DestinationConfig, domain::ids::DestinationId};
 
-/// Timeout of the delivery function, in seconds (the queue's visibility timeout is
-/// six times this plus the batching window, as AWS advises for SQS event sources).
-pub const DELIVERY_FUNCTION_TIMEOUT_SECS: u32 = 60;
-/// Source queue retention: 4 days.
-pub const QUEUE_RETENTION_SECS: u32 = 4 * 24 * 3600;
+pub use crate::config::deployment::{
+    BATCHING_WINDOW_SECS, DELIVERY_FUNCTION_TIMEOUT_SECS, QUEUE_RETENTION_SECS,
+    QUEUE_VISIBILITY_SECS,
+};
+
 /// Dead-letter queue retention: 14 days (longer than the source queue's).
 pub const DLQ_RETENTION_SECS: u32 = 14 * 24 * 3600;
 /// The message size resync provisions (the largest every SQS implementation accepts).
@@ -118,16 +121,14 @@ pub struct QueueSettings {
 impl QueueSettings {
     /// The settings for one destination.
     pub fn for_destination(destination: &DestinationConfig) -> Self {
-        let batching_window_secs = 1;
         Self {
-            visibility_timeout_secs: 6 * DELIVERY_FUNCTION_TIMEOUT_SECS + batching_window_secs,
+            visibility_timeout_secs: QUEUE_VISIBILITY_SECS,
             max_message_bytes: MAX_MESSAGE_BYTES,
             retention_secs: QUEUE_RETENTION_SECS,
             max_receive_count: destination.retry.dead_letter_receive_count(),
             dlq_retention_secs: DLQ_RETENTION_SECS,
-            // Several destination batches per invocation keep ledger writes per row low.
-            event_batch_size: (destination.effective_batch_size() as u32 * 2).clamp(20, 1000),
-            batching_window_secs,
+            event_batch_size: destination.event_batch_size(),
+            batching_window_secs: BATCHING_WINDOW_SECS,
         }
     }
 }

@@ -30,6 +30,17 @@ syncs:
         }
     }
 
+    /// The field and message of a refused configuration.
+    fn refused(text: &str) -> (String, String) {
+        match Config::from_yaml(text) {
+            Ok(_) => panic!("the configuration was accepted; a refusal was expected"),
+            Err(
+                ConfigError::Shape { field, message } | ConfigError::Invalid { field, message },
+            ) => (field, message),
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+
     #[test]
     fn a_valid_file_loads_with_defaults() {
         let config = Config::from_yaml(GOOD).unwrap();
@@ -78,6 +89,82 @@ syncs:
         assert_eq!(error_field(&text), "destinations[0].retry.max_attempts");
         let text = GOOD.replace("max_delay_secs: 30", "max_delay_secs: 50000");
         assert_eq!(error_field(&text), "destinations[0].retry.max_delay_secs");
+    }
+
+    /// Issue 12, defect 8: `timeout_secs` up to 600 passed while the delivery function
+    /// times out at 60 s (`DELIVERY_FUNCTION_TIMEOUT_SECS`), so a slow destination had its
+    /// invocations stopped mid-batch. One invocation's requests — its rows in batches,
+    /// `REQUESTS_IN_FLIGHT` at a time, each waiting up to `timeout_secs` — and its queue
+    /// and ledger calls must fit the function's timeout.
+    #[test]
+    fn a_request_timeout_the_delivery_function_cannot_wait_for_is_refused() {
+        let with = |batch: u32, timeout: u32| {
+            GOOD.replace(
+                "batch_size: 50",
+                &format!("batch_size: {batch}\n    timeout_secs: {timeout}"),
+            )
+        };
+        let err = Config::from_yaml(&with(50, 600)).unwrap_err().to_string();
+        assert!(
+            err.starts_with("configuration field `destinations[0].timeout_secs`: "),
+            "{err}"
+        );
+        assert!(err.contains("60 s timeout"), "{err}");
+        // 100 rows per invocation in two requests at once: one request's wait.
+        assert!(Config::from_yaml(&with(50, 45)).is_ok());
+        // 20 rows per invocation in 20 requests, four at a time: five waits in a row.
+        let (field, message) = refused(&with(1, 30));
+        assert_eq!(field, "destinations[0].timeout_secs");
+        assert!(message.contains("at most 10 s"), "{message}");
+        assert!(Config::from_yaml(&with(1, 8)).is_ok());
+        assert_eq!(refused(&with(50, 0)).0, "destinations[0].timeout_secs");
+    }
+
+    /// Issue 12, defect 8: `max_attempts × max_delay_secs` could outlive the delivery
+    /// queue's retention (4 days): the messages of rows still retrying expired and the
+    /// run never closed. A row's worst case in one run — its backoffs, every receive it
+    /// may take, its rate-limit deferrals — must fit the retention.
+    #[test]
+    fn a_retry_policy_that_outlives_the_queue_retention_is_refused() {
+        let policy = |p: &str| {
+            GOOD.replace(
+                "{ max_attempts: 4, base_delay_secs: 1, max_delay_secs: 30 }",
+                p,
+            )
+        };
+        // Nine backoffs of up to 43,000 s: 387,000 s alone.
+        let (field, message) = refused(&policy(
+            "{ max_attempts: 10, base_delay_secs: 43000, max_delay_secs: 43000 }",
+        ));
+        assert_eq!(field, "destinations[0].retry");
+        assert!(message.contains("345600 s"), "{message}");
+        let (field, _) = refused(&policy(
+            "{ max_attempts: 20, base_delay_secs: 5, max_delay_secs: 43000 }",
+        ));
+        assert_eq!(field, "destinations[0].retry");
+        // Long backoffs with few attempts, or many attempts with short backoffs, fit.
+        assert!(Config::from_yaml(&policy(
+            "{ max_attempts: 5, base_delay_secs: 43000, max_delay_secs: 43000 }"
+        ))
+        .is_ok());
+        assert!(Config::from_yaml(&policy(
+            "{ max_attempts: 100, base_delay_secs: 1, max_delay_secs: 900 }"
+        ))
+        .is_ok());
+    }
+
+    /// Issue 12, defect 8: a visibility timeout counts from the receive and SQS refuses
+    /// one that ends more than 12 hours after it; a backoff is set when the invocation
+    /// ends, so a `max_delay_secs` of 43,200 was refused by SQS at run time and the row
+    /// came back at the queue's own timeout instead of after its backoff.
+    #[test]
+    fn a_backoff_that_would_end_past_twelve_hours_from_the_receive_is_refused() {
+        let text = GOOD.replace("max_delay_secs: 30", "max_delay_secs: 43200");
+        let (field, message) = refused(&text);
+        assert_eq!(field, "destinations[0].retry.max_delay_secs");
+        assert!(message.contains("at most 43139"), "{message}");
+        let text = GOOD.replace("max_delay_secs: 30", "max_delay_secs: 43139");
+        assert!(Config::from_yaml(&text).is_ok());
     }
 
     #[test]

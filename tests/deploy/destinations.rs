@@ -289,3 +289,13 @@ fn queue_settings_that_differ_from_resources_rs_are_caught() {
         "DELIVERY_FUNCTION_TIMEOUT_SECS",
     );
 }
+
+/// The configuration's check of a destination's request timeout counts the requests one
+/// delivery invocation keeps in flight: it must count what the function does.
+#[test]
+fn the_configuration_counts_the_requests_delivery_keeps_in_flight() {
+    assert_eq!(
+        resync_shared::config::deployment::REQUESTS_IN_FLIGHT,
+        resync_delivery::REQUESTS_IN_FLIGHT
+    );
+}

@@ -152,6 +152,44 @@ async fn crashed_invocations_leave_counts_exact() {
     assert_eq!(stats.received_after_delivered, 0);
 }
 
+/// Issue 12, defect 11: a healthy destination slower than the local queues' visibility
+/// timeout (30 s, while a request may take `timeout_secs`) was sent rows again while
+/// their first request was still waiting: 400 planned rows received 600 times, with
+/// `retried_in_run` 0. Scaled down: the destination answers in 2.5 s and a crashed
+/// invocation's rows come back after 1 s; a row of an invocation that is still working
+/// stays hidden (the queues keep the deployment's visibility, 6 × the function timeout
+/// + the batching window), so each row is sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_destination_is_sent_each_row_once() {
+    let rows = 40;
+    let env = TestEnv::with(EnvSettings {
+        batch_size: 10,
+        // One receive at a time: moto's are not atomic (see `full_batches`).
+        concurrency: 1,
+        options: LocalOptions {
+            visibility_timeout_secs: 1,
+            receives_in_flight: 1,
+            ..LocalOptions::default()
+        },
+        ..EnvSettings::default()
+    })
+    .await;
+    env.destination
+        .answer_after(std::time::Duration::from_millis(2500));
+    env.export_rows("batch.jsonl.gz", 0..rows).await;
+    let counts = env.run().await.record.counts.unwrap();
+    assert_eq!(
+        (counts.planned, counts.delivered, counts.retried_in_run),
+        (rows as u64, rows as u64, 0)
+    );
+    let stats = env.destination.stats();
+    assert_eq!(
+        stats.rows_received[0], rows as u64,
+        "each row was sent once"
+    );
+    assert_eq!(stats.delivered_more_than_once, 0);
+}
+
 /// A copy of a row that arrives after its run closed is dropped, not sent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_copies_of_a_closed_run_are_dropped() {

@@ -234,12 +234,17 @@ async fn the_local_scheduler_runs_a_due_sync() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let runs = std::sync::Mutex::new(Vec::new());
     let stopper = stop.clone();
-    resync::local::schedule(&env.runtime, stop, &|sync, result| {
-        runs.lock()
-            .unwrap()
-            .push((sync.clone(), result.map(|r| r.record.counts)));
-        stopper.store(true, std::sync::atomic::Ordering::SeqCst);
-    })
+    resync::local::schedule(
+        &env.runtime,
+        std::slice::from_ref(&env.sync),
+        stop,
+        &|sync, result| {
+            runs.lock()
+                .unwrap()
+                .push((sync.clone(), result.map(|r| r.record.counts)));
+            stopper.store(true, std::sync::atomic::Ordering::SeqCst);
+        },
+    )
     .await;
     let runs = runs.into_inner().unwrap();
     assert_eq!(runs.len(), 1);

@@ -1,6 +1,15 @@
 //! The SQS event source mapping, locally: pollers that gather batches from a delivery
 //! queue, invoke delivery with the `SqsEvent` Lambda would build, and delete what the
 //! partial batch response allows — with the simulated crashes of [`Crashes`].
+//!
+//! As on Lambda, an invocation runs at most the delivery function's timeout and its
+//! messages stay hidden for the queue's visibility timeout, which outlasts it (the
+//! deployment's rule, [`LocalOptions::queue_visibility_secs`]): a row is received again
+//! only after its invocation is over, however slow the destination. Where Lambda would
+//! leave the messages of an invocation that failed (a crash, a function error, a
+//! timeout) hidden until that timeout ends, the runner gives them back after
+//! [`LocalOptions::visibility_timeout_secs`], so a local run does not wait minutes for
+//! them.
 
 use std::{
     collections::HashSet,
@@ -15,7 +24,7 @@ use anyhow::Context as _;
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use resync_delivery::Delivery;
-use resync_shared::resources::QueueSettings;
+use resync_shared::resources::{QueueSettings, DELIVERY_FUNCTION_TIMEOUT_SECS};
 
 use super::{crashes::Crashes, lambda_invocation, HandlerClock, LocalOptions};
 
@@ -45,6 +54,9 @@ impl Pollers {
                         invocations: invocations.clone(),
                         crashes: crashes.clone(),
                         clock: clock.clone(),
+                        failed_batch_returns_after: Duration::from_secs(u64::from(
+                            options.visibility_timeout_secs,
+                        )),
                     },
                     stop: stop.clone(),
                     window: options.batching_window,
@@ -97,7 +109,12 @@ struct Invoker {
     invocations: Arc<AtomicUsize>,
     crashes: Arc<Crashes>,
     clock: Arc<HandlerClock>,
+    /// When the messages of an invocation that failed become visible again.
+    failed_batch_returns_after: Duration,
 }
+
+/// The longest a delivery invocation runs: Lambda stops it at the function's timeout.
+const FUNCTION_TIMEOUT: Duration = Duration::from_secs(DELIVERY_FUNCTION_TIMEOUT_SECS as u64);
 
 impl Poller {
     /// Gathers a batch (up to the mapping's batch size, within the batching window),
@@ -134,7 +151,7 @@ impl Poller {
             if stopping && receiving.is_empty() {
                 break;
             }
-            let mut messages = Vec::new();
+            let mut messages: Vec<aws_sdk_sqs::types::Message> = Vec::new();
             let mut window_ends: Option<tokio::time::Instant> = None;
             while messages.len() < batch_size {
                 if !stopping {
@@ -159,7 +176,15 @@ impl Poller {
                     None => futures::StreamExt::next(&mut receiving).await,
                 };
                 let Some(received) = received else { break };
-                let received = received?;
+                let received = match received {
+                    Ok(received) => received,
+                    Err(err) => {
+                        // The poller stops: what it gathered goes back to the queue now.
+                        let handles = messages.into_iter().filter_map(|m| m.receipt_handle);
+                        invoker.give_back(handles.collect()).await;
+                        return Err(err.into());
+                    }
+                };
                 fan_out = if received.len() == 10 {
                     receives_in_flight
                 } else {
@@ -200,12 +225,6 @@ impl Invoker {
         messages: Vec<aws_sdk_sqs::types::Message>,
         queue_arn: String,
     ) -> anyhow::Result<()> {
-        let Self {
-            delivery,
-            invocations,
-            crashes,
-            clock,
-        } = self;
         let event = sqs_event(messages, &queue_arn);
         let receipts: Vec<Receipt> = event
             .records
@@ -217,22 +236,30 @@ impl Invoker {
                 })
             })
             .collect();
-        invocations.fetch_add(1, Ordering::SeqCst);
-        if crashes.before_handler() {
+        self.invocations.fetch_add(1, Ordering::SeqCst);
+        let all = |receipts: Vec<Receipt>| receipts.into_iter().map(|r| r.handle).collect();
+        if self.crashes.before_handler() {
             tracing::warn!("simulated crash before the handler ran");
+            self.give_back(all(receipts)).await;
             return Ok(());
         }
         let started = Instant::now();
-        let response = resync_delivery::handler(&delivery, lambda_invocation(event)).await;
-        clock.record("delivery", started.elapsed());
-        if crashes.after_handler() {
-            tracing::warn!("simulated crash: the invocation's response is lost");
+        let handler = resync_delivery::handler(&self.delivery, lambda_invocation(event));
+        let response = tokio::time::timeout(FUNCTION_TIMEOUT, handler).await;
+        self.clock.record("delivery", started.elapsed());
+        let Ok(response) = response else {
+            tracing::error!(
+                timeout_secs = FUNCTION_TIMEOUT.as_secs(),
+                "delivery invocation stopped at the function's timeout, as Lambda stops it; the batch returns to the queue"
+            );
+            self.give_back(all(receipts)).await;
             return Ok(());
-        }
+        };
         let response = match response {
             Ok(response) => response,
             Err(err) => {
                 tracing::error!(error = %err, "delivery invocation failed; the batch returns to the queue");
+                self.give_back(all(receipts)).await;
                 return Ok(());
             }
         };
@@ -241,20 +268,46 @@ impl Invoker {
             .iter()
             .map(|f| f.item_identifier.as_str())
             .collect();
+        // The rows the response lists keep the visibility the handler gave them (their
+        // backoff); the others come back sooner if the batch is not deleted.
+        let unlisted = |receipts: Vec<Receipt>| -> Vec<String> {
+            receipts
+                .into_iter()
+                .filter(|receipt| !failed.contains(receipt.message_id.as_str()))
+                .map(|receipt| receipt.handle)
+                .collect()
+        };
+        if self.crashes.after_handler() {
+            tracing::warn!("simulated crash: the invocation's response is lost");
+            self.give_back(unlisted(receipts)).await;
+            return Ok(());
+        }
         let known = |id: &str| receipts.iter().any(|receipt| receipt.message_id == id);
         if failed.iter().any(|id| id.is_empty() || !known(id)) {
             tracing::error!(
                 "partial batch response names an empty or unknown itemIdentifier; the whole batch fails"
             );
+            self.give_back(unlisted(receipts)).await;
             return Ok(());
         }
-        let to_delete: Vec<String> = receipts
-            .into_iter()
-            .filter(|receipt| !failed.contains(receipt.message_id.as_str()))
-            .map(|receipt| receipt.handle)
-            .collect();
-        delivery.queue.delete(&to_delete).await?;
+        self.delivery.queue.delete(&unlisted(receipts)).await?;
         Ok(())
+    }
+
+    /// Makes the messages of a batch whose invocation failed visible again after
+    /// `failed_batch_returns_after` (Lambda leaves them until the queue's visibility
+    /// timeout ends). Best effort: one it cannot change comes back at that timeout.
+    async fn give_back(&self, handles: Vec<String>) {
+        let entries: Vec<(String, Duration)> = handles
+            .into_iter()
+            .map(|handle| (handle, self.failed_batch_returns_after))
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        if let Err(err) = self.delivery.queue.change_visibility(&entries).await {
+            tracing::warn!(error = %err, "could not give a failed batch back early; it returns at the queue's visibility timeout");
+        }
     }
 }
 

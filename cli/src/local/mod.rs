@@ -12,7 +12,7 @@
 //! - `notices`: the finalizer's wait on run-settled notices.
 //! - `clock`: [`HandlerClock`], invocations and handler time per function.
 //! - `lambda`: the `LambdaEvent` each handler gets ([`lambda_invocation`]).
-//! - `scheduler`: [`schedule`], each sync run when its schedule says.
+//! - `scheduler`: [`schedule`], each named sync run when its schedule says.
 
 mod clock;
 mod crashes;
@@ -30,4 +30,4 @@ pub use lambda::lambda_invocation;
 pub use options::LocalOptions;
 pub use provision::provision;
 pub use runtime::{LocalRun, LocalRuntime, Progress};
-pub use scheduler::schedule;
+pub use scheduler::{schedule, AGAIN_AFTER_FAILURE};

@@ -3,11 +3,18 @@
 
 use std::time::Duration;
 
+use resync_shared::resources::{DELIVERY_FUNCTION_TIMEOUT_SECS, QUEUE_VISIBILITY_SECS};
+
 /// Knobs of the local runner that differ from a deployment only in timing.
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
-    /// Visibility timeout of the delivery queues (a deployment uses 6 × the function
-    /// timeout; locally a crashed invocation's rows should come back sooner).
+    /// How soon the messages of a delivery invocation that failed — a simulated crash, a
+    /// function error, the function's timeout — come back. Lambda leaves them hidden
+    /// until the queue's visibility timeout ends (361 s); locally they come back sooner,
+    /// so crashed invocations are retried fast. The queues themselves keep the
+    /// deployment's visibility ([`LocalOptions::queue_visibility_secs`]): a row of an
+    /// invocation that is still working is never received again, however slow the
+    /// destination.
     pub visibility_timeout_secs: u32,
     /// How often the finalizer runs while a run is open.
     pub finalize_every: Duration,
@@ -33,5 +40,36 @@ impl Default for LocalOptions {
             batching_window: Duration::from_millis(200),
             receives_in_flight: 4,
         }
+    }
+}
+
+impl LocalOptions {
+    /// Visibility timeout of the local delivery queues: the deployment's rule, 6 × the
+    /// delivery function's timeout + the batching window (the deployment's 361 s, more
+    /// when the local window is longer than its 1 s), so a batch stays hidden for as
+    /// long as its invocation may run.
+    pub fn queue_visibility_secs(&self) -> u32 {
+        let window =
+            u32::try_from(self.batching_window.as_secs_f64().ceil() as u64).unwrap_or(u32::MAX);
+        QUEUE_VISIBILITY_SECS.max(
+            DELIVERY_FUNCTION_TIMEOUT_SECS
+                .saturating_mul(6)
+                .saturating_add(window),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_queues_keep_the_deployments_visibility() {
+        assert_eq!(LocalOptions::default().queue_visibility_secs(), 361);
+        let long_window = LocalOptions {
+            batching_window: Duration::from_millis(29_500),
+            ..LocalOptions::default()
+        };
+        assert_eq!(long_window.queue_visibility_secs(), 390);
     }
 }

@@ -77,7 +77,7 @@ async fn create_delivery_queues(
             .queue_name(resources.delivery_queue(&destination.id))
             .attributes(
                 QueueAttributeName::VisibilityTimeout,
-                options.visibility_timeout_secs.to_string(),
+                options.queue_visibility_secs().to_string(),
             )
             .attributes(
                 QueueAttributeName::MaximumMessageSize,

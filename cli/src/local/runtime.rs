@@ -1,6 +1,7 @@
 //! [`LocalRuntime`]: the three functions' dependencies, built once, and a run driven
 //! from sync-start to its close — the pollers running, the finalizer passing until the
-//! run closes.
+//! run closes; a run of the sync left open (an interrupted runner, a failed run) is
+//! driven to its end first.
 
 use std::{
     collections::HashMap,
@@ -21,7 +22,7 @@ use resync_shared::{
         runs::RunStore,
     },
     config::Config,
-    domain::run::RunRecord,
+    domain::run::{RunRecord, RunStatus},
     resources::Resources,
     secrets::SecretResolver,
     DestinationId, RunId, SyncId,
@@ -55,6 +56,10 @@ pub struct LocalRun {
     pub invocations: usize,
     /// When the finalizer saw the run closed.
     pub closed_at: Instant,
+    /// A run of the sync that was still open when this one was asked for (its runner
+    /// was interrupted, or its run failed), driven to its end first: closed, or
+    /// abandoned if it never finished planning.
+    pub resumed: Option<RunRecord>,
 }
 
 /// Everything a local run needs: the three functions' dependencies, built once.
@@ -218,36 +223,55 @@ impl LocalRuntime {
             .context("the finalizer reported nothing for the sync")
     }
 
-    /// Starts a run and drives it to its close. The destination's pollers run from
-    /// before sync-start, as an event source mapping does: rows are delivered while
-    /// the run is still being planned.
+    /// The run of `sync` that is still open, if any.
+    pub async fn open_run(&self, sync: &SyncId) -> anyhow::Result<Option<RunId>> {
+        Ok(self.runs().state(sync).await?.open_run)
+    }
+
+    /// Runs the sync and drives the run to its close. A run of the sync that is still
+    /// open — left by a runner that was interrupted (Ctrl-C, a crash) or whose run
+    /// failed — is driven to its end first, as the finalizer's schedule does on AWS, and
+    /// reported in [`LocalRun::resumed`]. The destination's pollers run from before
+    /// sync-start, as an event source mapping does: rows are delivered while the run is
+    /// still being planned.
     pub async fn run_sync(
         &self,
         sync: &SyncId,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> anyhow::Result<LocalRun> {
-        let start = async {
-            let started = self.start(sync).await?;
-            let run_id = match &started {
-                SyncStartOutcome::Started { run_id, .. } => run_id.clone(),
-                SyncStartOutcome::AlreadyPlanned { run_id, .. } => run_id.clone(),
-                SyncStartOutcome::Skipped { open_run, .. } => {
-                    bail!("run {open_run} of sync {sync} is still open; not overlapping it")
+        let ((resumed, started, closed), invocations) = self
+            .polling(sync, async |pollers| {
+                let resumed = match self.open_run(sync).await? {
+                    Some(open_run) => Some(
+                        self.finalize_until_closed(sync, &open_run, pollers, progress)
+                            .await?
+                            .record,
+                    ),
+                    None => None,
+                };
+                let started = self.start(sync).await?;
+                let run_id = match &started {
+                    SyncStartOutcome::Started { run_id, .. } => run_id.clone(),
+                    SyncStartOutcome::AlreadyPlanned { run_id, .. } => run_id.clone(),
+                    SyncStartOutcome::Skipped { open_run, .. } => bail!(
+                        "run {open_run} of sync {sync} was opened by another runner meanwhile; not overlapping it"
+                    ),
+                };
+                let closed = self
+                    .finalize_until_closed(sync, &run_id, pollers, progress)
+                    .await?;
+                if closed.record.status != RunStatus::Closed {
+                    bail!("run {run_id} was abandoned");
                 }
-            };
-            Ok((started, run_id))
-        };
-        let Polled {
-            started,
-            record,
-            closed_at,
-            invocations,
-        } = self.polling(sync, start, progress).await?;
+                anyhow::Ok((resumed, started, closed))
+            })
+            .await?;
         Ok(LocalRun {
             started,
-            record,
+            record: closed.record,
             invocations,
-            closed_at,
+            closed_at: closed.closed_at,
+            resumed,
         })
     }
 
@@ -258,45 +282,29 @@ impl LocalRuntime {
         run_id: &RunId,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> anyhow::Result<(RunRecord, usize)> {
-        let Polled {
-            record,
-            invocations,
-            ..
-        } = self
-            .polling(sync, async { Ok(((), run_id.clone())) }, progress)
+        let (closed, invocations) = self
+            .polling(sync, async |pollers| {
+                self.finalize_until_closed(sync, run_id, pollers, progress)
+                    .await
+            })
             .await?;
-        Ok((record, invocations))
+        if closed.record.status != RunStatus::Closed {
+            bail!("run {run_id} was abandoned");
+        }
+        Ok((closed.record, invocations))
     }
 
-    /// With the destination's pollers running: awaits `start` (which names the run),
-    /// then runs the finalizer until that run closes; stops the pollers.
+    /// With the destination's pollers running, does `work`; stops the pollers and
+    /// returns what `work` gave and the delivery invocations made.
     async fn polling<T>(
         &self,
         sync: &SyncId,
-        start: impl std::future::Future<Output = anyhow::Result<(T, RunId)>>,
-        progress: &(dyn Fn(Progress) + Sync),
-    ) -> anyhow::Result<Polled<T>> {
+        work: impl AsyncFnOnce(&Pollers) -> anyhow::Result<T>,
+    ) -> anyhow::Result<(T, usize)> {
         let pollers = self.pollers(sync)?;
-        let result = async {
-            let (started, run_id) = start.await?;
-            let closed = self
-                .finalize_until_closed(sync, &run_id, &pollers, progress)
-                .await?;
-            anyhow::Ok((started, closed))
-        }
-        .await;
+        let result = work(&pollers).await;
         let invocations = pollers.stop().await?;
-        let (started, ClosedRun { record, closed_at }) = result?;
-        progress(Progress {
-            settled: record.enqueued,
-            enqueued: record.enqueued,
-        });
-        Ok(Polled {
-            started,
-            record,
-            closed_at,
-            invocations,
-        })
+        Ok((result?, invocations))
     }
 
     /// Starts the pollers of the sync's destination queue.
@@ -315,7 +323,7 @@ impl LocalRuntime {
     }
 
     /// Runs the finalizer every `finalize_every`, and at once on a run-settled notice,
-    /// until the run closes.
+    /// until the run ends: closed, or abandoned (a planning run whose sync-start died).
     async fn finalize_until_closed(
         &self,
         sync: &SyncId,
@@ -327,12 +335,14 @@ impl LocalRuntime {
         loop {
             match self.finalize(sync).await? {
                 SyncReport::Closed { run_id: closed, .. } if &closed == run_id => break,
+                SyncReport::Abandoned {
+                    run_id: abandoned, ..
+                } if &abandoned == run_id => break,
                 SyncReport::InFlight {
                     settled, enqueued, ..
                 } => progress(Progress { settled, enqueued }),
                 SyncReport::Idle { .. } => break,
-                SyncReport::Abandoned { .. } => bail!("run {run_id} was abandoned"),
-                SyncReport::Closed { .. } => {}
+                SyncReport::Closed { .. } | SyncReport::Abandoned { .. } => {}
             }
             if pollers.any_finished() {
                 bail!("a delivery poller stopped unexpectedly");
@@ -348,20 +358,15 @@ impl LocalRuntime {
             .run(sync, run_id)
             .await?
             .context("the closed run has no record")?;
+        progress(Progress {
+            settled: record.enqueued,
+            enqueued: record.enqueued,
+        });
         Ok(ClosedRun { record, closed_at })
     }
 }
 
-/// What [`LocalRuntime::polling`] saw: what its `start` gave, the closed run and the
-/// delivery invocations made.
-struct Polled<T> {
-    started: T,
-    record: RunRecord,
-    closed_at: Instant,
-    invocations: usize,
-}
-
-/// A run the finalizer saw closed.
+/// A run the finalizer saw end.
 struct ClosedRun {
     record: RunRecord,
     /// When the finalizer saw it closed.

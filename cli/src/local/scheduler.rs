@@ -1,5 +1,5 @@
 //! [`schedule`]: the local stand-in for the EventBridge schedule rules, running each
-//! sync when it is due.
+//! named sync when it is due.
 
 use std::{
     collections::HashMap,
@@ -14,33 +14,45 @@ use resync_shared::SyncId;
 
 use super::{LocalRun, LocalRuntime};
 
-/// Runs every sync on its `rate(...)` schedule until `stop` (the local stand-in for the
-/// EventBridge rules). `cron(...)` schedules are run once at start.
+/// After a failed run, how soon its sync is run again: the deployment's finalizer
+/// schedule, which would have driven the run left open to its close by then (the local
+/// run does that first, then starts the next).
+pub const AGAIN_AFTER_FAILURE: Duration = Duration::from_secs(60);
+
+/// Runs each of `syncs` on its `rate(...)` schedule until `stop` (the local stand-in for
+/// the EventBridge rules). `cron(...)` schedules are run once at start. A run that
+/// fails is tried again after [`AGAIN_AFTER_FAILURE`] (or its period, if shorter).
 pub async fn schedule(
     runtime: &LocalRuntime,
+    syncs: &[SyncId],
     stop: Arc<AtomicBool>,
     on_run: &(dyn Fn(&SyncId, anyhow::Result<LocalRun>) + Sync),
 ) {
-    let mut next: HashMap<SyncId, Instant> = runtime
-        .config
-        .syncs
-        .iter()
-        .map(|s| (s.id.clone(), Instant::now()))
-        .collect();
+    let mut next: HashMap<&SyncId, Instant> =
+        syncs.iter().map(|sync| (sync, Instant::now())).collect();
     while !stop.load(Ordering::SeqCst) {
-        for sync in &runtime.config.syncs {
-            let due = next.get(&sync.id).is_some_and(|at| Instant::now() >= *at);
+        for sync in syncs {
+            let due = next.get(sync).is_some_and(|at| Instant::now() >= *at);
             if !due {
                 continue;
             }
-            let result = runtime.run_sync(&sync.id, &|_| {}).await;
-            on_run(&sync.id, result);
-            match resync_shared::config::rate_period(&sync.schedule) {
-                Some(period) => {
-                    next.insert(sync.id.clone(), Instant::now() + period);
+            let period = runtime
+                .config
+                .sync(sync)
+                .and_then(|s| resync_shared::config::rate_period(&s.schedule));
+            let result = runtime.run_sync(sync, &|_| {}).await;
+            let again = match (&result, period) {
+                (Err(_), Some(period)) => Some(period.min(AGAIN_AFTER_FAILURE)),
+                (Err(_), None) => Some(AGAIN_AFTER_FAILURE),
+                (Ok(_), period) => period,
+            };
+            on_run(sync, result);
+            match again {
+                Some(after) => {
+                    next.insert(sync, Instant::now() + after);
                 }
                 None => {
-                    next.remove(&sync.id);
+                    next.remove(sync);
                 }
             }
         }

@@ -27,7 +27,9 @@ pub struct DestinationConfig {
     pub batch_size: Option<usize>,
     /// How many delivery invocations may call this destination at once.
     pub concurrency: u32,
-    /// Timeout of one destination request, in seconds.
+    /// Timeout of one destination request, in seconds; with the batch size, it must let
+    /// one delivery invocation finish within the function's timeout
+    /// ([`DestinationConfig::invocation_bound`]).
     pub timeout_secs: u64,
     /// In-run retries: `max_attempts` is the destination's failure threshold.
     pub retry: RetryPolicy,
@@ -136,10 +138,11 @@ pub(super) fn validate_destinations(
                 "must be between 1 and 1000",
             ));
         }
-        if d.timeout_secs == 0 || d.timeout_secs > 600 {
+        // The upper bound depends on the batch size: `deployment::check_destination`.
+        if d.timeout_secs == 0 {
             return Err(invalid(
                 format!("{at}.timeout_secs"),
-                "must be between 1 and 600",
+                "must be at least 1 (seconds)",
             ));
         }
         d.retry
@@ -190,7 +193,7 @@ pub(super) fn validate_destinations(
         settings
             .validate()
             .map_err(|err| invalid(section_field(&at, kind, &err), err.message))?;
-        destinations.push(DestinationConfig {
+        let destination = DestinationConfig {
             id: d.id,
             kind,
             batch_size: d.batch_size,
@@ -198,7 +201,9 @@ pub(super) fn validate_destinations(
             timeout_secs: d.timeout_secs,
             retry: d.retry,
             settings,
-        });
+        };
+        super::deployment::check_destination(&destination, &at)?;
+        destinations.push(destination);
     }
     Ok(destinations)
 }

@@ -9,6 +9,8 @@
 //!   and validated by that kind (`crate::destination::registry`).
 //! - [`sync`]: a sync's source, key, destination, schedule and alert rule.
 //! - [`schedule`]: EventBridge schedule expressions.
+//! - [`deployment`]: what a deployment can honour (the delivery function's timeout, the
+//!   queues' visibility and retention) and the check that each destination fits it.
 
 use std::path::Path;
 
@@ -16,11 +18,13 @@ use serde::Deserialize;
 
 use crate::domain::ids::{DestinationId, SyncId};
 
+pub mod deployment;
 pub mod destination;
 pub mod schedule;
 pub mod sync;
 
 pub use crate::domain::source::SourceFormat;
+pub use deployment::RowLifetime;
 pub use destination::DestinationConfig;
 pub use schedule::rate_period;
 pub use sync::{AlertRule, SourceConfig, SyncConfig};
