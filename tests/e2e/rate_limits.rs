@@ -1,7 +1,10 @@
-//! Rate limits (HubSpot's portal): rate-limited rows wait instead of failing, and a row
-//! whose delayed copy SQS refuses is kept, not lost.
+//! Rate limits (HubSpot's portal): rate-limited rows wait instead of failing, a row
+//! whose delayed copy SQS refuses is kept, not lost, and a deferred row lives on as one
+//! message; a copy past the threshold is not sent again (I4).
 
+use aws_sdk_sqs::types::QueueAttributeName;
 use resync_shared::{domain::message::RowMessage, PrimaryKey, RunId};
+use resync_sync_start::SyncStartOutcome;
 
 use crate::helpers::{key, row, scaled, EnvSettings, TestEnv, Vendor};
 
@@ -110,4 +113,146 @@ async fn a_rate_limited_row_whose_copy_sqs_refuses_is_kept_not_lost() {
 /// Row 5 of the test above with its `notes`.
 fn wide_row(notes: &str) -> String {
     serde_json::json!({"id": key(5), "email": "c5@example.com", "notes": notes}).to_string()
+}
+
+/// The number of messages of the delivery queue, visible, in flight and delayed.
+async fn live_messages(env: &TestEnv, url: &str) -> u64 {
+    let sqs = aws_sdk_sqs::Client::new(&env.runtime.sdk);
+    let output = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await
+        .expect("queue attributes");
+    output
+        .attributes()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, value)| value.parse::<u64>().ok())
+        .sum()
+}
+
+/// Issue 12, defect 12: a rate-limited row is re-enqueued as a delayed copy and its
+/// original was left for Lambda to delete once the invocation returned. When the
+/// response was lost (a timeout, a crash after the handler), the original came back
+/// too, and the row lived on as two messages whose attempts were counted apart: up to
+/// twice the threshold at the destination (I4). The handler now deletes the originals
+/// of the rows it re-enqueued, so one message per row remains whatever becomes of the
+/// invocation's response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_row_lives_on_as_one_message_when_the_response_is_lost() {
+    let env = TestEnv::with(EnvSettings {
+        vendor: Vendor::Hubspot,
+        concurrency: 1,
+        ..EnvSettings::default()
+    })
+    .await;
+    let portal = env.hubspot.as_ref().unwrap();
+    // Every call is answered 429.
+    portal.limit_calls(0, std::time::Duration::from_secs(60));
+    env.export_rows("batch.jsonl.gz", 0..3).await;
+    let started = env.runtime.start(&env.sync).await.unwrap();
+    assert!(matches!(
+        started,
+        SyncStartOutcome::Started { enqueued: 3, .. }
+    ));
+    let delivery = env.runtime.deliveries.values().next().unwrap().clone();
+    let mut messages = Vec::new();
+    while messages.len() < 3 {
+        let want = 3 - messages.len() as i32;
+        messages.extend(
+            delivery
+                .queue
+                .receive(want, std::time::Duration::from_secs(1))
+                .await
+                .unwrap(),
+        );
+    }
+    let event = resync::local::sqs_event(messages, "arn:aws:sqs:us-east-1:000000000000:q");
+    let response = resync_delivery::handler(&delivery, resync::local::lambda_invocation(event))
+        .await
+        .unwrap();
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "rate-limited rows are deferred, not retried"
+    );
+    assert!(portal.stats().rate_limited_calls >= 1);
+    // The response is lost: nothing deletes what the handler left.
+    assert_eq!(
+        live_messages(&env, delivery.queue.url()).await,
+        3,
+        "one message per row: its delayed copy, not the copy and the original"
+    );
+}
+
+/// Issue 12, defect 12: a copy of a row that comes back after its last attempt (SQS
+/// lost its delete, or an invocation died at the threshold) was sent to the
+/// destination once more than the threshold allows (I4). It is no longer sent: the
+/// row was settled by that attempt, or, if that invocation died before recording it,
+/// is settled now as failed and retried by the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_comes_back_after_the_last_attempt_is_not_sent_again() {
+    let env = TestEnv::with(EnvSettings {
+        max_attempts: 3,
+        ..EnvSettings::default()
+    })
+    .await;
+    env.export_rows("batch.jsonl.gz", 0..2).await;
+    let started = env.runtime.start(&env.sync).await.unwrap();
+    let SyncStartOutcome::Started { run_id, .. } = started else {
+        panic!("expected a started run, got {started:?}")
+    };
+    let delivery = env.runtime.deliveries.values().next().unwrap().clone();
+    // A copy of row 1 whose earlier copies already spent the three attempts.
+    let spent = RowMessage {
+        run_id: run_id.clone(),
+        sync_id: env.sync.clone(),
+        key: PrimaryKey::parse(key(1)).unwrap(),
+        row: row(1, "v1").as_object().unwrap().clone().into(),
+        carried_over: false,
+        first_failed_at: None,
+        prior_attempts: 0,
+        attempts_before: 3,
+        rate_limit_deferrals: 0,
+    };
+    assert!(delivery
+        .queue
+        .send_batch(&[spent.to_body()])
+        .await
+        .unwrap()
+        .is_empty());
+    let mut messages = Vec::new();
+    while messages.len() < 3 {
+        let want = (3 - messages.len() as i32).min(10);
+        messages.extend(
+            delivery
+                .queue
+                .receive(want, std::time::Duration::from_secs(1))
+                .await
+                .unwrap(),
+        );
+    }
+    let spent_copy: Vec<_> = messages
+        .into_iter()
+        .filter(|m| {
+            m.body
+                .as_deref()
+                .and_then(|b| RowMessage::from_body(b).ok())
+                .is_some_and(|m| m.attempts_before == 3)
+        })
+        .collect();
+    assert_eq!(spent_copy.len(), 1);
+    let event = resync::local::sqs_event(spent_copy, "arn:aws:sqs:us-east-1:000000000000:q");
+    let response = resync_delivery::handler(&delivery, resync::local::lambda_invocation(event))
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    let received = env.destination.stats().keys_received;
+    assert!(
+        !received[0].contains(&key(1)),
+        "a copy past the threshold reached the destination"
+    );
 }

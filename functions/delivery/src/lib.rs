@@ -226,7 +226,29 @@ pub async fn handler(
         // Re-enqueue rate-limited rows *before* the ledger is written, so a row whose
         // copy SQS refused is settled the ordinary way (this receive counts) in the
         // same ledger item — at the threshold that is a terminal failure (I4).
-        for position in defer_rows(&deps.queue, &rows, &deferrals).await {
+        let kept = defer_rows(&deps.queue, &rows, &deferrals).await;
+        // The originals of the rows whose copies SQS took are deleted now rather than
+        // left for Lambda to delete when the invocation returns: a lost response (a
+        // timeout, a crash) would otherwise bring them back beside their copies, and
+        // the row would live on as two messages counting attempts apart (I4).
+        let copied: Vec<String> = deferrals
+            .iter()
+            .enumerate()
+            .filter(|(position, _)| !kept.contains(position))
+            .map(|(_, deferral)| rows[deferral.row].receipt_handle.clone())
+            .collect();
+        if !copied.is_empty() {
+            match deps.queue.delete(&copied).await {
+                Ok(0) => {}
+                Ok(refused) => {
+                    tracing::warn!(refused, "SQS kept the originals of some deferred rows; they are deleted when the invocation returns")
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot delete the originals of deferred rows; they are deleted when the invocation returns")
+                }
+            }
+        }
+        for position in kept {
             let deferral = &deferrals[position];
             let row = &rows[deferral.row];
             match &deferral.if_refused {

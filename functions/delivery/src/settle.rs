@@ -78,17 +78,23 @@ pub(super) struct Settlement {
 
 /// Sends one run's rows and decides each by the destination's answer.
 pub(super) async fn deliver_run(deps: &Delivery, rows: &[Received]) -> Settlement {
+    let policy = &deps.destination_config.retry;
     // Copies of one key (at-least-once delivery) are sent once and share the answer:
-    // a destination request never upserts the same record twice.
+    // a destination request never upserts the same record twice. A copy past the
+    // threshold is not sent at all (I4): it gets no answer slot.
     let mut first_copy: HashMap<&PrimaryKey, usize> = HashMap::with_capacity(rows.len());
     let mut unique: Vec<&Received> = Vec::with_capacity(rows.len());
-    let mut answer_of: Vec<usize> = Vec::with_capacity(rows.len());
+    let mut answer_of: Vec<Option<usize>> = Vec::with_capacity(rows.len());
     for row in rows {
+        if policy.past_threshold(row.attempt) {
+            answer_of.push(None);
+            continue;
+        }
         let slot = *first_copy.entry(&row.message.key).or_insert_with(|| {
             unique.push(row);
             unique.len() - 1
         });
-        answer_of.push(slot);
+        answer_of.push(Some(slot));
     }
     // Order by the destination's key (stable), remembering where each row came from.
     let order = send_order(deps.destination.as_ref(), &unique);
@@ -108,7 +114,6 @@ pub(super) async fn deliver_run(deps: &Delivery, rows: &[Received]) -> Settlemen
         .collect()
         .await;
 
-    let policy = &deps.destination_config.retry;
     let mut rng = rand::thread_rng();
     let mut settlement = Settlement {
         ledger: BatchLedger::default(),
@@ -123,9 +128,15 @@ pub(super) async fn deliver_run(deps: &Delivery, rows: &[Received]) -> Settlemen
     }
     let ledger = &mut settlement.ledger;
     for (index, row) in rows.iter().enumerate() {
-        let result = unique_results[answer_of[index]]
-            .clone()
-            .expect("every unique row was sent");
+        let result = match answer_of[index] {
+            Some(slot) => unique_results[slot]
+                .clone()
+                .expect("every unique row was sent"),
+            None => {
+                tracing::warn!(key = %row.message.key, attempt = row.attempt, "a copy came back after its last attempt; not sent again");
+                Err(RowError::attempts_spent())
+            }
+        };
         let attempt = Attempt {
             number: row.attempt,
             rate_limit_deferrals: row.message.rate_limit_deferrals,
@@ -158,7 +169,10 @@ pub(super) async fn deliver_run(deps: &Delivery, rows: &[Received]) -> Settlemen
             }
             Decision::TerminalFailure(error) => {
                 tracing::warn!(key = %row.message.key, class = error.class.as_str(), code = %error.code, attempt = row.attempt, "row failed");
-                ledger.failed.push(failed_row(row, error));
+                let mut failed = failed_row(row, error);
+                // Attempts this run made, not receives: copies past the threshold were not sent.
+                failed.attempts = failed.attempts.min(policy.max_attempts);
+                ledger.failed.push(failed);
             }
         }
     }

@@ -108,6 +108,13 @@ impl RetryPolicy {
             .min(SQS_MAX_DELAY)
     }
 
+    /// Whether attempt `attempt` would go past the threshold: a copy that comes back
+    /// after the row's last attempt (a lost delete, an invocation that died at the
+    /// threshold) is not sent again (I4).
+    pub fn past_threshold(&self, attempt: u32) -> bool {
+        attempt > self.max_attempts
+    }
+
     /// True when a row that failed on attempt `attempt` (1-based) has reached the threshold.
     pub fn exhausted(&self, attempt: u32) -> bool {
         attempt >= self.max_attempts
