@@ -1,11 +1,12 @@
 //! At-least-once delivery: duplicate SQS deliveries, invocations that crash before or
-//! after their handler, and late copies of a closed run's rows.
+//! after their handler, late copies of a closed run's rows, and a schedule event
+//! delivered again after its run closed.
 
 use resync::local::LocalOptions;
 use resync_shared::{domain::message::RowMessage, PrimaryKey, RunId};
 use resync_sync_start::SyncStartOutcome;
 
-use crate::helpers::{key, row, scaled, EnvSettings, TestEnv};
+use crate::helpers::{key, row, scaled, EnvSettings, ScheduleEvent, TestEnv};
 
 /// Duplicate SQS deliveries change no count: the same rows arrive twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,4 +189,47 @@ async fn late_copies_of_a_closed_run_are_dropped() {
         stats.rows_received[0], sent_before,
         "nothing was sent again"
     );
+}
+
+/// Issue 12, defect 1: a copy of a schedule event that arrives after its run closed
+/// (EventBridge and Lambda's async invocations are at-least-once; a small run closes
+/// within seconds) took the sync's lock again and kept it, so every later start was
+/// refused as overlapping and nothing said so. The copy changes nothing and leaves the
+/// sync free: the next run starts and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_copy_of_a_closed_runs_schedule_event_leaves_the_sync_free() {
+    let env = TestEnv::start().await;
+    let runs = env.runtime.runs();
+    env.export_rows("1.jsonl.gz", 0..10).await;
+    let event = ScheduleEvent::new();
+    let started = env.fire(&event).await.unwrap();
+    assert!(
+        matches!(started, SyncStartOutcome::Started { enqueued: 10, .. }),
+        "{started:?}"
+    );
+    let (record, _) = env
+        .runtime
+        .drive(&env.sync, &event.run_id, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(record.counts.unwrap().delivered, 10);
+
+    let again = env.fire(&event).await.unwrap();
+    assert_eq!(
+        again,
+        SyncStartOutcome::AlreadyPlanned {
+            sync_id: env.sync.clone(),
+            run_id: event.run_id.clone()
+        }
+    );
+    assert_eq!(
+        runs.state(&env.sync).await.unwrap().open_run,
+        None,
+        "the late event left the sync locked by its closed run"
+    );
+    env.export_rows("2.jsonl.gz", 10..15).await;
+    let next = env.run().await;
+    assert_eq!(next.record.counts.unwrap().delivered, 5);
+    let closed = runs.run(&env.sync, &event.run_id).await.unwrap().unwrap();
+    assert_eq!(closed.counts, record.counts, "the closed run is unchanged");
 }

@@ -1,6 +1,7 @@
 //! A run's life: overlapping starts refused, the close on the last row's settled
 //! notice, the one update that reports a run settled, close claims and two finalizers
-//! at once, the local scheduler, and a run that cannot run.
+//! at once, the local scheduler, a run that cannot run, and a lock left by a run that
+//! is not open.
 
 use resync::local::LocalOptions;
 use resync_shared::{
@@ -9,7 +10,7 @@ use resync_shared::{
 };
 use resync_sync_start::SyncStartOutcome;
 
-use crate::helpers::{key, EnvSettings, TestEnv};
+use crate::helpers::{key, EnvSettings, TestEnv, LONGER_THAN_AN_INVOCATION};
 
 /// Two runs of a sync never overlap (I5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,4 +271,74 @@ async fn a_run_that_cannot_run_alerts_critical_and_releases_the_sync() {
     env.export_rows("batch.jsonl.gz", 0..15).await;
     let counts = env.run().await.record.counts.unwrap();
     assert_eq!(counts.delivered, 15);
+}
+
+/// A `Sync Alert` event of critical severity about `run`.
+fn critical_alert_about(run: &RunId) -> impl Fn(&serde_json::Value) -> bool + '_ {
+    move |event| {
+        event["detail-type"] == "Sync Alert"
+            && event["detail"]["severity"] == "critical"
+            && event["detail"]["detail"]["run_id"] == run.as_str()
+    }
+}
+
+/// Issue 12, defect 1 (the finalizer's side): a lock naming a run that is not open
+/// locked the sync forever — every finalizer pass said "in flight", with no error and
+/// no alert. Such a lock comes from a start that took it for a run already closed (as
+/// a late schedule event did), or from a sync-start that died between taking the lock
+/// and recording its run. The finalizer releases a lock naming a closed run at once,
+/// and one naming an abandoned or unrecorded run once it is older than a sync-start
+/// invocation can live (a younger one belongs to a sync-start still at work), logs an
+/// error and raises a critical alert; the sync then runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_finalizer_releases_a_lock_whose_run_is_not_open() {
+    let env = TestEnv::start().await;
+    let sinks = env.sinks().await;
+    let runs = env.runtime.runs();
+    env.export_rows("1.jsonl.gz", 0..5).await;
+    let closed = env.run().await.record.run_id;
+
+    // The lock taken again for the closed run, as a late start of it did.
+    runs.acquire(&env.sync, &closed).await.unwrap();
+    env.runtime.finalize(&env.sync).await.unwrap();
+    assert_eq!(
+        runs.state(&env.sync).await.unwrap().open_run,
+        None,
+        "the lock of a closed run was kept"
+    );
+    assert!(
+        sinks
+            .wait_for(&sinks.events_url, critical_alert_about(&closed))
+            .await
+            .is_some(),
+        "no critical alert about the released lock"
+    );
+
+    // A lock whose run was never recorded: fresh, it belongs to a sync-start at work.
+    let unrecorded = RunId::parse("run-never-recorded").unwrap();
+    runs.acquire(&env.sync, &unrecorded).await.unwrap();
+    env.runtime.finalize(&env.sync).await.unwrap();
+    assert_eq!(
+        runs.state(&env.sync).await.unwrap().open_run,
+        Some(unrecorded.clone()),
+        "a lock just taken was released under its sync-start"
+    );
+    // Older than any sync-start invocation: nobody will record that run.
+    env.backdate_lock(LONGER_THAN_AN_INVOCATION).await;
+    env.runtime.finalize(&env.sync).await.unwrap();
+    assert_eq!(
+        runs.state(&env.sync).await.unwrap().open_run,
+        None,
+        "the lock of a run never recorded was kept"
+    );
+    assert!(
+        sinks
+            .wait_for(&sinks.events_url, critical_alert_about(&unrecorded))
+            .await
+            .is_some(),
+        "no critical alert about the released lock"
+    );
+
+    env.export_rows("2.jsonl.gz", 5..8).await;
+    assert_eq!(env.run().await.record.counts.unwrap().delivered, 3);
 }

@@ -14,6 +14,13 @@
 //! Every step is idempotent, so a finalizer that crashes midway is simply run again.
 //! A run stuck in planning (sync-start killed) past [`STALE_PLANNING`] is abandoned,
 //! which releases the sync without losing a row.
+//!
+//! A lock that names a run which is not open never ends by itself, so the finalizer
+//! releases it (conditionally: only while it still names that run), logs an error and
+//! raises a critical alert: at once when the run is closed (a late or duplicate start
+//! took the lock again), and when the run is abandoned or has no record once the lock
+//! is older than [`STALE_PLANNING`] (until then a sync-start may be between taking the
+//! lock and opening its run).
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -94,6 +101,38 @@ pub enum SyncReport {
         /// The run.
         run_id: RunId,
     },
+    /// The sync's lock named a run that is not open; it was released (and alerted on).
+    Released {
+        /// The sync.
+        sync_id: SyncId,
+        /// The run the lock named.
+        run_id: RunId,
+        /// Why that run is not open.
+        because: NotOpen,
+    },
+}
+
+/// Why the run a lock names is not open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotOpen {
+    /// It closed (a late or duplicate start took the lock again).
+    Closed,
+    /// Its planning was abandoned.
+    Abandoned,
+    /// It has no run record.
+    Unrecorded,
+}
+
+impl NotOpen {
+    /// As logged and alerted.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Abandoned => "abandoned",
+            Self::Unrecorded => "unrecorded",
+        }
+    }
 }
 
 /// The finalizer's answer.
@@ -234,7 +273,24 @@ async fn finalize_sync(
             }
             return Ok(in_flight(0, 0));
         }
-        _ => return Ok(in_flight(0, 0)),
+        Some(record) if record.status == RunStatus::Closed => {
+            return release_stray_lock(deps, sync, &run_id, NotOpen::Closed).await;
+        }
+        other => {
+            // Abandoned, or no record: a sync-start may be between taking the lock and
+            // opening its run; once the lock is older than any invocation, none is.
+            let stale = state
+                .open_since
+                .is_none_or(|since| (timestamp::now() - since) > STALE_PLANNING);
+            if !stale {
+                return Ok(in_flight(0, 0));
+            }
+            let because = match other {
+                Some(_) => NotOpen::Abandoned,
+                None => NotOpen::Unrecorded,
+            };
+            return release_stray_lock(deps, sync, &run_id, because).await;
+        }
     };
 
     drain_dead_letters(deps, &sync.destination).await?;
@@ -267,6 +323,53 @@ async fn finalize_sync(
         return Ok(in_flight(tally.settled() as u64, record.enqueued));
     }
     close(deps, sync, &record, &tally, &rejections).await
+}
+
+/// Releases a lock that names a run which is not open (if it still does), and says so
+/// loudly: an error log and, when the sync's rule asks for it, a critical alert, as
+/// sync-start raises for a run that cannot run. Nothing is lost: the run's cursor and
+/// the index are where it left them, and the next run starts from there.
+async fn release_stray_lock(
+    deps: &Finalizer,
+    sync: &SyncConfig,
+    run_id: &RunId,
+    because: NotOpen,
+) -> Result<SyncReport, FinalizerError> {
+    if !deps.runs.release(&sync.id, run_id).await? {
+        // Released or taken by another run since it was read: nothing stray is left.
+        return Ok(SyncReport::Idle {
+            sync_id: sync.id.clone(),
+        });
+    }
+    tracing::error!(
+        sync = %sync.id,
+        run = %run_id,
+        run_state = because.as_str(),
+        "the sync was locked by a run that is not open; the lock is released"
+    );
+    if sync.alert.critical_on_run_error {
+        let detail = serde_json::json!({
+            "run_id": run_id.as_str(),
+            "error": format!("the sync's lock named run {run_id}, which is {}; the finalizer released it", because.as_str()),
+        });
+        if let Err(alert) = deps
+            .reporter
+            .alert(
+                Severity::Critical,
+                &sync.id,
+                &format!("sync {} was locked by a run that is not open", sync.id),
+                detail,
+            )
+            .await
+        {
+            tracing::error!(sync = %sync.id, error = %alert, "could not send the alert");
+        }
+    }
+    Ok(SyncReport::Released {
+        sync_id: sync.id.clone(),
+        run_id: run_id.clone(),
+        because,
+    })
 }
 
 async fn close(

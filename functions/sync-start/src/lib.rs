@@ -67,7 +67,8 @@ pub enum SyncStartOutcome {
         /// Source objects read.
         source_objects: u64,
     },
-    /// This run was already planned (a retried invocation); nothing was done.
+    /// This run was already planned (a retried invocation, or a late one after the run
+    /// closed); nothing was done, and a closed run's lock was released again.
     AlreadyPlanned {
         /// The sync.
         sync_id: SyncId,
@@ -247,7 +248,25 @@ async fn start(
         Acquired::Acquired { cursor } => cursor,
     };
     let record = deps.runs.open_run(&sync.id, run_id).await?;
+    if record.status == RunStatus::Closed {
+        // A late or duplicate event of a run that already closed (schedule events and
+        // async invocations are at-least-once): the lock it just took again must not
+        // outlive this invocation, or the sync stays locked by a run nobody will close.
+        match deps.runs.release(&sync.id, run_id).await {
+            Ok(released) => {
+                tracing::warn!(sync = %sync.id, run = %run_id, released, "a late start of a closed run; nothing to do, the sync's lock is released")
+            }
+            Err(err) => {
+                tracing::error!(sync = %sync.id, run = %run_id, error = %err, "a late start of a closed run could not release the sync's lock; the finalizer will")
+            }
+        }
+        return Ok(SyncStartOutcome::AlreadyPlanned {
+            sync_id: sync.id.clone(),
+            run_id: run_id.clone(),
+        });
+    }
     if record.status != RunStatus::Planning && record.status != RunStatus::Abandoned {
+        // Delivering: the lock is the run's until the finalizer closes it.
         return Ok(SyncStartOutcome::AlreadyPlanned {
             sync_id: sync.id.clone(),
             run_id: run_id.clone(),

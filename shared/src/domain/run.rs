@@ -101,6 +101,8 @@ pub struct PlanSummary<'a> {
 pub struct SyncState {
     /// The open run, if any.
     pub open_run: Option<RunId>,
+    /// When the open run last took the lock (`None` without a lock, or unreadable).
+    pub open_since: Option<OffsetDateTime>,
     /// The last source object consumed by a closed run.
     pub cursor: Option<String>,
 }

@@ -1,5 +1,6 @@
 //! The sync's lock and a run's way into delivery: take the lock, open (or resume) the
-//! run record, record the plan, or abandon a planning that failed.
+//! run record, record the plan, abandon a planning that failed, or release a lock that
+//! names a run which is not open.
 
 use aws_sdk_dynamodb::{
     error::SdkError,
@@ -74,8 +75,37 @@ impl RunStore {
         };
         Ok(SyncState {
             open_run: get_s(&item, "open_run").and_then(|r| RunId::parse(r).ok()),
+            open_since: get_s(&item, "open_since").and_then(|t| timestamp::parse_rfc3339(&t)),
             cursor: get_s(&item, "cursor"),
         })
+    }
+
+    /// Releases the sync's lock if it still names `run`, and only then (a conditional
+    /// update: a lock another run has taken since is left alone). For a lock that names
+    /// a run which is not open — one already closed, whose late or duplicate start took
+    /// the lock again, or one abandoned or never recorded. Returns whether this call
+    /// released it.
+    pub async fn release(&self, sync: &SyncId, run: &RunId) -> Result<bool, AwsError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(sync)))
+            .key("sk", s(state_key()))
+            .update_expression("REMOVE open_run, open_since")
+            .condition_expression("open_run = :run")
+            .expression_attribute_values(":run", s(run.as_str()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(err))
+                if err.err().is_conditional_check_failed_exception() =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(AwsError::sdk("DynamoDB.UpdateItem", err)),
+        }
     }
 
     /// Writes the run record in `planning` state, unless it already exists (a resumed
