@@ -387,6 +387,16 @@ impl TestEnv {
             .expect("backdated");
     }
 
+    /// Ages a run's planning (its start and its current attempt's start) by `ago`.
+    pub async fn backdate_planning(&self, run: &RunId, ago: std::time::Duration) {
+        self.backdate(
+            &format!("run#{run}"),
+            &["started_at", "planning_since"],
+            ago,
+        )
+        .await;
+    }
+
     /// Ages the sync's lock (when it was taken) by `ago`.
     pub async fn backdate_lock(&self, ago: std::time::Duration) {
         self.backdate("state", &["open_since"], ago).await;

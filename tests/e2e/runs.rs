@@ -1,16 +1,17 @@
 //! A run's life: overlapping starts refused, the close on the last row's settled
 //! notice, the one update that reports a run settled, close claims and two finalizers
-//! at once, the local scheduler, a run that cannot run, and a lock left by a run that
-//! is not open.
+//! at once, the local scheduler, a run that cannot run, a lock left by a run that is
+//! not open, and a planning resumed by a retried invocation.
 
 use resync::local::LocalOptions;
+use resync_finalizer::SyncReport;
 use resync_shared::{
     domain::{ledger::BatchLedger, run::PlanSummary},
     PrimaryKey, RunId,
 };
 use resync_sync_start::SyncStartOutcome;
 
-use crate::helpers::{key, EnvSettings, TestEnv, LONGER_THAN_AN_INVOCATION};
+use crate::helpers::{key, EnvSettings, ScheduleEvent, TestEnv, LONGER_THAN_AN_INVOCATION};
 
 /// Two runs of a sync never overlap (I5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,4 +342,44 @@ async fn the_finalizer_releases_a_lock_whose_run_is_not_open() {
 
     env.export_rows("2.jsonl.gz", 5..8).await;
     assert_eq!(env.run().await.record.counts.unwrap().delivered, 3);
+}
+
+/// Issue 12, defect 3: the finalizer abandons a planning older than a sync-start
+/// invocation can live, but it counted from the run's first start, never from the
+/// attempt at work: a retried invocation that resumed the planning of a run opened
+/// long ago was abandoned while it ran (and the next run could overlap it). Every
+/// planning attempt restarts the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_planning_is_not_abandoned_while_it_runs() {
+    let env = TestEnv::start().await;
+    let runs = env.runtime.runs();
+    env.export_rows("1.jsonl.gz", 0..10).await;
+    let event = ScheduleEvent::new();
+    let run = event.run_id.clone();
+    // The event's first sync-start opened the run long ago and timed out.
+    runs.acquire(&env.sync, &run).await.unwrap();
+    runs.open_run(&env.sync, &run).await.unwrap();
+    env.backdate_planning(&run, LONGER_THAN_AN_INVOCATION).await;
+    // Lambda's retry resumes it (sync-start's first steps: the lock, the run record)
+    // and is still planning when the finalizer passes.
+    runs.acquire(&env.sync, &run).await.unwrap();
+    runs.open_run(&env.sync, &run).await.unwrap();
+    let report = env.runtime.finalize(&env.sync).await.unwrap();
+    assert!(
+        matches!(report, SyncReport::InFlight { .. }),
+        "the resumed planning was abandoned while it ran: {report:?}"
+    );
+    assert_eq!(
+        runs.state(&env.sync).await.unwrap().open_run,
+        Some(run.clone())
+    );
+
+    // A retry that runs whole plans the run, which closes.
+    let started = env.fire(&event).await.unwrap();
+    assert!(
+        matches!(started, SyncStartOutcome::Started { enqueued: 10, .. }),
+        "{started:?}"
+    );
+    let (record, _) = env.runtime.drive(&env.sync, &run, &|_| {}).await.unwrap();
+    assert_eq!(record.counts.unwrap().delivered, 10);
 }

@@ -209,13 +209,17 @@ pub async fn handler(
     for ((sync_id, run_id), rows) in by_run {
         // A copy that comes back after its run closed (a duplicate, or a crashed
         // invocation's message) is already settled: drop it rather than send it again.
-        let open = deps
+        // So is a copy of an abandoned run: the next run plans the same rows again,
+        // with their newest values, so sending this one would send them twice (I3)
+        // and might overwrite a newer value.
+        let ended = deps
             .runs
             .run(&sync_id, &run_id)
             .await?
-            .is_none_or(|record| record.status != RunStatus::Closed);
-        if !open {
-            tracing::info!(sync = %sync_id, run = %run_id, rows = rows.len(), "late copies of a closed run's rows dropped");
+            .map(|record| record.status)
+            .filter(|status| matches!(status, RunStatus::Closed | RunStatus::Abandoned));
+        if let Some(status) = ended {
+            tracing::info!(sync = %sync_id, run = %run_id, status = status.as_str(), rows = rows.len(), "late copies of an ended run's rows dropped");
             continue;
         }
         let Settlement {

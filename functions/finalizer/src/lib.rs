@@ -12,8 +12,9 @@
 //!    sync's rule is met) and closes the run and releases the sync in one transaction.
 //!
 //! Every step is idempotent, so a finalizer that crashes midway is simply run again.
-//! A run stuck in planning (sync-start killed) past [`STALE_PLANNING`] is abandoned,
-//! which releases the sync without losing a row.
+//! A run stuck in planning (sync-start killed) past [`STALE_PLANNING`], counted from
+//! the start of its current planning attempt, is abandoned, which releases the sync
+//! without losing a row.
 //!
 //! A lock that names a run which is not open never ends by itself, so the finalizer
 //! releases it (conditionally: only while it still names that run), logs an error and
@@ -260,12 +261,16 @@ async fn finalize_sync(
     let record = match record {
         Some(record) if record.status == RunStatus::Delivering => record,
         Some(record) if record.status == RunStatus::Planning => {
-            let started = record.started_at;
-            let stale = started.is_some_and(|t| (timestamp::now() - t) > STALE_PLANNING);
-            if stale {
-                deps.runs
+            // From the current attempt's start: a retried invocation that resumed the
+            // planning has a whole invocation's lifetime of its own.
+            let since = record.planning_since.or(record.started_at);
+            let stale = since.is_some_and(|t| (timestamp::now() - t) > STALE_PLANNING);
+            if stale
+                && deps
+                    .runs
                     .abandon(&sync.id, &run_id, "sync-start did not finish planning")
-                    .await?;
+                    .await?
+            {
                 return Ok(SyncReport::Abandoned {
                     sync_id: sync.id.clone(),
                     run_id,

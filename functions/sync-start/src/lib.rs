@@ -19,7 +19,7 @@ use resync_shared::{
         index::FailedRowIndex,
         queue::{QueueDirectory, WorkQueue},
         report::{Reporter, SettledNotice, Severity},
-        runs::RunStore,
+        runs::{PlanNotRecorded, RunStore},
         s3_source::{ObjectReadError, S3Source},
         AwsError,
     },
@@ -67,8 +67,10 @@ pub enum SyncStartOutcome {
         /// Source objects read.
         source_objects: u64,
     },
-    /// This run was already planned (a retried invocation, or a late one after the run
-    /// closed); nothing was done, and a closed run's lock was released again.
+    /// This run was already planned (a retried or duplicate invocation, or a late one
+    /// after the run closed), or another invocation of the same event recorded its
+    /// plan first; nothing of this invocation counts, and a closed run's lock was
+    /// released again.
     AlreadyPlanned {
         /// The sync.
         sync_id: SyncId,
@@ -208,6 +210,7 @@ pub async fn handler(
         Ok(outcome) => Ok(outcome),
         Err(err) => {
             tracing::error!(sync = %sync_id, run = %run_id, error = %err, "the run could not start");
+            // Only a run still planning is abandoned (and its lock released).
             if let Err(release) = deps.runs.abandon(&sync_id, &run_id, &err.to_string()).await {
                 tracing::error!(sync = %sync_id, run = %run_id, error = %release, "could not release the sync");
             }
@@ -349,21 +352,28 @@ async fn start(
 
     deps.runs.record_rejections(run_id, &rejections).await?;
     let cursor_after = objects.last().cloned().or(cursor);
-    let settled = deps
-        .runs
-        .mark_planned(
-            &sync.id,
-            run_id,
-            &PlanSummary {
-                enqueued,
-                rejected: rejections.len() as u64,
-                carried_over,
-                waiting: waiting as u64,
-                source_objects: objects.len() as u64,
-                cursor_after: cursor_after.as_deref(),
-            },
-        )
-        .await?;
+    let plan = PlanSummary {
+        enqueued,
+        rejected: rejections.len() as u64,
+        carried_over,
+        waiting: waiting as u64,
+        source_objects: objects.len() as u64,
+        cursor_after: cursor_after.as_deref(),
+    };
+    let settled = match deps.runs.mark_planned(&sync.id, run_id, &plan).await {
+        Ok(settled) => settled,
+        Err(PlanNotRecorded::NotPlanning) => {
+            // Another invocation of the same event (a duplicate, or Lambda's retry)
+            // recorded its plan first, or the run was abandoned: this one's plan does
+            // not count, and abandoning now would abandon the other's run.
+            tracing::warn!(sync = %sync.id, run = %run_id, enqueued, "the run was planned by another invocation of its event; this plan is not recorded");
+            return Ok(SyncStartOutcome::AlreadyPlanned {
+                sync_id: sync.id.clone(),
+                run_id: run_id.clone(),
+            });
+        }
+        Err(PlanNotRecorded::Aws(err)) => return Err(err.into()),
+    };
     if settled {
         deps.notice.send(&sync.id, run_id).await;
     }

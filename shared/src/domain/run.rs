@@ -56,6 +56,10 @@ pub struct RunRecord {
     pub status: RunStatus,
     /// When sync-start opened it (`None` if the stored time is unreadable).
     pub started_at: Option<OffsetDateTime>,
+    /// When its current planning attempt began: the first, a resumed one (a retried
+    /// invocation) or one after an abandon (`None` for records written before it was
+    /// kept, or unreadable). The finalizer's staleness rule counts from here.
+    pub planning_since: Option<OffsetDateTime>,
     /// Rows enqueued.
     pub enqueued: u64,
     /// Rows rejected before the queue.

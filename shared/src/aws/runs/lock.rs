@@ -109,7 +109,10 @@ impl RunStore {
     }
 
     /// Writes the run record in `planning` state, unless it already exists (a resumed
-    /// run keeps its record; an abandoned one is planned again).
+    /// run keeps its record; an abandoned one is planned again). Each planning attempt
+    /// — the first, a resumed one, one after an abandon — restarts the planning clock
+    /// (`planning_since`), so the finalizer never abandons an attempt that is still
+    /// within an invocation's lifetime.
     pub async fn open_run(&self, sync: &SyncId, run: &RunId) -> Result<RunRecord, AwsError> {
         let now = timestamp::rfc3339(timestamp::now());
         let result = self
@@ -122,6 +125,7 @@ impl RunStore {
             .item("sync_id", s(sync.as_str()))
             .item("status", s(RunStatus::Planning.as_str()))
             .item("started_at", s(&now))
+            .item("planning_since", s(&now))
             .condition_expression("attribute_not_exists(pk) OR #status = :abandoned")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":abandoned", s(RunStatus::Abandoned.as_str()))
@@ -130,7 +134,10 @@ impl RunStore {
         match result {
             Ok(_) => {}
             Err(SdkError::ServiceError(err))
-                if err.err().is_conditional_check_failed_exception() => {}
+                if err.err().is_conditional_check_failed_exception() =>
+            {
+                self.resume_planning(sync, run, &now).await?;
+            }
             Err(err) => return Err(AwsError::sdk("DynamoDB.PutItem", err)),
         }
         self.run(sync, run)
@@ -138,11 +145,45 @@ impl RunStore {
             .ok_or_else(|| AwsError::response("DynamoDB.GetItem", "run record vanished"))
     }
 
-    /// Marks a run whose planning failed as abandoned and releases the sync. Its cursor
-    /// is not advanced and the index is untouched, so the next run reads the same
-    /// source and carries the same failed keys: nothing is lost. A retried invocation of
-    /// the same event plans the run again.
-    pub async fn abandon(&self, sync: &SyncId, run: &RunId, reason: &str) -> Result<(), AwsError> {
+    /// A retried invocation resumes a run still planning: its attempt starts now. A run
+    /// that is delivering or closed is left as it is.
+    async fn resume_planning(&self, sync: &SyncId, run: &RunId, now: &str) -> Result<(), AwsError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(sync)))
+            .key("sk", s(run_sk(run)))
+            .update_expression("SET planning_since = :now")
+            .condition_expression("#status = :planning")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":planning", s(RunStatus::Planning.as_str()))
+            .expression_attribute_values(":now", s(now))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(err))
+                if err.err().is_conditional_check_failed_exception() =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(AwsError::sdk("DynamoDB.UpdateItem", err)),
+        }
+    }
+
+    /// Marks a run whose planning failed as abandoned and releases the sync — only while
+    /// the run is still planning: a run already delivering (another invocation of the
+    /// same event recorded its plan) or closed is never abandoned. Its cursor is not
+    /// advanced and the index is untouched, so the next run reads the same source and
+    /// carries the same failed keys: nothing is lost. A retried invocation of the same
+    /// event plans the run again. Returns whether this call abandoned it.
+    pub async fn abandon(
+        &self,
+        sync: &SyncId,
+        run: &RunId,
+        reason: &str,
+    ) -> Result<bool, AwsError> {
         let run_update = Update::builder()
             .table_name(&self.table)
             .key("pk", s(sync_pk(sync)))
@@ -150,8 +191,10 @@ impl RunStore {
             .update_expression(
                 "SET #status = :abandoned, abandon_reason = :reason, closed_at = :now",
             )
+            .condition_expression("#status = :planning")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":abandoned", s(RunStatus::Abandoned.as_str()))
+            .expression_attribute_values(":planning", s(RunStatus::Planning.as_str()))
             .expression_attribute_values(":reason", s(reason))
             .expression_attribute_values(":now", s(timestamp::rfc3339(timestamp::now())))
             .build()
@@ -165,21 +208,22 @@ impl RunStore {
             .expression_attribute_values(":run", s(run.as_str()))
             .build()
             .map_err(|e| AwsError::response("DynamoDB.TransactWriteItems", e.to_string()))?;
-        // Canceled: another invocation abandoned or closed it first.
-        self.update_run_and_state(run_update, state_update)
-            .await
-            .map(|_| ())
+        // Canceled: the run is no longer planning (planned, abandoned or closed by
+        // another invocation), or the sync is not locked by it.
+        self.update_run_and_state(run_update, state_update).await
     }
 
     /// Records the plan and moves the run to `delivering`. Returns whether every row
     /// already looks settled (see [`RunProgress::became_settled`]), as when delivery finished the
-    /// rows while they were still being planned, or nothing was enqueued.
+    /// rows while they were still being planned, or nothing was enqueued; or
+    /// [`PlanNotRecorded::NotPlanning`] when the run is no longer planning (another
+    /// invocation of the same event recorded its plan first, or the run was abandoned).
     pub async fn mark_planned(
         &self,
         sync: &SyncId,
         run: &RunId,
         plan: &PlanSummary<'_>,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, PlanNotRecorded> {
         let mut update = self
             .client
             .update_item()
@@ -204,8 +248,28 @@ impl RunStore {
             .update_expression(expression)
             .return_values(ReturnValue::AllNew)
             .send()
-            .await
-            .map_err(|e| AwsError::sdk("DynamoDB.UpdateItem", e))?;
-        Ok(became_settled(&output, 0))
+            .await;
+        match output {
+            Ok(output) => Ok(became_settled(&output, 0)),
+            Err(SdkError::ServiceError(err))
+                if err.err().is_conditional_check_failed_exception() =>
+            {
+                Err(PlanNotRecorded::NotPlanning)
+            }
+            Err(err) => Err(AwsError::sdk("DynamoDB.UpdateItem", err).into()),
+        }
     }
+}
+
+/// Why [`RunStore::mark_planned`] recorded no plan.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanNotRecorded {
+    /// The run is no longer planning: another invocation of the same event recorded
+    /// its plan first, or the run was abandoned. This attempt's plan counts for
+    /// nothing; the caller stops without abandoning anything.
+    #[error("the run is no longer planning; another invocation planned it or it was abandoned")]
+    NotPlanning,
+    /// The update failed.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
 }

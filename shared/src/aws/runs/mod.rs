@@ -38,6 +38,8 @@ mod close;
 mod ledger;
 mod lock;
 
+pub use lock::PlanNotRecorded;
+
 /// DynamoDB adapter for the runs table.
 #[derive(Debug, Clone)]
 pub struct RunStore {
@@ -141,6 +143,7 @@ fn parse_run(item: &Item, sync: &SyncId, run: &RunId) -> RunRecord {
         sync_id: sync.clone(),
         status,
         started_at: get_s(item, "started_at").and_then(|t| timestamp::parse_rfc3339(&t)),
+        planning_since: get_s(item, "planning_since").and_then(|t| timestamp::parse_rfc3339(&t)),
         enqueued: get_n(item, "enqueued"),
         rejected: get_n(item, "rejected"),
         carried_over: get_n(item, "carried_over"),
