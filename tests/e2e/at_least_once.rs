@@ -78,6 +78,7 @@ async fn duplicate_deliveries_do_not_change_any_count() {
 fn duplicate_body(run_id: &RunId, i: usize) -> String {
     RowMessage {
         run_id: run_id.clone(),
+        generation: 0,
         sync_id: resync_shared::SyncId::parse("customers").unwrap(),
         key: PrimaryKey::parse(key(i)).unwrap(),
         row: row(i, "v1").as_object().unwrap().clone().into(),

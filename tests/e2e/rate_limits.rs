@@ -63,6 +63,7 @@ async fn a_rate_limited_row_whose_copy_sqs_refuses_is_kept_not_lost() {
     let body_of = |notes: &str, deferrals: u32| {
         RowMessage {
             run_id: RunId::from_event(time::OffsetDateTime::now_utc(), "event"),
+            generation: 0,
             sync_id: env.sync.clone(),
             key: PrimaryKey::parse(key(5)).unwrap(),
             row: resync_shared::RowFields::from_text(wide_row(notes)).unwrap(),

@@ -1,17 +1,21 @@
 //! A run's life: overlapping starts refused, the close on the last row's settled
 //! notice, the one update that reports a run settled, close claims and two finalizers
 //! at once, the local scheduler, a run that cannot run, a lock left by a run that is
-//! not open, and a planning resumed by a retried invocation.
+//! not open, a run planned again, and a planning resumed by a retried invocation.
 
 use resync::local::LocalOptions;
 use resync_finalizer::SyncReport;
 use resync_shared::{
-    domain::{ledger::BatchLedger, run::PlanSummary},
+    domain::{
+        ledger::{BatchLedger, RecordedRejection},
+        run::PlanSummary,
+        source::Rejection,
+    },
     PrimaryKey, RunId,
 };
 use resync_sync_start::SyncStartOutcome;
 
-use crate::helpers::{key, EnvSettings, ScheduleEvent, TestEnv, LONGER_THAN_AN_INVOCATION};
+use crate::helpers::{key, row, EnvSettings, ScheduleEvent, TestEnv, LONGER_THAN_AN_INVOCATION};
 
 /// Two runs of a sync never overlap (I5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,6 +346,126 @@ async fn the_finalizer_releases_a_lock_whose_run_is_not_open() {
 
     env.export_rows("2.jsonl.gz", 5..8).await;
     assert_eq!(env.run().await.record.counts.unwrap().delivered, 3);
+}
+
+/// Issue 12, defect 2: a run planned again (a retried event after its first attempt
+/// was abandoned) was tallied over every attempt's ledger items and rejections. The
+/// first attempt's keys made the second look complete before its own rows were
+/// delivered; those rows, arriving after the close, were dropped as late and never
+/// delivered, and the first attempt's rejection entered the counts and the index.
+/// Here the cursor moved between the attempts (the next run delivered the first
+/// export), so the second plan holds other rows than the first. The run closes when
+/// its own rows are settled, with the counts of its own plan, and copies the first
+/// attempt sent are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replanned_run_counts_only_its_own_attempt() {
+    let env = TestEnv::start().await;
+    let runs = env.runtime.runs();
+    let event = ScheduleEvent::new();
+    let run = event.run_id.clone();
+    env.export_rows("1.jsonl.gz", 0..20).await;
+
+    // The event's first sync-start took the lock, opened the run, recorded a rejection
+    // and died before it recorded its plan; the finalizer abandons it once stale.
+    runs.acquire(&env.sync, &run).await.unwrap();
+    runs.open_run(&env.sync, &run).await.unwrap();
+    let rejection = RecordedRejection {
+        rejection: Rejection {
+            key: Some(PrimaryKey::parse(key(900)).unwrap()),
+            object: String::new(),
+            line: 0,
+            code: "row_too_large".into(),
+            reason: "the row is larger than the queue's maximum message size".into(),
+        },
+        first_failed_at: None,
+        in_index: false,
+    };
+    put_first_rejection_chunk(&env, &run, &[rejection]).await;
+    env.backdate_planning(&run, LONGER_THAN_AN_INVOCATION).await;
+    let report = env.runtime.finalize(&env.sync).await.unwrap();
+    assert!(matches!(report, SyncReport::Abandoned { .. }), "{report:?}");
+
+    // The next scheduled run delivers the first export and moves the cursor past it.
+    assert_eq!(env.run().await.record.counts.unwrap().delivered, 20);
+
+    // A new export; then Lambda retries the first event: the same run is planned again.
+    env.export_rows("2.jsonl.gz", 20..40).await;
+    env.destination.next_run();
+    let replanned = env.fire(&event).await.unwrap();
+    assert!(
+        matches!(
+            replanned,
+            SyncStartOutcome::Started {
+                enqueued: 20,
+                rejected: 0,
+                ..
+            }
+        ),
+        "{replanned:?}"
+    );
+    // A delivery invocation of the first attempt, still in flight, records what it
+    // delivered then: the first export's rows; and copies the first attempt sent of
+    // them come back to the queue (at-least-once).
+    runs.record_batch(&env.sync, &run, "first-attempt", &delivered(0..20))
+        .await
+        .unwrap();
+    let first_attempt_copies: Vec<String> = (0..20)
+        .map(|i| {
+            serde_json::json!({
+                "run_id": run.as_str(),
+                "sync_id": env.sync.as_str(),
+                "key": key(i),
+                "row": row(i, "v1"),
+            })
+            .to_string()
+        })
+        .collect();
+    let queue = &env.runtime.deliveries.values().next().unwrap().queue;
+    for chunk in first_attempt_copies.chunks(10) {
+        assert!(queue.send_batch(chunk).await.unwrap().is_empty());
+    }
+
+    let (record, _) = env.runtime.drive(&env.sync, &run, &|_| {}).await.unwrap();
+    let received = &env.destination.stats().keys_received[1];
+    let expected: std::collections::HashSet<String> = (20..40).map(key).collect();
+    assert_eq!(
+        *received, expected,
+        "the run closed before its own rows were delivered, or delivered the first attempt's"
+    );
+    let counts = record.counts.unwrap();
+    assert_eq!(
+        (
+            counts.planned,
+            counts.delivered,
+            counts.failed,
+            counts.rejected
+        ),
+        (20, 20, 0, 0)
+    );
+    assert!(
+        env.index().await.is_empty(),
+        "the first attempt's rejection entered the index"
+    );
+}
+
+/// Writes the rejections of a run's first planning attempt as sync-start stores them
+/// (`run#{run}` / `reject#000000`; see `resync_shared::aws::runs`).
+async fn put_first_rejection_chunk(env: &TestEnv, run: &RunId, rejections: &[RecordedRejection]) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let expires = time::OffsetDateTime::now_utc().unix_timestamp() + 86_400;
+    aws_sdk_dynamodb::Client::new(&env.runtime.sdk)
+        .put_item()
+        .table_name(&env.runtime.resources.runs_table)
+        .item("pk", AttributeValue::S(format!("run#{run}")))
+        .item("sk", AttributeValue::S("reject#000000".into()))
+        .item(
+            "rejections",
+            AttributeValue::S(serde_json::to_string(rejections).unwrap()),
+        )
+        .item("expires_at", AttributeValue::N(expires.to_string()))
+        .send()
+        .await
+        .unwrap();
 }
 
 /// Issue 12, defect 3: the finalizer abandons a planning older than a sync-start

@@ -268,7 +268,12 @@ async fn finalize_sync(
             if stale
                 && deps
                     .runs
-                    .abandon(&sync.id, &run_id, "sync-start did not finish planning")
+                    .abandon(
+                        &sync.id,
+                        &run_id,
+                        record.generation,
+                        "sync-start did not finish planning",
+                    )
                     .await?
             {
                 return Ok(SyncReport::Abandoned {
@@ -304,7 +309,9 @@ async fn finalize_sync(
         return Ok(in_flight(record.settled_hint, record.enqueued));
     }
 
-    let (batches, rejections) = deps.runs.ledger(&run_id).await?;
+    // The current planning attempt's items only: an earlier attempt's keys (a plan made
+    // again from a moved cursor or a new export holds other rows) say nothing of these.
+    let (batches, rejections) = deps.runs.ledger(&run_id, record.generation).await?;
     // Pre-sized for the run (bounded: the record is data, not a promise).
     let mut tally = RunTally::with_capacity(record.enqueued.min(1 << 22) as usize);
     for batch in batches {
@@ -494,7 +501,7 @@ async fn drain_dead_letters(deps: &Finalizer, destination: &DestinationId) -> Re
         if messages.is_empty() {
             return Ok(());
         }
-        let mut by_run: BTreeMap<(SyncId, RunId), BatchLedger> = BTreeMap::new();
+        let mut by_run: BTreeMap<(SyncId, RunId, u32), BatchLedger> = BTreeMap::new();
         let mut receipts = Vec::new();
         for message in &messages {
             let Some(row) = message.body().and_then(|b| RowMessage::from_body(b).ok()) else {
@@ -513,8 +520,11 @@ async fn drain_dead_letters(deps: &Finalizer, destination: &DestinationId) -> Re
                 .unwrap_or(0)
                 + row.attempts_before;
             by_run
-                .entry((row.sync_id.clone(), row.run_id.clone()))
-                .or_default()
+                .entry((row.sync_id.clone(), row.run_id.clone(), row.generation))
+                .or_insert_with(|| BatchLedger {
+                    generation: row.generation,
+                    ..BatchLedger::default()
+                })
                 .failed
                 .push(FailedRow {
                     key: row.key.clone(),
@@ -536,7 +546,7 @@ async fn drain_dead_letters(deps: &Finalizer, destination: &DestinationId) -> Re
                 receipts.push(receipt.to_owned());
             }
         }
-        for ((sync_id, run_id), ledger) in by_run {
+        for ((sync_id, run_id, _), ledger) in by_run {
             let batch_id = format!("dlq-{}", uuid::Uuid::new_v4());
             deps.runs
                 .record_batch(&sync_id, &run_id, &batch_id, &ledger)

@@ -1,13 +1,14 @@
-//! The sync's lock and a run's way into delivery: take the lock, open (or resume) the
-//! run record, record the plan, abandon a planning that failed, or release a lock that
-//! names a run which is not open.
+//! The sync's lock and a run's way into delivery: take the lock, open the run record
+//! for a planning attempt (the first, a resumed one, one after an abandon), record the
+//! attempt's plan, abandon a planning that failed, or release a lock that names a run
+//! which is not open.
 
 use aws_sdk_dynamodb::{
     error::SdkError,
     types::{ReturnValue, Update},
 };
 
-use super::{became_settled, run_sk, state_key, sync_pk, RunStore};
+use super::{became_settled, generation_is, run_sk, state_key, sync_pk, RunStore};
 use crate::{
     aws::{
         item::{get_s, n, s},
@@ -108,11 +109,14 @@ impl RunStore {
         }
     }
 
-    /// Writes the run record in `planning` state, unless it already exists (a resumed
-    /// run keeps its record; an abandoned one is planned again). Each planning attempt
-    /// — the first, a resumed one, one after an abandon — restarts the planning clock
-    /// (`planning_since`), so the finalizer never abandons an attempt that is still
-    /// within an invocation's lifetime.
+    /// Opens the run for a planning attempt and returns its record. A new run gets its
+    /// record in `planning` state, attempt ([`RunRecord::generation`]) 0. A run still
+    /// planning (a retried or duplicate invocation resuming it) or abandoned (planned
+    /// again) gets the next attempt: its plan counters and settled hint start afresh,
+    /// and whatever an earlier attempt sent or recorded counts for nothing any more. A
+    /// run delivering or closed is returned as it is. Each attempt restarts the
+    /// planning clock (`planning_since`), so the finalizer never abandons an attempt
+    /// still within an invocation's lifetime.
     pub async fn open_run(&self, sync: &SyncId, run: &RunId) -> Result<RunRecord, AwsError> {
         let now = timestamp::rfc3339(timestamp::now());
         let result = self
@@ -126,9 +130,8 @@ impl RunStore {
             .item("status", s(RunStatus::Planning.as_str()))
             .item("started_at", s(&now))
             .item("planning_since", s(&now))
-            .condition_expression("attribute_not_exists(pk) OR #status = :abandoned")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":abandoned", s(RunStatus::Abandoned.as_str()))
+            .item("generation", n(0))
+            .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
         match result {
@@ -136,7 +139,9 @@ impl RunStore {
             Err(SdkError::ServiceError(err))
                 if err.err().is_conditional_check_failed_exception() =>
             {
-                self.resume_planning(sync, run, &now).await?;
+                if let Some(record) = self.plan_again(sync, run, &now).await? {
+                    return Ok(record);
+                }
             }
             Err(err) => return Err(AwsError::sdk("DynamoDB.PutItem", err)),
         }
@@ -145,36 +150,52 @@ impl RunStore {
             .ok_or_else(|| AwsError::response("DynamoDB.GetItem", "run record vanished"))
     }
 
-    /// A retried invocation resumes a run still planning: its attempt starts now. A run
-    /// that is delivering or closed is left as it is.
-    async fn resume_planning(&self, sync: &SyncId, run: &RunId, now: &str) -> Result<(), AwsError> {
+    /// Starts the next planning attempt of a run that is planning or abandoned; `None`
+    /// when it is neither (delivering or closed: left as it is).
+    async fn plan_again(
+        &self,
+        sync: &SyncId,
+        run: &RunId,
+        now: &str,
+    ) -> Result<Option<RunRecord>, AwsError> {
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(sync_pk(sync)))
             .key("sk", s(run_sk(run)))
-            .update_expression("SET planning_since = :now")
-            .condition_expression("#status = :planning")
+            .update_expression(
+                "SET #status = :planning, planning_since = :now, #generation = if_not_exists(#generation, :zero) + :one \
+                 REMOVE enqueued, rejected, carried_over, waiting, cursor_after, source_objects, settled_hint, abandon_reason, closed_at, close_claim, close_claimed_at",
+            )
+            .condition_expression("#status IN (:planning, :abandoned)")
             .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#generation", "generation")
             .expression_attribute_values(":planning", s(RunStatus::Planning.as_str()))
+            .expression_attribute_values(":abandoned", s(RunStatus::Abandoned.as_str()))
             .expression_attribute_values(":now", s(now))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::AllNew)
             .send()
             .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(output) => Ok(output
+                .attributes
+                .map(|item| super::parse_run(&item, sync, run))),
             Err(SdkError::ServiceError(err))
                 if err.err().is_conditional_check_failed_exception() =>
             {
-                Ok(())
+                Ok(None)
             }
             Err(err) => Err(AwsError::sdk("DynamoDB.UpdateItem", err)),
         }
     }
 
-    /// Marks a run whose planning failed as abandoned and releases the sync — only while
-    /// the run is still planning: a run already delivering (another invocation of the
-    /// same event recorded its plan) or closed is never abandoned. Its cursor is not
+    /// Marks a run whose planning attempt `generation` failed as abandoned and releases
+    /// the sync — only while the run is still planning under that attempt: a run
+    /// already delivering (another invocation of the same event recorded its plan),
+    /// closed, or planned again by a later attempt is never abandoned. Its cursor is not
     /// advanced and the index is untouched, so the next run reads the same source and
     /// carries the same failed keys: nothing is lost. A retried invocation of the same
     /// event plans the run again. Returns whether this call abandoned it.
@@ -182,6 +203,7 @@ impl RunStore {
         &self,
         sync: &SyncId,
         run: &RunId,
+        generation: u32,
         reason: &str,
     ) -> Result<bool, AwsError> {
         let run_update = Update::builder()
@@ -191,10 +213,15 @@ impl RunStore {
             .update_expression(
                 "SET #status = :abandoned, abandon_reason = :reason, closed_at = :now",
             )
-            .condition_expression("#status = :planning")
+            .condition_expression(format!(
+                "#status = :planning AND {}",
+                generation_is(generation)
+            ))
             .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#generation", "generation")
             .expression_attribute_values(":abandoned", s(RunStatus::Abandoned.as_str()))
             .expression_attribute_values(":planning", s(RunStatus::Planning.as_str()))
+            .expression_attribute_values(":generation", n(generation))
             .expression_attribute_values(":reason", s(reason))
             .expression_attribute_values(":now", s(timestamp::rfc3339(timestamp::now())))
             .build()
@@ -213,11 +240,13 @@ impl RunStore {
         self.update_run_and_state(run_update, state_update).await
     }
 
-    /// Records the plan and moves the run to `delivering`. Returns whether every row
-    /// already looks settled (see [`RunProgress::became_settled`]), as when delivery finished the
-    /// rows while they were still being planned, or nothing was enqueued; or
-    /// [`PlanNotRecorded::NotPlanning`] when the run is no longer planning (another
-    /// invocation of the same event recorded its plan first, or the run was abandoned).
+    /// Records the plan of attempt `plan.generation` and moves the run to `delivering`.
+    /// Returns whether every row already looks settled (see
+    /// [`RunProgress::became_settled`]), as when delivery finished the rows while they
+    /// were still being planned, or nothing was enqueued; or
+    /// [`PlanNotRecorded::NotPlanning`] when the run is no longer planning under that
+    /// attempt (another invocation of the same event recorded its plan first or planned
+    /// the run again, or the run was abandoned).
     pub async fn mark_planned(
         &self,
         sync: &SyncId,
@@ -230,8 +259,13 @@ impl RunStore {
             .table_name(&self.table)
             .key("pk", s(sync_pk(sync)))
             .key("sk", s(run_sk(run)))
-            .condition_expression("#status = :planning")
+            .condition_expression(format!(
+                "#status = :planning AND {}",
+                generation_is(plan.generation)
+            ))
             .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#generation", "generation")
+            .expression_attribute_values(":generation", n(plan.generation))
             .expression_attribute_values(":planning", s(RunStatus::Planning.as_str()))
             .expression_attribute_values(":delivering", s(RunStatus::Delivering.as_str()))
             .expression_attribute_values(":enqueued", n(plan.enqueued))
@@ -264,9 +298,10 @@ impl RunStore {
 /// Why [`RunStore::mark_planned`] recorded no plan.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanNotRecorded {
-    /// The run is no longer planning: another invocation of the same event recorded
-    /// its plan first, or the run was abandoned. This attempt's plan counts for
-    /// nothing; the caller stops without abandoning anything.
+    /// The run is no longer planning under this attempt: another invocation of the
+    /// same event recorded its plan first or planned the run again, or the run was
+    /// abandoned. This attempt's plan counts for nothing; the caller stops without
+    /// abandoning anything.
     #[error("the run is no longer planning; another invocation planned it or it was abandoned")]
     NotPlanning,
     /// The update failed.
