@@ -1,11 +1,15 @@
 //! At-least-once delivery: duplicate SQS deliveries, invocations that crash before or
-//! after their handler, and late copies of a closed run's rows.
+//! after their handler, late copies of a closed run's rows, copies of an abandoned
+//! run's rows, and schedule events delivered twice (at once, or after the run closed).
 
 use resync::local::LocalOptions;
+use resync_finalizer::SyncReport;
 use resync_shared::{domain::message::RowMessage, PrimaryKey, RunId};
 use resync_sync_start::SyncStartOutcome;
 
-use crate::helpers::{key, row, scaled, EnvSettings, TestEnv};
+use crate::helpers::{
+    key, row, scaled, EnvSettings, ScheduleEvent, TestEnv, LONGER_THAN_AN_INVOCATION,
+};
 
 /// Duplicate SQS deliveries change no count: the same rows arrive twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,6 +78,7 @@ async fn duplicate_deliveries_do_not_change_any_count() {
 fn duplicate_body(run_id: &RunId, i: usize) -> String {
     RowMessage {
         run_id: run_id.clone(),
+        generation: 0,
         sync_id: resync_shared::SyncId::parse("customers").unwrap(),
         key: PrimaryKey::parse(key(i)).unwrap(),
         row: row(i, "v1").as_object().unwrap().clone().into(),
@@ -226,4 +231,147 @@ async fn late_copies_of_a_closed_run_are_dropped() {
         stats.rows_received[0], sent_before,
         "nothing was sent again"
     );
+}
+
+/// Receives `want` messages from a delivery queue and hands them to one delivery
+/// invocation, as the event source mapping would.
+async fn deliver_once(
+    delivery: &resync_delivery::Delivery,
+    want: usize,
+) -> aws_lambda_events::sqs::SqsBatchResponse {
+    let mut messages = Vec::new();
+    while messages.len() < want {
+        messages.extend(
+            delivery
+                .queue
+                .receive(10, std::time::Duration::from_secs(1))
+                .await
+                .unwrap(),
+        );
+    }
+    let event = resync::local::sqs_event(messages, "arn:aws:sqs:us-east-1:000000000000:q");
+    resync_delivery::handler(delivery, resync::local::lambda_invocation(event))
+        .await
+        .unwrap()
+}
+
+/// Issue 12, defect 1: a copy of a schedule event that arrives after its run closed
+/// (EventBridge and Lambda's async invocations are at-least-once; a small run closes
+/// within seconds) took the sync's lock again and kept it, so every later start was
+/// refused as overlapping and nothing said so. The copy changes nothing and leaves the
+/// sync free: the next run starts and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_copy_of_a_closed_runs_schedule_event_leaves_the_sync_free() {
+    let env = TestEnv::start().await;
+    let runs = env.runtime.runs();
+    env.export_rows("1.jsonl.gz", 0..10).await;
+    let event = ScheduleEvent::new();
+    let started = env.fire(&event).await.unwrap();
+    assert!(
+        matches!(started, SyncStartOutcome::Started { enqueued: 10, .. }),
+        "{started:?}"
+    );
+    let (record, _) = env
+        .runtime
+        .drive(&env.sync, &event.run_id, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(record.counts.unwrap().delivered, 10);
+
+    let again = env.fire(&event).await.unwrap();
+    assert_eq!(
+        again,
+        SyncStartOutcome::AlreadyPlanned {
+            sync_id: env.sync.clone(),
+            run_id: event.run_id.clone()
+        }
+    );
+    assert_eq!(
+        runs.state(&env.sync).await.unwrap().open_run,
+        None,
+        "the late event left the sync locked by its closed run"
+    );
+    env.export_rows("2.jsonl.gz", 10..15).await;
+    let next = env.run().await;
+    assert_eq!(next.record.counts.unwrap().delivered, 5);
+    let closed = runs.run(&env.sync, &event.run_id).await.unwrap().unwrap();
+    assert_eq!(closed.counts, record.counts, "the closed run is unchanged");
+}
+
+/// Issue 12, defect 3: delivery treated every run but a closed one as open, so the rows
+/// of an abandoned run (its sync-start died after sending them) were still sent — and
+/// sent again by the next run, which plans the same source (I3); a lingering copy could
+/// overwrite a newer value. Copies of an abandoned run are dropped like those of a
+/// closed one, and the next run delivers the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_an_abandoned_run_are_dropped() {
+    let env = TestEnv::start().await;
+    let runs = env.runtime.runs();
+    env.export_rows("1.jsonl.gz", 0..10).await;
+    // A sync-start took the lock, opened its run and sent the rows, then died before it
+    // recorded its plan; the finalizer abandons the run once its planning is stale.
+    let run = ScheduleEvent::new().run_id;
+    runs.acquire(&env.sync, &run).await.unwrap();
+    runs.open_run(&env.sync, &run).await.unwrap();
+    let delivery = env.runtime.deliveries.values().next().unwrap().clone();
+    let copies: Vec<String> = (0..10).map(|i| duplicate_body(&run, i)).collect();
+    assert!(delivery.queue.send_batch(&copies).await.unwrap().is_empty());
+    env.backdate_planning(&run, LONGER_THAN_AN_INVOCATION).await;
+    let report = env.runtime.finalize(&env.sync).await.unwrap();
+    assert!(matches!(report, SyncReport::Abandoned { .. }), "{report:?}");
+
+    let response = deliver_once(&delivery, copies.len()).await;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "the copies are settled: delete them"
+    );
+    assert_eq!(
+        env.destination.stats().rows_received[0],
+        0,
+        "rows of an abandoned run were sent"
+    );
+    // The next run plans the same rows and delivers them.
+    let counts = env.run().await.record.counts.unwrap();
+    assert_eq!((counts.planned, counts.delivered), (10, 10));
+    assert_eq!(env.destination.stats().delivered_keys.len(), 10);
+}
+
+/// Issue 12, defect 3: EventBridge may deliver a schedule event twice at once. Both
+/// sync-starts planned the run; the one whose plan was recorded second failed its
+/// conditional update, and its error path abandoned the run — already fully queued —
+/// releasing the sync while its rows were delivering, with a critical alert. Now one
+/// invocation plans the run and the other reports it already planned; the run closes
+/// with exact counts and each row delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_invocations_of_one_schedule_event_plan_the_run_once() {
+    let env = TestEnv::start().await;
+    env.export_rows("1.jsonl.gz", 0..20).await;
+    let event = ScheduleEvent::new();
+    let (a, b) = tokio::join!(env.fire(&event), env.fire(&event));
+    let outcomes = [a, b].map(|outcome| outcome.map_err(|e| e.to_string()));
+    assert!(
+        outcomes.iter().all(Result::is_ok),
+        "an invocation of the duplicated event failed: {outcomes:?}"
+    );
+    let started = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(SyncStartOutcome::Started { .. })))
+        .count();
+    assert_eq!(started, 1, "{outcomes:?}");
+    let (record, _) = env
+        .runtime
+        .drive(&env.sync, &event.run_id, &|_| {})
+        .await
+        .unwrap();
+    let counts = record.counts.unwrap();
+    assert_eq!(
+        (counts.planned, counts.delivered, counts.failed),
+        (20, 20, 0)
+    );
+    assert_eq!(env.destination.stats().delivered_keys.len(), 20);
+    assert_eq!(
+        env.runtime.runs().state(&env.sync).await.unwrap().open_run,
+        None
+    );
+    assert!(env.index().await.is_empty());
 }

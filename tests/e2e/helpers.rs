@@ -4,12 +4,16 @@
 
 use std::{collections::HashSet, io::Write};
 
+use aws_lambda_events::eventbridge::EventBridgeEvent;
 use resync::{
     destination_server::DestinationServer,
     local::{LocalOptions, LocalRuntime},
 };
 use resync_emulator::Emulator;
-use resync_shared::{aws::index::IndexEntry, config::Config, domain::outcome::ErrorClass, SyncId};
+use resync_shared::{
+    aws::index::IndexEntry, config::Config, domain::outcome::ErrorClass, RunId, SyncId,
+};
+use resync_sync_start::{SyncStartDetail, SyncStartError, SyncStartOutcome};
 use resync_tests::{
     hubspot::HubspotServer,
     salesforce::{OrgAuth, SalesforceServer},
@@ -311,6 +315,103 @@ syncs:
     }
 }
 
+/// One scheduling event of the sync as EventBridge delivers it (the fixture's shape)
+/// with its own id and time, so a test can deliver it twice (EventBridge and Lambda's
+/// async invocations are at-least-once) and knows the run it names before sync-start
+/// runs.
+pub struct ScheduleEvent {
+    pub event: EventBridgeEvent<SyncStartDetail>,
+    /// The run the event names (`RunId::from_event`, as sync-start derives it).
+    pub run_id: RunId,
+}
+
+impl ScheduleEvent {
+    pub fn new() -> Self {
+        let id = format!("evt-{}", uuid_like());
+        let at = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap();
+        let time = at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let event = serde_json::from_value(serde_json::json!({
+            "version": "0",
+            "id": id,
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "account": "000000000000",
+            "time": time,
+            "region": "us-east-1",
+            "resources": ["arn:aws:events:us-east-1:000000000000:rule/resync-customers"],
+            "detail": { "sync_id": "customers" }
+        }))
+        .unwrap();
+        Self {
+            event,
+            run_id: RunId::from_event(at, &id),
+        }
+    }
+}
+
+impl TestEnv {
+    /// Delivers a scheduling event to sync-start (a fresh invocation each time).
+    pub async fn fire(&self, event: &ScheduleEvent) -> Result<SyncStartOutcome, SyncStartError> {
+        resync_sync_start::handler(
+            &self.runtime.sync_start,
+            resync::local::lambda_invocation(event.event.clone()),
+        )
+        .await
+    }
+
+    /// Moves time attributes of a runs-table item `ago` into the past, as if their
+    /// writer had written them then: how a test ages a planning or a lock instead of
+    /// waiting for it. The item must exist.
+    async fn backdate(&self, sk: &str, attributes: &[&str], ago: std::time::Duration) {
+        let then = time::OffsetDateTime::now_utc() - ago;
+        let then = then
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let mut update = aws_sdk_dynamodb::Client::new(&self.runtime.sdk)
+            .update_item()
+            .table_name(&self.runtime.resources.runs_table)
+            .key(
+                "pk",
+                aws_sdk_dynamodb::types::AttributeValue::S(format!("sync#{}", self.sync)),
+            )
+            .key("sk", aws_sdk_dynamodb::types::AttributeValue::S(sk.into()))
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":then", aws_sdk_dynamodb::types::AttributeValue::S(then));
+        let mut sets = Vec::new();
+        for (i, attribute) in attributes.iter().enumerate() {
+            update = update.expression_attribute_names(format!("#a{i}"), *attribute);
+            sets.push(format!("#a{i} = :then"));
+        }
+        update
+            .update_expression(format!("SET {}", sets.join(", ")))
+            .send()
+            .await
+            .expect("backdated");
+    }
+
+    /// Ages a run's planning (its start and its current attempt's start) by `ago`.
+    pub async fn backdate_planning(&self, run: &RunId, ago: std::time::Duration) {
+        self.backdate(
+            &format!("run#{run}"),
+            &["started_at", "planning_since"],
+            ago,
+        )
+        .await;
+    }
+
+    /// Ages the sync's lock (when it was taken) by `ago`.
+    pub async fn backdate_lock(&self, ago: std::time::Duration) {
+        self.backdate("state", &["open_since"], ago).await;
+    }
+}
+
+/// Longer than a sync-start invocation can live (Lambda's limit is 15 minutes).
+pub const LONGER_THAN_AN_INVOCATION: std::time::Duration = std::time::Duration::from_secs(17 * 60);
+
 pub fn key(i: usize) -> String {
     format!("cust-{i:06}")
 }
@@ -389,6 +490,49 @@ impl Sinks {
             );
         }
         bodies
+    }
+}
+
+impl Sinks {
+    /// The first event (parsed) on `url` that `wanted` accepts, waiting up to 20 seconds.
+    pub async fn wait_for(
+        &self,
+        url: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            let out = self
+                .sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .unwrap();
+            for message in out.messages.unwrap_or_default() {
+                let Some(event) = message
+                    .body
+                    .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+                else {
+                    continue;
+                };
+                if let Some(receipt) = message.receipt_handle {
+                    self.sqs
+                        .delete_message()
+                        .queue_url(url)
+                        .receipt_handle(receipt)
+                        .send()
+                        .await
+                        .unwrap();
+                }
+                if wanted(&event) {
+                    return Some(event);
+                }
+            }
+        }
+        None
     }
 }
 

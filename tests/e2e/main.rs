@@ -4,7 +4,8 @@
 //!
 //! One module per topic:
 //! - `seed`: the seed and FAQ scenarios, permanent errors;
-//! - `at_least_once`: duplicate deliveries, crashed invocations, late copies;
+//! - `at_least_once`: duplicate deliveries, crashed invocations, late copies, copies of
+//!   an abandoned run, schedule events delivered twice (at once, or after the close);
 //! - `aws_faults`: what SQS and DynamoDB refuse on their own side (the embedded
 //!   emulator's fault plan) never costs a row;
 //! - `dead_letters`: rows that keep crashing their invocation, failed from the
@@ -12,7 +13,8 @@
 //! - `source_rows`: bad lines, duplicate keys, too-large and wide rows, new rows merged
 //!   with failed keys;
 //! - `runs`: overlapping starts, the close on the last row, the settled report, close
-//!   claims and two finalizers, the local scheduler, a run that cannot run;
+//!   claims and two finalizers, the local scheduler, a run that cannot run, locks left
+//!   by runs that are not open, a run planned again, a resumed planning;
 //! - `reporting`: metrics, summaries and alerts, ledger write units;
 //! - `secrets`: signing secrets from Secrets Manager;
 //! - `salesforce`, `hubspot`: the vendor scenarios;

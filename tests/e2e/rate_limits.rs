@@ -66,6 +66,7 @@ async fn a_rate_limited_row_whose_copy_sqs_refuses_is_kept_not_lost() {
     let body_of = |notes: &str, deferrals: u32| {
         RowMessage {
             run_id: RunId::from_event(time::OffsetDateTime::now_utc(), "event"),
+            generation: 0,
             sync_id: env.sync.clone(),
             key: PrimaryKey::parse(key(5)).unwrap(),
             row: resync_shared::RowFields::from_text(wide_row(notes)).unwrap(),
@@ -217,6 +218,7 @@ async fn a_copy_that_comes_back_after_the_last_attempt_is_not_sent_again() {
         prior_attempts: 0,
         attempts_before: 3,
         rate_limit_deferrals: 0,
+        generation: 0,
     };
     assert!(delivery
         .queue

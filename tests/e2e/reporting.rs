@@ -118,7 +118,12 @@ async fn a_clean_run_costs_at_most_a_twentieth_of_a_write_unit_per_row() {
     let run = env.run().await;
     let counts = run.record.counts.unwrap();
     assert_eq!(counts.delivered, rows as u64);
-    let (batches, _) = env.runtime.runs().ledger(&run.record.run_id).await.unwrap();
+    let (batches, _) = env
+        .runtime
+        .runs()
+        .ledger(&run.record.run_id, run.record.generation)
+        .await
+        .unwrap();
     let write_units: usize = batches
         .iter()
         .map(|b| {

@@ -1,15 +1,21 @@
 //! A run's life: overlapping starts refused, the close on the last row's settled
 //! notice, the one update that reports a run settled, close claims and two finalizers
-//! at once, the local scheduler, and a run that cannot run.
+//! at once, the local scheduler, a run that cannot run, a lock left by a run that is
+//! not open, a run planned again, and a planning resumed by a retried invocation.
 
 use resync::local::LocalOptions;
+use resync_finalizer::SyncReport;
 use resync_shared::{
-    domain::{ledger::BatchLedger, run::PlanSummary},
+    domain::{
+        ledger::{BatchLedger, RecordedRejection},
+        run::PlanSummary,
+        source::Rejection,
+    },
     PrimaryKey, RunId,
 };
 use resync_sync_start::SyncStartOutcome;
 
-use crate::helpers::{key, EnvSettings, TestEnv};
+use crate::helpers::{key, row, EnvSettings, ScheduleEvent, TestEnv, LONGER_THAN_AN_INVOCATION};
 
 /// Two runs of a sync never overlap (I5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,4 +281,235 @@ async fn a_run_that_cannot_run_alerts_critical_and_releases_the_sync() {
     env.export_rows("batch.jsonl.gz", 0..15).await;
     let counts = env.run().await.record.counts.unwrap();
     assert_eq!(counts.delivered, 15);
+}
+
+/// A `Sync Alert` event of critical severity about `run`.
+fn critical_alert_about(run: &RunId) -> impl Fn(&serde_json::Value) -> bool + '_ {
+    move |event| {
+        event["detail-type"] == "Sync Alert"
+            && event["detail"]["severity"] == "critical"
+            && event["detail"]["detail"]["run_id"] == run.as_str()
+    }
+}
+
+/// Issue 12, defect 1 (the finalizer's side): a lock naming a run that is not open
+/// locked the sync forever — every finalizer pass said "in flight", with no error and
+/// no alert. Such a lock comes from a start that took it for a run already closed (as
+/// a late schedule event did), or from a sync-start that died between taking the lock
+/// and recording its run. The finalizer releases a lock naming a closed run at once,
+/// and one naming an abandoned or unrecorded run once it is older than a sync-start
+/// invocation can live (a younger one belongs to a sync-start still at work), logs an
+/// error and raises a critical alert; the sync then runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_finalizer_releases_a_lock_whose_run_is_not_open() {
+    let env = TestEnv::start().await;
+    let sinks = env.sinks().await;
+    let runs = env.runtime.runs();
+    env.export_rows("1.jsonl.gz", 0..5).await;
+    let closed = env.run().await.record.run_id;
+
+    // The lock taken again for the closed run, as a late start of it did.
+    runs.acquire(&env.sync, &closed).await.unwrap();
+    env.runtime.finalize(&env.sync).await.unwrap();
+    assert_eq!(
+        runs.state(&env.sync).await.unwrap().open_run,
+        None,
+        "the lock of a closed run was kept"
+    );
+    assert!(
+        sinks
+            .wait_for(&sinks.events_url, critical_alert_about(&closed))
+            .await
+            .is_some(),
+        "no critical alert about the released lock"
+    );
+
+    // A lock whose run was never recorded: fresh, it belongs to a sync-start at work.
+    let unrecorded = RunId::parse("run-never-recorded").unwrap();
+    runs.acquire(&env.sync, &unrecorded).await.unwrap();
+    env.runtime.finalize(&env.sync).await.unwrap();
+    assert_eq!(
+        runs.state(&env.sync).await.unwrap().open_run,
+        Some(unrecorded.clone()),
+        "a lock just taken was released under its sync-start"
+    );
+    // Older than any sync-start invocation: nobody will record that run.
+    env.backdate_lock(LONGER_THAN_AN_INVOCATION).await;
+    env.runtime.finalize(&env.sync).await.unwrap();
+    assert_eq!(
+        runs.state(&env.sync).await.unwrap().open_run,
+        None,
+        "the lock of a run never recorded was kept"
+    );
+    assert!(
+        sinks
+            .wait_for(&sinks.events_url, critical_alert_about(&unrecorded))
+            .await
+            .is_some(),
+        "no critical alert about the released lock"
+    );
+
+    env.export_rows("2.jsonl.gz", 5..8).await;
+    assert_eq!(env.run().await.record.counts.unwrap().delivered, 3);
+}
+
+/// Issue 12, defect 2: a run planned again (a retried event after its first attempt
+/// was abandoned) was tallied over every attempt's ledger items and rejections. The
+/// first attempt's keys made the second look complete before its own rows were
+/// delivered; those rows, arriving after the close, were dropped as late and never
+/// delivered, and the first attempt's rejection entered the counts and the index.
+/// Here the cursor moved between the attempts (the next run delivered the first
+/// export), so the second plan holds other rows than the first. The run closes when
+/// its own rows are settled, with the counts of its own plan, and copies the first
+/// attempt sent are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replanned_run_counts_only_its_own_attempt() {
+    let env = TestEnv::start().await;
+    let runs = env.runtime.runs();
+    let event = ScheduleEvent::new();
+    let run = event.run_id.clone();
+    env.export_rows("1.jsonl.gz", 0..20).await;
+
+    // The event's first sync-start took the lock, opened the run, recorded a rejection
+    // and died before it recorded its plan; the finalizer abandons it once stale.
+    runs.acquire(&env.sync, &run).await.unwrap();
+    runs.open_run(&env.sync, &run).await.unwrap();
+    let rejection = RecordedRejection {
+        rejection: Rejection {
+            key: Some(PrimaryKey::parse(key(900)).unwrap()),
+            object: String::new(),
+            line: 0,
+            code: "row_too_large".into(),
+            reason: "the row is larger than the queue's maximum message size".into(),
+        },
+        first_failed_at: None,
+        in_index: false,
+        payload: None,
+    };
+    put_first_rejection_chunk(&env, &run, &[rejection]).await;
+    env.backdate_planning(&run, LONGER_THAN_AN_INVOCATION).await;
+    let report = env.runtime.finalize(&env.sync).await.unwrap();
+    assert!(matches!(report, SyncReport::Abandoned { .. }), "{report:?}");
+
+    // The next scheduled run delivers the first export and moves the cursor past it.
+    assert_eq!(env.run().await.record.counts.unwrap().delivered, 20);
+
+    // A new export; then Lambda retries the first event: the same run is planned again.
+    env.export_rows("2.jsonl.gz", 20..40).await;
+    env.destination.next_run();
+    let replanned = env.fire(&event).await.unwrap();
+    assert!(
+        matches!(
+            replanned,
+            SyncStartOutcome::Started {
+                enqueued: 20,
+                rejected: 0,
+                ..
+            }
+        ),
+        "{replanned:?}"
+    );
+    // A delivery invocation of the first attempt, still in flight, records what it
+    // delivered then: the first export's rows; and copies the first attempt sent of
+    // them come back to the queue (at-least-once).
+    runs.record_batch(&env.sync, &run, "first-attempt", &delivered(0..20))
+        .await
+        .unwrap();
+    let first_attempt_copies: Vec<String> = (0..20)
+        .map(|i| {
+            serde_json::json!({
+                "run_id": run.as_str(),
+                "sync_id": env.sync.as_str(),
+                "key": key(i),
+                "row": row(i, "v1"),
+            })
+            .to_string()
+        })
+        .collect();
+    let queue = &env.runtime.deliveries.values().next().unwrap().queue;
+    for chunk in first_attempt_copies.chunks(10) {
+        assert!(queue.send_batch(chunk).await.unwrap().is_empty());
+    }
+
+    let (record, _) = env.runtime.drive(&env.sync, &run, &|_| {}).await.unwrap();
+    let received = &env.destination.stats().keys_received[1];
+    let expected: std::collections::HashSet<String> = (20..40).map(key).collect();
+    assert_eq!(
+        *received, expected,
+        "the run closed before its own rows were delivered, or delivered the first attempt's"
+    );
+    let counts = record.counts.unwrap();
+    assert_eq!(
+        (
+            counts.planned,
+            counts.delivered,
+            counts.failed,
+            counts.rejected
+        ),
+        (20, 20, 0, 0)
+    );
+    assert!(
+        env.index().await.is_empty(),
+        "the first attempt's rejection entered the index"
+    );
+}
+
+/// Writes the rejections of a run's first planning attempt as sync-start stores them
+/// (`run#{run}` / `reject#000000`; see `resync_shared::aws::runs`).
+async fn put_first_rejection_chunk(env: &TestEnv, run: &RunId, rejections: &[RecordedRejection]) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let expires = time::OffsetDateTime::now_utc().unix_timestamp() + 86_400;
+    aws_sdk_dynamodb::Client::new(&env.runtime.sdk)
+        .put_item()
+        .table_name(&env.runtime.resources.runs_table)
+        .item("pk", AttributeValue::S(format!("run#{run}")))
+        .item("sk", AttributeValue::S("reject#000000".into()))
+        .item(
+            "rejections",
+            AttributeValue::S(serde_json::to_string(rejections).unwrap()),
+        )
+        .item("expires_at", AttributeValue::N(expires.to_string()))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Issue 12, defect 3: the finalizer abandons a planning older than a sync-start
+/// invocation can live, but it counted from the run's first start, never from the
+/// attempt at work: a retried invocation that resumed the planning of a run opened
+/// long ago was abandoned while it ran (and the next run could overlap it). Every
+/// planning attempt restarts the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_planning_is_not_abandoned_while_it_runs() {
+    let env = TestEnv::start().await;
+    let runs = env.runtime.runs();
+    env.export_rows("1.jsonl.gz", 0..10).await;
+    let event = ScheduleEvent::new();
+    let run = event.run_id.clone();
+    // The event's first sync-start opened the run long ago and timed out.
+    runs.acquire(&env.sync, &run).await.unwrap();
+    runs.open_run(&env.sync, &run).await.unwrap();
+    env.backdate_planning(&run, LONGER_THAN_AN_INVOCATION).await;
+    // Lambda's retry resumes it (sync-start's first steps: the lock, the run record)
+    // and is still planning when the finalizer passes.
+    runs.acquire(&env.sync, &run).await.unwrap();
+    runs.open_run(&env.sync, &run).await.unwrap();
+    let report = env.runtime.finalize(&env.sync).await.unwrap();
+    assert!(
+        matches!(report, SyncReport::InFlight { .. }),
+        "the resumed planning was abandoned while it ran: {report:?}"
+    );
+    assert_eq!(
+        runs.state(&env.sync).await.unwrap().open_run,
+        Some(run.clone())
+    );
+
+    // A retry that runs whole plans the run, which closes.
+    let started = env.fire(&event).await.unwrap();
+    assert!(
+        matches!(started, SyncStartOutcome::Started { enqueued: 10, .. }),
+        "{started:?}"
+    );
+    let (record, _) = env.runtime.drive(&env.sync, &run, &|_| {}).await.unwrap();
+    assert_eq!(record.counts.unwrap().delivered, 10);
 }

@@ -262,7 +262,10 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             stuck += 1;
             break;
         };
-        let (ledger, _) = runtime.runs().ledger(&record.run_id).await?;
+        let (ledger, _) = runtime
+            .runs()
+            .ledger(&record.run_id, record.generation)
+            .await?;
         let ledger_delivered = ledger
             .into_iter()
             .flat_map(|item| item.delivered.into_iter().chain(item.recovered))

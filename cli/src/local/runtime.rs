@@ -341,7 +341,8 @@ impl LocalRuntime {
                 SyncReport::InFlight {
                     settled, enqueued, ..
                 } => progress(Progress { settled, enqueued }),
-                SyncReport::Idle { .. } => break,
+                // No lock, or a stray one released: the run's record says how it ended.
+                SyncReport::Idle { .. } | SyncReport::Released { .. } => break,
                 SyncReport::Closed { .. } | SyncReport::Abandoned { .. } => {}
             }
             if pollers.any_finished() {

@@ -154,9 +154,9 @@ pub async fn handler(
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, DeliveryError> {
     let mut failures: Vec<String> = Vec::new();
-    // Groups by run in order of appearance (a batch nearly always holds one run: the
-    // identifiers are cloned once per group, not per row).
-    let mut by_run: Vec<((SyncId, RunId), Vec<Received>)> = Vec::new();
+    // Groups by run and planning attempt in order of appearance (a batch nearly always
+    // holds one: the identifiers are cloned once per group, not per row).
+    let mut by_run: Vec<((SyncId, RunId, u32), Vec<Received>)> = Vec::new();
     for record in event.payload.records {
         let message_id = record.message_id.unwrap_or_default();
         let parsed = record
@@ -178,15 +178,20 @@ pub async fn handler(
                     attempt,
                     message,
                 };
-                let group = by_run.iter().position(|((sync_id, run_id), _)| {
-                    *run_id == received.message.run_id && *sync_id == received.message.sync_id
-                });
+                let group = by_run
+                    .iter()
+                    .position(|((sync_id, run_id, generation), _)| {
+                        *run_id == received.message.run_id
+                            && *sync_id == received.message.sync_id
+                            && *generation == received.message.generation
+                    });
                 match group {
                     Some(group) => by_run[group].1.push(received),
                     None => by_run.push((
                         (
                             received.message.sync_id.clone(),
                             received.message.run_id.clone(),
+                            received.message.generation,
                         ),
                         vec![received],
                     )),
@@ -206,16 +211,24 @@ pub async fn handler(
         event.context.request_id.clone()
     };
     let mut visibility: Vec<(String, Duration)> = Vec::new();
-    for ((sync_id, run_id), rows) in by_run {
+    for ((sync_id, run_id, generation), rows) in by_run {
         // A copy that comes back after its run closed (a duplicate, or a crashed
         // invocation's message) is already settled: drop it rather than send it again.
-        let open = deps
-            .runs
-            .run(&sync_id, &run_id)
-            .await?
-            .is_none_or(|record| record.status != RunStatus::Closed);
-        if !open {
-            tracing::info!(sync = %sync_id, run = %run_id, rows = rows.len(), "late copies of a closed run's rows dropped");
+        // So is a copy of an abandoned run: the next run plans the same rows again,
+        // with their newest values, so sending this one would send them twice (I3)
+        // and might overwrite a newer value. And so is a copy sent by a planning
+        // attempt the run has since replaced: the current attempt sent its own copy of
+        // every row of its plan, and only its rows count.
+        let record = deps.runs.run(&sync_id, &run_id).await?;
+        let dropped = match &record {
+            Some(record) if matches!(record.status, RunStatus::Closed | RunStatus::Abandoned) => {
+                Some(record.status.as_str())
+            }
+            Some(record) if record.generation != generation => Some("planned again"),
+            _ => None,
+        };
+        if let Some(why) = dropped {
+            tracing::info!(sync = %sync_id, run = %run_id, generation, run_state = why, rows = rows.len(), "copies of an ended or replanned run's rows dropped");
             continue;
         }
         let Settlement {
@@ -223,6 +236,7 @@ pub async fn handler(
             mut retries,
             deferrals,
         } = deliver_run(deps, &rows).await;
+        ledger.generation = generation;
         // Re-enqueue rate-limited rows *before* the ledger is written, so a row whose
         // copy SQS refused is settled the ordinary way (this receive counts) in the
         // same ledger item — at the threshold that is a terminal failure (I4).

@@ -239,6 +239,7 @@ mod tests {
             attempt: 1,
             message: RowMessage {
                 run_id: RunId::parse("r").unwrap(),
+                generation: 0,
                 sync_id: SyncId::parse("s").unwrap(),
                 key: PrimaryKey::parse(key).unwrap(),
                 row: row.into(),

@@ -12,8 +12,16 @@
 //!    sync's rule is met) and closes the run and releases the sync in one transaction.
 //!
 //! Every step is idempotent, so a finalizer that crashes midway is simply run again.
-//! A run stuck in planning (sync-start killed) past [`STALE_PLANNING`] is abandoned,
-//! which releases the sync without losing a row.
+//! A run stuck in planning (sync-start killed) past [`STALE_PLANNING`], counted from
+//! the start of its current planning attempt, is abandoned, which releases the sync
+//! without losing a row.
+//!
+//! A lock that names a run which is not open never ends by itself, so the finalizer
+//! releases it (conditionally: only while it still names that run), logs an error and
+//! raises a critical alert: at once when the run is closed (a late or duplicate start
+//! took the lock again), and when the run is abandoned or has no record once the lock
+//! is older than [`STALE_PLANNING`] (until then a sync-start may be between taking the
+//! lock and opening its run).
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -94,6 +102,38 @@ pub enum SyncReport {
         /// The run.
         run_id: RunId,
     },
+    /// The sync's lock named a run that is not open; it was released (and alerted on).
+    Released {
+        /// The sync.
+        sync_id: SyncId,
+        /// The run the lock named.
+        run_id: RunId,
+        /// Why that run is not open.
+        because: NotOpen,
+    },
+}
+
+/// Why the run a lock names is not open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotOpen {
+    /// It closed (a late or duplicate start took the lock again).
+    Closed,
+    /// Its planning was abandoned.
+    Abandoned,
+    /// It has no run record.
+    Unrecorded,
+}
+
+impl NotOpen {
+    /// As logged and alerted.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Abandoned => "abandoned",
+            Self::Unrecorded => "unrecorded",
+        }
+    }
 }
 
 /// The finalizer's answer.
@@ -221,12 +261,21 @@ async fn finalize_sync(
     let record = match record {
         Some(record) if record.status == RunStatus::Delivering => record,
         Some(record) if record.status == RunStatus::Planning => {
-            let started = record.started_at;
-            let stale = started.is_some_and(|t| (timestamp::now() - t) > STALE_PLANNING);
-            if stale {
-                deps.runs
-                    .abandon(&sync.id, &run_id, "sync-start did not finish planning")
-                    .await?;
+            // From the current attempt's start: a retried invocation that resumed the
+            // planning has a whole invocation's lifetime of its own.
+            let since = record.planning_since.or(record.started_at);
+            let stale = since.is_some_and(|t| (timestamp::now() - t) > STALE_PLANNING);
+            if stale
+                && deps
+                    .runs
+                    .abandon(
+                        &sync.id,
+                        &run_id,
+                        record.generation,
+                        "sync-start did not finish planning",
+                    )
+                    .await?
+            {
                 return Ok(SyncReport::Abandoned {
                     sync_id: sync.id.clone(),
                     run_id,
@@ -234,7 +283,24 @@ async fn finalize_sync(
             }
             return Ok(in_flight(0, 0));
         }
-        _ => return Ok(in_flight(0, 0)),
+        Some(record) if record.status == RunStatus::Closed => {
+            return release_stray_lock(deps, sync, &run_id, NotOpen::Closed).await;
+        }
+        other => {
+            // Abandoned, or no record: a sync-start may be between taking the lock and
+            // opening its run; once the lock is older than any invocation, none is.
+            let stale = state
+                .open_since
+                .is_none_or(|since| (timestamp::now() - since) > STALE_PLANNING);
+            if !stale {
+                return Ok(in_flight(0, 0));
+            }
+            let because = match other {
+                Some(_) => NotOpen::Abandoned,
+                None => NotOpen::Unrecorded,
+            };
+            return release_stray_lock(deps, sync, &run_id, because).await;
+        }
     };
 
     drain_dead_letters(deps, &sync.destination).await?;
@@ -243,7 +309,9 @@ async fn finalize_sync(
         return Ok(in_flight(record.settled_hint, record.enqueued));
     }
 
-    let (batches, rejections) = deps.runs.ledger(&run_id).await?;
+    // The current planning attempt's items only: an earlier attempt's keys (a plan made
+    // again from a moved cursor or a new export holds other rows) say nothing of these.
+    let (batches, rejections) = deps.runs.ledger(&run_id, record.generation).await?;
     // Pre-sized for the run (bounded: the record is data, not a promise).
     let mut tally = RunTally::with_capacity(record.enqueued.min(1 << 22) as usize);
     for batch in batches {
@@ -267,6 +335,53 @@ async fn finalize_sync(
         return Ok(in_flight(tally.settled() as u64, record.enqueued));
     }
     close(deps, sync, &record, &tally, &rejections).await
+}
+
+/// Releases a lock that names a run which is not open (if it still does), and says so
+/// loudly: an error log and, when the sync's rule asks for it, a critical alert, as
+/// sync-start raises for a run that cannot run. Nothing is lost: the run's cursor and
+/// the index are where it left them, and the next run starts from there.
+async fn release_stray_lock(
+    deps: &Finalizer,
+    sync: &SyncConfig,
+    run_id: &RunId,
+    because: NotOpen,
+) -> Result<SyncReport, FinalizerError> {
+    if !deps.runs.release(&sync.id, run_id).await? {
+        // Released or taken by another run since it was read: nothing stray is left.
+        return Ok(SyncReport::Idle {
+            sync_id: sync.id.clone(),
+        });
+    }
+    tracing::error!(
+        sync = %sync.id,
+        run = %run_id,
+        run_state = because.as_str(),
+        "the sync was locked by a run that is not open; the lock is released"
+    );
+    if sync.alert.critical_on_run_error {
+        let detail = serde_json::json!({
+            "run_id": run_id.as_str(),
+            "error": format!("the sync's lock named run {run_id}, which is {}; the finalizer released it", because.as_str()),
+        });
+        if let Err(alert) = deps
+            .reporter
+            .alert(
+                Severity::Critical,
+                &sync.id,
+                &format!("sync {} was locked by a run that is not open", sync.id),
+                detail,
+            )
+            .await
+        {
+            tracing::error!(sync = %sync.id, error = %alert, "could not send the alert");
+        }
+    }
+    Ok(SyncReport::Released {
+        sync_id: sync.id.clone(),
+        run_id: run_id.clone(),
+        because,
+    })
 }
 
 async fn close(
@@ -386,7 +501,7 @@ async fn drain_dead_letters(deps: &Finalizer, destination: &DestinationId) -> Re
         if messages.is_empty() {
             return Ok(());
         }
-        let mut by_run: BTreeMap<(SyncId, RunId), BatchLedger> = BTreeMap::new();
+        let mut by_run: BTreeMap<(SyncId, RunId, u32), BatchLedger> = BTreeMap::new();
         let mut receipts = Vec::new();
         for message in &messages {
             let Some(row) = message.body().and_then(|b| RowMessage::from_body(b).ok()) else {
@@ -405,8 +520,11 @@ async fn drain_dead_letters(deps: &Finalizer, destination: &DestinationId) -> Re
                 .unwrap_or(0)
                 + row.attempts_before;
             by_run
-                .entry((row.sync_id.clone(), row.run_id.clone()))
-                .or_default()
+                .entry((row.sync_id.clone(), row.run_id.clone(), row.generation))
+                .or_insert_with(|| BatchLedger {
+                    generation: row.generation,
+                    ..BatchLedger::default()
+                })
                 .failed
                 .push(FailedRow {
                     key: row.key.clone(),
@@ -428,7 +546,7 @@ async fn drain_dead_letters(deps: &Finalizer, destination: &DestinationId) -> Re
                 receipts.push(receipt.to_owned());
             }
         }
-        for ((sync_id, run_id), ledger) in by_run {
+        for ((sync_id, run_id, _), ledger) in by_run {
             let batch_id = format!("dlq-{}", uuid::Uuid::new_v4());
             deps.runs
                 .record_batch(&sync_id, &run_id, &batch_id, &ledger)

@@ -6,8 +6,9 @@
 //! stored payload), enqueues one row per SQS message and records the plan.
 //!
 //! The run id is derived from the scheduling event, so when Lambda retries a crashed
-//! invocation the same run is planned again; duplicates this may put on the queue are
-//! counted once by the finalizer.
+//! invocation the same run is planned again, as its next planning attempt: the rows an
+//! earlier attempt put on the queue are dropped by delivery and its ledger items and
+//! rejections are not counted, so the run is tallied from this attempt's plan alone.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -19,7 +20,7 @@ use resync_shared::{
         index::FailedRowIndex,
         queue::{QueueDirectory, WorkQueue},
         report::{Reporter, SettledNotice, Severity},
-        runs::RunStore,
+        runs::{PlanNotRecorded, RunStore},
         s3_source::{ObjectReadError, S3Source},
         AwsError,
     },
@@ -67,7 +68,10 @@ pub enum SyncStartOutcome {
         /// Source objects read.
         source_objects: u64,
     },
-    /// This run was already planned (a retried invocation); nothing was done.
+    /// This run was already planned (a retried or duplicate invocation, or a late one
+    /// after the run closed), or another invocation of the same event recorded its
+    /// plan first; nothing of this invocation counts, and a closed run's lock was
+    /// released again.
     AlreadyPlanned {
         /// The sync.
         sync_id: SyncId,
@@ -207,9 +211,6 @@ pub async fn handler(
         Ok(outcome) => Ok(outcome),
         Err(err) => {
             tracing::error!(sync = %sync_id, run = %run_id, error = %err, "the run could not start");
-            if let Err(release) = deps.runs.abandon(&sync_id, &run_id, &err.to_string()).await {
-                tracing::error!(sync = %sync_id, run = %run_id, error = %release, "could not release the sync");
-            }
             if sync.alert.critical_on_run_error {
                 let detail =
                     serde_json::json!({"run_id": run_id.as_str(), "error": err.to_string()});
@@ -247,12 +248,64 @@ async fn start(
         Acquired::Acquired { cursor } => cursor,
     };
     let record = deps.runs.open_run(&sync.id, run_id).await?;
-    if record.status != RunStatus::Planning && record.status != RunStatus::Abandoned {
+    if record.status == RunStatus::Closed {
+        // A late or duplicate event of a run that already closed (schedule events and
+        // async invocations are at-least-once): the lock it just took again must not
+        // outlive this invocation, or the sync stays locked by a run nobody will close.
+        match deps.runs.release(&sync.id, run_id).await {
+            Ok(released) => {
+                tracing::warn!(sync = %sync.id, run = %run_id, released, "a late start of a closed run; nothing to do, the sync's lock is released")
+            }
+            Err(err) => {
+                tracing::error!(sync = %sync.id, run = %run_id, error = %err, "a late start of a closed run could not release the sync's lock; the finalizer will")
+            }
+        }
         return Ok(SyncStartOutcome::AlreadyPlanned {
             sync_id: sync.id.clone(),
             run_id: run_id.clone(),
         });
     }
+    if record.status != RunStatus::Planning {
+        // Delivering: the lock is the run's until the finalizer closes it.
+        return Ok(SyncStartOutcome::AlreadyPlanned {
+            sync_id: sync.id.clone(),
+            run_id: run_id.clone(),
+        });
+    }
+    // This invocation's planning attempt: a later one (a duplicate or retried
+    // invocation of the same event) replaces it, and then nothing of this one counts.
+    let generation = record.generation;
+    match plan(deps, sync, run_id, generation, cursor).await {
+        Ok(outcome) => Ok(outcome),
+        Err(err) => {
+            // Abandoned (and the sync released) only while this attempt is the run's
+            // planning: never a run another invocation planned or took over meanwhile.
+            match deps
+                .runs
+                .abandon(&sync.id, run_id, generation, &err.to_string())
+                .await
+            {
+                Ok(abandoned) => {
+                    tracing::warn!(sync = %sync.id, run = %run_id, generation, abandoned, "planning failed; the run is abandoned unless another invocation planned it")
+                }
+                Err(release) => {
+                    tracing::error!(sync = %sync.id, run = %run_id, error = %release, "could not release the sync")
+                }
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Plans attempt `generation` of the run: reads the source after `cursor`, merges it
+/// with the failed-row index, enqueues the rows and records the rejections and the plan.
+async fn plan(
+    deps: &SyncStart,
+    sync: &SyncConfig,
+    run_id: &RunId,
+    generation: u32,
+    cursor: Option<String>,
+) -> Result<SyncStartOutcome, SyncStartError> {
     let queue = deps.queue(&sync.destination).await?;
     let bucket = sync
         .source
@@ -296,7 +349,7 @@ async fn start(
     // Pass 2: plan and enqueue.
     let index = deps.index.load_for_planning(&sync.id).await?;
     let mut planner = RunPlanner::new(index, finder.duplicates());
-    let mut sender = Sender::new(&queue, run_id, &sync.id);
+    let mut sender = Sender::new(&queue, run_id, generation, &sync.id);
     for (object, encoding) in &readable {
         let (mut rows, reader) = deps
             .source
@@ -331,23 +384,34 @@ async fn start(
     }
     let (enqueued, carried_over) = sender.finish(&mut rejections).await?;
 
-    deps.runs.record_rejections(run_id, &rejections).await?;
-    let cursor_after = objects.last().cloned().or(cursor);
-    let settled = deps
-        .runs
-        .mark_planned(
-            &sync.id,
-            run_id,
-            &PlanSummary {
-                enqueued,
-                rejected: rejections.len() as u64,
-                carried_over,
-                waiting: waiting as u64,
-                source_objects: objects.len() as u64,
-                cursor_after: cursor_after.as_deref(),
-            },
-        )
+    deps.runs
+        .record_rejections(run_id, generation, &rejections)
         .await?;
+    let cursor_after = objects.last().cloned().or(cursor);
+    let plan = PlanSummary {
+        generation,
+        enqueued,
+        rejected: rejections.len() as u64,
+        carried_over,
+        waiting: waiting as u64,
+        source_objects: objects.len() as u64,
+        cursor_after: cursor_after.as_deref(),
+    };
+    let settled = match deps.runs.mark_planned(&sync.id, run_id, &plan).await {
+        Ok(settled) => settled,
+        Err(PlanNotRecorded::NotPlanning) => {
+            // Another invocation of the same event (a duplicate, or Lambda's retry)
+            // recorded its plan first or planned the run again, or the run was
+            // abandoned: this one's plan does not count (delivery drops its rows), and
+            // abandoning now would abandon the other's run.
+            tracing::warn!(sync = %sync.id, run = %run_id, generation, enqueued, "the run was planned by another invocation of its event; this plan is not recorded and its rows are dropped");
+            return Ok(SyncStartOutcome::AlreadyPlanned {
+                sync_id: sync.id.clone(),
+                run_id: run_id.clone(),
+            });
+        }
+        Err(PlanNotRecorded::Aws(err)) => return Err(err.into()),
+    };
     if settled {
         deps.notice.send(&sync.id, run_id).await;
     }
@@ -419,6 +483,7 @@ type BatchResult = Result<(Vec<Pending>, Vec<(usize, NotSent)>), AwsError>;
 struct Sender<'a> {
     queue: &'a WorkQueue,
     run_id: &'a RunId,
+    generation: u32,
     sync_id: &'a SyncId,
     batch: Vec<Pending>,
     in_flight: FuturesUnordered<tokio::task::JoinHandle<BatchResult>>,
@@ -427,10 +492,11 @@ struct Sender<'a> {
 }
 
 impl<'a> Sender<'a> {
-    fn new(queue: &'a WorkQueue, run_id: &'a RunId, sync_id: &'a SyncId) -> Self {
+    fn new(queue: &'a WorkQueue, run_id: &'a RunId, generation: u32, sync_id: &'a SyncId) -> Self {
         Self {
             queue,
             run_id,
+            generation,
             sync_id,
             batch: Vec::with_capacity(10),
             in_flight: FuturesUnordered::new(),
@@ -446,6 +512,7 @@ impl<'a> Sender<'a> {
     ) -> Result<(), AwsError> {
         let message = RowMessage {
             run_id: self.run_id.clone(),
+            generation: self.generation,
             sync_id: self.sync_id.clone(),
             key: planned.key.clone(),
             row: planned.fields,

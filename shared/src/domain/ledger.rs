@@ -18,6 +18,11 @@
 //!
 //! The run is complete when the distinct settled keys equal the enqueued count, so counts
 //! are exact under at-least-once delivery (I1, I2) without per-row writes.
+//!
+//! A run planned again (a retried or duplicate sync-start, or one after an abandon)
+//! gets a new planning attempt number, its *generation*; items and rejections carry
+//! the attempt that wrote them, and only the current attempt's are tallied: keys an
+//! earlier plan settled say nothing about the rows of this one.
 
 use std::collections::{HashMap, HashSet};
 
@@ -56,6 +61,11 @@ pub struct FailedRow {
 /// What one delivery invocation settled for one run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BatchLedger {
+    /// The run's planning attempt whose rows these are (see `RunRecord::generation`):
+    /// the finalizer tallies only the current attempt's items. Absent (0) for a run's
+    /// first attempt, as in items written before attempts were numbered.
+    #[serde(default, rename = "g", skip_serializing_if = "is_zero")]
+    pub generation: u32,
     /// Delivered keys that were not in the index.
     #[serde(default, rename = "d", skip_serializing_if = "Vec::is_empty")]
     pub delivered: Vec<PrimaryKey>,
@@ -68,6 +78,10 @@ pub struct BatchLedger {
     /// Terminal failures.
     #[serde(default, rename = "f", skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<FailedRow>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl BatchLedger {
@@ -320,6 +334,23 @@ mod tests {
                 recovered: 1
             }
         );
+    }
+
+    #[test]
+    fn a_first_attempts_item_reads_as_before_and_a_later_ones_names_it() {
+        let first = BatchLedger {
+            delivered: vec![key("a")],
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&first).unwrap();
+        assert_eq!(json, r#"{"d":["a"]}"#);
+        let later = BatchLedger {
+            generation: 3,
+            ..first
+        };
+        let json = serde_json::to_string(&later).unwrap();
+        assert_eq!(json, r#"{"g":3,"d":["a"]}"#);
+        assert_eq!(serde_json::from_str::<BatchLedger>(&json).unwrap(), later);
     }
 
     #[test]

@@ -16,6 +16,11 @@ use crate::domain::{
 pub struct RowMessage {
     /// The run that planned the row.
     pub run_id: RunId,
+    /// The run's planning attempt that sent it (see `RunRecord::generation`): a copy
+    /// from an attempt the run has since replaced is dropped. Absent (0) in bodies of a
+    /// run's first attempt, as in bodies written before attempts were numbered.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u32,
     /// The sync the row belongs to.
     pub sync_id: SyncId,
     /// The row's primary key.
@@ -70,6 +75,7 @@ mod tests {
     fn bodies_round_trip_and_omit_defaults() {
         let message = RowMessage {
             run_id: RunId::parse("r1").unwrap(),
+            generation: 0,
             sync_id: SyncId::parse("accounts").unwrap(),
             key: PrimaryKey::parse("42").unwrap(),
             row: serde_json::json!({"id": 42, "name": "x"})
@@ -86,7 +92,27 @@ mod tests {
         let body = message.to_body();
         assert!(!body.contains("carried_over"));
         assert!(!body.contains("prior_attempts"));
+        assert!(!body.contains("generation"));
         assert_eq!(RowMessage::from_body(&body).unwrap(), message);
         assert_eq!(message.idempotency_key(), "r1:42");
+
+        let replanned = RowMessage {
+            generation: 2,
+            ..message
+        };
+        let body = replanned.to_body();
+        assert!(body.contains(r#""generation":2"#), "{body}");
+        assert_eq!(RowMessage::from_body(&body).unwrap(), replanned);
+        assert_eq!(
+            replanned.idempotency_key(),
+            "r1:42",
+            "one row of one run, whichever attempt sent it"
+        );
+    }
+
+    #[test]
+    fn bodies_written_before_attempts_were_numbered_are_a_first_attempts() {
+        let body = r#"{"run_id":"r1","sync_id":"accounts","key":"42","row":{"id":42}}"#;
+        assert_eq!(RowMessage::from_body(body).unwrap().generation, 0);
     }
 }

@@ -54,8 +54,18 @@ pub struct RunRecord {
     pub sync_id: SyncId,
     /// Where it is.
     pub status: RunStatus,
-    /// When sync-start opened it (`None` if the stored time is unreadable).
+    /// When sync-start first opened it (`None` if the stored time is unreadable).
     pub started_at: Option<OffsetDateTime>,
+    /// When its current planning attempt began: the first, a resumed one (a retried
+    /// invocation) or one after an abandon (`None` for records written before it was
+    /// kept, or unreadable). The finalizer's staleness rule counts from here.
+    pub planning_since: Option<OffsetDateTime>,
+    /// Its planning attempt: 0 for the first, one more each time the run is planned
+    /// again (a retried or duplicate invocation of its event resuming a planning, or
+    /// planning it after an abandon). Every message, ledger item and rejection chunk
+    /// carries the attempt that made it; only the current attempt's count, so a plan
+    /// made again — from a moved cursor or a new export — is tallied exactly.
+    pub generation: u32,
     /// Rows enqueued.
     pub enqueued: u64,
     /// Rows rejected before the queue.
@@ -82,6 +92,9 @@ pub struct RunRecord {
 /// What sync-start planned: recorded when the run moves to `delivering`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PlanSummary<'a> {
+    /// The planning attempt ([`RunRecord::generation`]) that made the plan: it is
+    /// recorded only while that attempt is still the run's.
+    pub generation: u32,
     /// Rows enqueued.
     pub enqueued: u64,
     /// Rows rejected before the queue.
@@ -101,6 +114,8 @@ pub struct PlanSummary<'a> {
 pub struct SyncState {
     /// The open run, if any.
     pub open_run: Option<RunId>,
+    /// When the open run last took the lock (`None` without a lock, or unreadable).
+    pub open_since: Option<OffsetDateTime>,
     /// The last source object consumed by a closed run.
     pub cursor: Option<String>,
 }

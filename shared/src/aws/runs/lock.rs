@@ -1,12 +1,14 @@
-//! The sync's lock and a run's way into delivery: take the lock, open (or resume) the
-//! run record, record the plan, or abandon a planning that failed.
+//! The sync's lock and a run's way into delivery: take the lock, open the run record
+//! for a planning attempt (the first, a resumed one, one after an abandon), record the
+//! attempt's plan, abandon a planning that failed, or release a lock that names a run
+//! which is not open.
 
 use aws_sdk_dynamodb::{
     error::SdkError,
     types::{ReturnValue, Update},
 };
 
-use super::{became_settled, run_sk, state_key, sync_pk, RunStore};
+use super::{became_settled, generation_is, run_sk, state_key, sync_pk, RunStore};
 use crate::{
     aws::{
         item::{get_s, n, s},
@@ -74,12 +76,47 @@ impl RunStore {
         };
         Ok(SyncState {
             open_run: get_s(&item, "open_run").and_then(|r| RunId::parse(r).ok()),
+            open_since: get_s(&item, "open_since").and_then(|t| timestamp::parse_rfc3339(&t)),
             cursor: get_s(&item, "cursor"),
         })
     }
 
-    /// Writes the run record in `planning` state, unless it already exists (a resumed
-    /// run keeps its record; an abandoned one is planned again).
+    /// Releases the sync's lock if it still names `run`, and only then (a conditional
+    /// update: a lock another run has taken since is left alone). For a lock that names
+    /// a run which is not open — one already closed, whose late or duplicate start took
+    /// the lock again, or one abandoned or never recorded. Returns whether this call
+    /// released it.
+    pub async fn release(&self, sync: &SyncId, run: &RunId) -> Result<bool, AwsError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(sync)))
+            .key("sk", s(state_key()))
+            .update_expression("REMOVE open_run, open_since")
+            .condition_expression("open_run = :run")
+            .expression_attribute_values(":run", s(run.as_str()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(err))
+                if err.err().is_conditional_check_failed_exception() =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(AwsError::sdk("DynamoDB.UpdateItem", err)),
+        }
+    }
+
+    /// Opens the run for a planning attempt and returns its record. A new run gets its
+    /// record in `planning` state, attempt ([`RunRecord::generation`]) 0. A run still
+    /// planning (a retried or duplicate invocation resuming it) or abandoned (planned
+    /// again) gets the next attempt: its plan counters and settled hint start afresh,
+    /// and whatever an earlier attempt sent or recorded counts for nothing any more. A
+    /// run delivering or closed is returned as it is. Each attempt restarts the
+    /// planning clock (`planning_since`), so the finalizer never abandons an attempt
+    /// still within an invocation's lifetime.
     pub async fn open_run(&self, sync: &SyncId, run: &RunId) -> Result<RunRecord, AwsError> {
         let now = timestamp::rfc3339(timestamp::now());
         let result = self
@@ -92,15 +129,20 @@ impl RunStore {
             .item("sync_id", s(sync.as_str()))
             .item("status", s(RunStatus::Planning.as_str()))
             .item("started_at", s(&now))
-            .condition_expression("attribute_not_exists(pk) OR #status = :abandoned")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":abandoned", s(RunStatus::Abandoned.as_str()))
+            .item("planning_since", s(&now))
+            .item("generation", n(0))
+            .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
         match result {
             Ok(_) => {}
             Err(SdkError::ServiceError(err))
-                if err.err().is_conditional_check_failed_exception() => {}
+                if err.err().is_conditional_check_failed_exception() =>
+            {
+                if let Some(record) = self.plan_again(sync, run, &now).await? {
+                    return Ok(record);
+                }
+            }
             Err(err) => return Err(AwsError::sdk("DynamoDB.PutItem", err)),
         }
         self.run(sync, run)
@@ -108,11 +150,62 @@ impl RunStore {
             .ok_or_else(|| AwsError::response("DynamoDB.GetItem", "run record vanished"))
     }
 
-    /// Marks a run whose planning failed as abandoned and releases the sync. Its cursor
-    /// is not advanced and the index is untouched, so the next run reads the same
-    /// source and carries the same failed keys: nothing is lost. A retried invocation of
-    /// the same event plans the run again.
-    pub async fn abandon(&self, sync: &SyncId, run: &RunId, reason: &str) -> Result<(), AwsError> {
+    /// Starts the next planning attempt of a run that is planning or abandoned; `None`
+    /// when it is neither (delivering or closed: left as it is).
+    async fn plan_again(
+        &self,
+        sync: &SyncId,
+        run: &RunId,
+        now: &str,
+    ) -> Result<Option<RunRecord>, AwsError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(sync)))
+            .key("sk", s(run_sk(run)))
+            .update_expression(
+                "SET #status = :planning, planning_since = :now, #generation = if_not_exists(#generation, :zero) + :one \
+                 REMOVE enqueued, rejected, carried_over, waiting, cursor_after, source_objects, settled_hint, abandon_reason, closed_at, close_claim, close_claimed_at",
+            )
+            .condition_expression("#status IN (:planning, :abandoned)")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#generation", "generation")
+            .expression_attribute_values(":planning", s(RunStatus::Planning.as_str()))
+            .expression_attribute_values(":abandoned", s(RunStatus::Abandoned.as_str()))
+            .expression_attribute_values(":now", s(now))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(output
+                .attributes
+                .map(|item| super::parse_run(&item, sync, run))),
+            Err(SdkError::ServiceError(err))
+                if err.err().is_conditional_check_failed_exception() =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(AwsError::sdk("DynamoDB.UpdateItem", err)),
+        }
+    }
+
+    /// Marks a run whose planning attempt `generation` failed as abandoned and releases
+    /// the sync — only while the run is still planning under that attempt: a run
+    /// already delivering (another invocation of the same event recorded its plan),
+    /// closed, or planned again by a later attempt is never abandoned. Its cursor is not
+    /// advanced and the index is untouched, so the next run reads the same source and
+    /// carries the same failed keys: nothing is lost. A retried invocation of the same
+    /// event plans the run again. Returns whether this call abandoned it.
+    pub async fn abandon(
+        &self,
+        sync: &SyncId,
+        run: &RunId,
+        generation: u32,
+        reason: &str,
+    ) -> Result<bool, AwsError> {
         let run_update = Update::builder()
             .table_name(&self.table)
             .key("pk", s(sync_pk(sync)))
@@ -120,8 +213,15 @@ impl RunStore {
             .update_expression(
                 "SET #status = :abandoned, abandon_reason = :reason, closed_at = :now",
             )
+            .condition_expression(format!(
+                "#status = :planning AND {}",
+                generation_is(generation)
+            ))
             .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#generation", "generation")
             .expression_attribute_values(":abandoned", s(RunStatus::Abandoned.as_str()))
+            .expression_attribute_values(":planning", s(RunStatus::Planning.as_str()))
+            .expression_attribute_values(":generation", n(generation))
             .expression_attribute_values(":reason", s(reason))
             .expression_attribute_values(":now", s(timestamp::rfc3339(timestamp::now())))
             .build()
@@ -135,29 +235,37 @@ impl RunStore {
             .expression_attribute_values(":run", s(run.as_str()))
             .build()
             .map_err(|e| AwsError::response("DynamoDB.TransactWriteItems", e.to_string()))?;
-        // Canceled: another invocation abandoned or closed it first.
-        self.update_run_and_state(run_update, state_update)
-            .await
-            .map(|_| ())
+        // Canceled: the run is no longer planning (planned, abandoned or closed by
+        // another invocation), or the sync is not locked by it.
+        self.update_run_and_state(run_update, state_update).await
     }
 
-    /// Records the plan and moves the run to `delivering`. Returns whether every row
-    /// already looks settled (see [`RunProgress::became_settled`]), as when delivery finished the
-    /// rows while they were still being planned, or nothing was enqueued.
+    /// Records the plan of attempt `plan.generation` and moves the run to `delivering`.
+    /// Returns whether every row already looks settled (see
+    /// [`RunProgress::became_settled`]), as when delivery finished the rows while they
+    /// were still being planned, or nothing was enqueued; or
+    /// [`PlanNotRecorded::NotPlanning`] when the run is no longer planning under that
+    /// attempt (another invocation of the same event recorded its plan first or planned
+    /// the run again, or the run was abandoned).
     pub async fn mark_planned(
         &self,
         sync: &SyncId,
         run: &RunId,
         plan: &PlanSummary<'_>,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, PlanNotRecorded> {
         let mut update = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(sync_pk(sync)))
             .key("sk", s(run_sk(run)))
-            .condition_expression("#status = :planning")
+            .condition_expression(format!(
+                "#status = :planning AND {}",
+                generation_is(plan.generation)
+            ))
             .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#generation", "generation")
+            .expression_attribute_values(":generation", n(plan.generation))
             .expression_attribute_values(":planning", s(RunStatus::Planning.as_str()))
             .expression_attribute_values(":delivering", s(RunStatus::Delivering.as_str()))
             .expression_attribute_values(":enqueued", n(plan.enqueued))
@@ -174,8 +282,29 @@ impl RunStore {
             .update_expression(expression)
             .return_values(ReturnValue::AllNew)
             .send()
-            .await
-            .map_err(|e| AwsError::sdk("DynamoDB.UpdateItem", e))?;
-        Ok(became_settled(&output, 0))
+            .await;
+        match output {
+            Ok(output) => Ok(became_settled(&output, 0)),
+            Err(SdkError::ServiceError(err))
+                if err.err().is_conditional_check_failed_exception() =>
+            {
+                Err(PlanNotRecorded::NotPlanning)
+            }
+            Err(err) => Err(AwsError::sdk("DynamoDB.UpdateItem", err).into()),
+        }
     }
+}
+
+/// Why [`RunStore::mark_planned`] recorded no plan.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanNotRecorded {
+    /// The run is no longer planning under this attempt: another invocation of the
+    /// same event recorded its plan first or planned the run again, or the run was
+    /// abandoned. This attempt's plan counts for nothing; the caller stops without
+    /// abandoning anything.
+    #[error("the run is no longer planning; another invocation planned it or it was abandoned")]
+    NotPlanning,
+    /// The update failed.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
 }

@@ -3,9 +3,12 @@
 //!
 //! Key layout (one table, `pk`/`sk` strings):
 //! - `sync#{sync}` / `state` — `open_run`, `open_since`, `cursor`
-//! - `sync#{sync}` / `run#{run}` — the run record
-//! - `run#{run}` / `batch#{id}` — one delivery invocation's [`BatchLedger`]
-//! - `run#{run}` / `reject#{n}` — rejections recorded by sync-start
+//! - `sync#{sync}` / `run#{run}` — the run record, with its planning attempt
+//!   (`generation`)
+//! - `run#{run}` / `batch#{id}` — one delivery invocation's [`BatchLedger`] (which
+//!   names its attempt)
+//! - `run#{run}` / `reject#{n}` — rejections recorded by sync-start's first planning
+//!   attempt; `reject#{attempt}#{n}` by a later one (each with `generation`)
 //!
 //! - [`lock`]: the sync's lock, opening and planning a run, abandoning it.
 //! - [`ledger`]: delivery's ledger items and sync-start's rejections.
@@ -38,6 +41,8 @@ mod close;
 mod ledger;
 mod lock;
 
+pub use lock::PlanNotRecorded;
+
 /// DynamoDB adapter for the runs table.
 #[derive(Debug, Clone)]
 pub struct RunStore {
@@ -59,6 +64,17 @@ fn run_sk(run: &RunId) -> String {
 
 fn ledger_pk(run: &RunId) -> String {
     format!("run#{run}")
+}
+
+/// The condition that a run record is at planning attempt `generation`, with the
+/// attribute as `#generation` and the value as `:generation`. A record written before
+/// attempts were numbered has no attribute: it is at attempt 0.
+fn generation_is(generation: u32) -> &'static str {
+    if generation == 0 {
+        "(attribute_not_exists(#generation) OR #generation = :generation)"
+    } else {
+        "#generation = :generation"
+    }
 }
 
 fn expires_at() -> aws_sdk_dynamodb::types::AttributeValue {
@@ -141,6 +157,8 @@ fn parse_run(item: &Item, sync: &SyncId, run: &RunId) -> RunRecord {
         sync_id: sync.clone(),
         status,
         started_at: get_s(item, "started_at").and_then(|t| timestamp::parse_rfc3339(&t)),
+        planning_since: get_s(item, "planning_since").and_then(|t| timestamp::parse_rfc3339(&t)),
+        generation: get_n(item, "generation"),
         enqueued: get_n(item, "enqueued"),
         rejected: get_n(item, "rejected"),
         carried_over: get_n(item, "carried_over"),
