@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::{
 use serde_json::{Map, Value};
 
 use super::{
-    item::{get_n, get_s, n, s, Item},
+    item::{check_item_size, get_n, get_s, n, s, Item},
     AwsError,
 };
 use crate::domain::{
@@ -191,7 +191,7 @@ impl FailedRowIndex {
                 s(row.first_failed_at.clone().unwrap_or_else(|| now.clone())),
             );
             item.insert("payload".into(), s(row.payload.as_str()));
-            requests.push(put(item));
+            requests.push(put(item)?);
         }
         let mut rejected_keys = std::collections::HashSet::new();
         for rejection in rejections {
@@ -222,7 +222,7 @@ impl FailedRowIndex {
                     .clone()
                     .unwrap_or_else(|| now.clone())),
             );
-            requests.push(put(item));
+            requests.push(put(item)?);
         }
         for key in recovered {
             requests.push(
@@ -280,13 +280,12 @@ fn base_item(sync: &SyncId, key: &PrimaryKey, run: &RunId, now: &str) -> Item {
     item
 }
 
-fn put(item: Item) -> WriteRequest {
-    WriteRequest::builder()
-        .put_request(
-            PutRequest::builder()
-                .set_item(Some(item))
-                .build()
-                .expect("item is set"),
-        )
+/// A put of an index entry, refused before it is sent when DynamoDB would refuse it.
+fn put(item: Item) -> Result<WriteRequest, AwsError> {
+    check_item_size("DynamoDB.BatchWriteItem", &item)?;
+    let request = PutRequest::builder()
+        .set_item(Some(item))
         .build()
+        .map_err(|e| AwsError::response("DynamoDB.BatchWriteItem", e.to_string()))?;
+    Ok(WriteRequest::builder().put_request(request).build())
 }

@@ -5,7 +5,9 @@
 //! - `sync#{sync}` / `state` — `open_run`, `open_since`, `cursor`
 //! - `sync#{sync}` / `run#{run}` — the run record
 //! - `run#{run}` / `batch#{id}` — one delivery invocation's [`BatchLedger`]
-//! - `run#{run}` / `reject#{n}` — rejections recorded by sync-start
+//!   (`batch#{id}#{part}` when it takes several items)
+//! - `run#{run}` / `reject#{n}` — rejections recorded by sync-start, in items of at
+//!   most 400 KB
 //!
 //! - [`lock`]: the sync's lock, opening and planning a run, abandoning it.
 //! - [`ledger`]: delivery's ledger items and sync-start's rejections.

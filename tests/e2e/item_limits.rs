@@ -1,0 +1,242 @@
+//! DynamoDB's limits as AWS enforces them: no item over 400 KB (ledger items, sync-start's
+//! rejections, the dead-letter drain), no key twice in one `BatchWriteItem`.
+
+use std::io::Write;
+
+use aws_sdk_sqs::types::Message;
+use resync::{destination_server::RowBehaviour, local::LocalOptions};
+use resync_shared::RunId;
+use resync_sync_start::SyncStartOutcome;
+
+use crate::helpers::{key, EnvSettings, TestEnv};
+
+/// A key of the longest length a key may have (1,024 bytes), distinct per `i`.
+fn wide_key(i: usize) -> String {
+    format!("{}{i:06}", "k".repeat(1018))
+}
+
+/// Exports `rows` as one JSON Lines object.
+async fn export_lines(
+    env: &TestEnv,
+    name: &str,
+    rows: impl IntoIterator<Item = serde_json::Value>,
+) {
+    let mut body = Vec::new();
+    for row in rows {
+        writeln!(body, "{row}").unwrap();
+    }
+    env.export(name, body).await;
+}
+
+/// Starts a run (no pollers running) and returns its id.
+async fn start(env: &TestEnv) -> RunId {
+    match env.runtime.start(&env.sync).await.unwrap() {
+        SyncStartOutcome::Started { run_id, .. } => run_id,
+        other => panic!("expected a started run, got {other:?}"),
+    }
+}
+
+/// Receives `count` messages from the sync's delivery queue and hands them to one
+/// delivery invocation, as an event source mapping with a large batch does; deletes
+/// them when the invocation succeeded (as Lambda does). Panics with the invocation's
+/// error otherwise.
+async fn deliver_in_one_invocation(env: &TestEnv, count: usize) {
+    let delivery = env.runtime.deliveries.values().next().unwrap().clone();
+    let mut messages: Vec<Message> = Vec::new();
+    while messages.len() < count {
+        let want = (count - messages.len()).min(10) as i32;
+        messages.extend(
+            delivery
+                .queue
+                .receive(want, std::time::Duration::from_secs(1))
+                .await
+                .unwrap(),
+        );
+    }
+    let receipts: Vec<String> = messages
+        .iter()
+        .filter_map(|m| m.receipt_handle.clone())
+        .collect();
+    let event = resync::local::sqs_event(messages, "arn:aws:sqs:us-east-1:000000000000:q");
+    let response = resync_delivery::handler(&delivery, resync::local::lambda_invocation(event))
+        .await
+        .unwrap_or_else(|err| panic!("the invocation failed as a whole: {err}"));
+    assert!(response.batch_item_failures.is_empty());
+    delivery.queue.delete(&receipts).await.unwrap();
+}
+
+/// Issue 12, defect 4: one delivery invocation that settles 450 rows with 1,024-byte
+/// keys (the longest allowed) at `batch_size: 500` records more keys than one DynamoDB
+/// item holds. The ledger write used to be refused *after* the destination got the
+/// rows, so every row was sent again and again, then dead-lettered. Now the rows are
+/// sent once, the run closes with all of them delivered, and the next run sends none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocation_settling_rows_with_the_longest_keys_records_them() {
+    let rows = 450;
+    let env = TestEnv::with(EnvSettings {
+        batch_size: 500,
+        ..EnvSettings::default()
+    })
+    .await;
+    export_lines(
+        &env,
+        "wide-keys.jsonl",
+        (0..rows)
+            .map(|i| serde_json::json!({"id": wide_key(i), "email": format!("c{i}@example.com")})),
+    )
+    .await;
+    let run_id = start(&env).await;
+    deliver_in_one_invocation(&env, rows).await;
+
+    let (record, _) = env
+        .runtime
+        .drive(&env.sync, &run_id, &|_| {})
+        .await
+        .unwrap();
+    let counts = record.counts.unwrap();
+    assert_eq!((counts.delivered, counts.failed), (rows as u64, 0));
+    let stats = env.destination.stats();
+    assert_eq!(
+        stats.rows_received[0], rows as u64,
+        "each row was sent once"
+    );
+    assert_eq!(stats.keys_received[0].len(), rows);
+    assert!(env.index().await.is_empty());
+
+    env.destination.next_run();
+    let next = env.run().await.record.counts.unwrap();
+    assert_eq!(next.planned, 0, "no delivered row is sent again (I3)");
+    assert_eq!(env.destination.stats().received_after_delivered, 0);
+}
+
+/// Issue 12, defect 4: 400 rows of about 1 KB that the destination refuses, settled by
+/// one invocation, are more failure payload than one DynamoDB item holds. They are
+/// recorded, land in the failed-row index with their payloads, and the next run
+/// retries exactly them (not the 50 delivered rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocation_failing_400_wide_rows_records_them_all() {
+    let (failing, rows) = (400, 450);
+    let env = TestEnv::with(EnvSettings {
+        batch_size: 500,
+        ..EnvSettings::default()
+    })
+    .await;
+    let note = "n".repeat(1000);
+    export_lines(
+        &env,
+        "wide-rows.jsonl",
+        (0..rows).map(|i| serde_json::json!({"id": key(i), "note": note, "version": "v1"})),
+    )
+    .await;
+    for i in 0..failing {
+        env.destination.set(
+            key(i),
+            RowBehaviour::RejectThisRun {
+                code: "INVALID_NOTE".into(),
+            },
+        );
+    }
+    let run_id = start(&env).await;
+    deliver_in_one_invocation(&env, rows).await;
+
+    let (record, _) = env
+        .runtime
+        .drive(&env.sync, &run_id, &|_| {})
+        .await
+        .unwrap();
+    let counts = record.counts.unwrap();
+    assert_eq!(
+        (counts.delivered, counts.failed),
+        ((rows - failing) as u64, failing as u64)
+    );
+    let index = env.index().await;
+    assert_eq!(index.len(), failing);
+    for entry in &index {
+        assert_eq!(entry.error_code, "INVALID_NOTE");
+        let payload = entry.payload.as_ref().expect("a payload to retry with");
+        assert_eq!(payload["note"], note.as_str());
+    }
+
+    env.destination.next_run();
+    let next = env.run().await.record.counts.unwrap();
+    assert_eq!(
+        (next.planned, next.delivered),
+        (failing as u64, failing as u64)
+    );
+    let received = &env.destination.stats().keys_received[1];
+    assert_eq!(
+        *received,
+        (0..failing).map(key).collect(),
+        "only the failed rows are retried (I3)"
+    );
+    assert!(env.index().await.is_empty());
+}
+
+/// Issue 12, defect 4: ten dead-lettered rows of ~100 KB drained at once by the
+/// finalizer are more than one DynamoDB item holds. The drain used to write them as
+/// one ledger item, refused on every tick, so the finalizer was wedged and the run
+/// never closed. Now they are recorded as failures, with their payloads in the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_drain_records_wide_rows() {
+    let rows = 10;
+    let env = TestEnv::with(EnvSettings {
+        // Dead-lettered after max_attempts + 2 = 3 receives.
+        max_attempts: 1,
+        options: LocalOptions {
+            visibility_timeout_secs: 1,
+            // Every delivery invocation dies before its handler: the rows only ever
+            // leave through the dead-letter queue.
+            crash_before_handler: usize::MAX,
+            ..LocalOptions::default()
+        },
+        ..EnvSettings::default()
+    })
+    .await;
+    let blob = "b".repeat(100_000);
+    export_lines(
+        &env,
+        "dead.jsonl",
+        (0..rows).map(|i| serde_json::json!({"id": key(i), "blob": blob})),
+    )
+    .await;
+    let run = tokio::time::timeout(std::time::Duration::from_secs(120), env.run())
+        .await
+        .expect("the run closes within 120 s");
+    let counts = run.record.counts.unwrap();
+    assert_eq!((counts.delivered, counts.failed), (0, rows as u64));
+    let index = env.index().await;
+    assert_eq!(index.len(), rows);
+    for entry in &index {
+        assert_eq!(entry.error_code, "DEAD_LETTERED");
+        let payload = entry.payload.as_ref().expect("a payload to retry with");
+        assert_eq!(payload["blob"], blob.as_str());
+    }
+}
+
+/// Issue 12, defect 4: sync-start's rejections were chunked by a loose estimate of
+/// their size; keys that JSON escapes (here 1,024-byte keys of quotes, every one twice
+/// in the source, so every copy is rejected) made a chunk larger than a DynamoDB item,
+/// and sync-start failed. Now the run plans, closes with every copy rejected, and the
+/// index holds each key once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_of_keys_that_json_escapes_are_recorded() {
+    let keys = 125;
+    let env = TestEnv::start().await;
+    let quoted = |i: usize| format!("{}{i:06}", "\"".repeat(1018));
+    export_lines(
+        &env,
+        "duplicates.jsonl",
+        (0..keys)
+            .chain(0..keys)
+            .map(|i| serde_json::json!({"id": quoted(i), "version": "v1"})),
+    )
+    .await;
+    let counts = env.run().await.record.counts.unwrap();
+    assert_eq!(counts.rejected, 2 * keys as u64);
+    assert_eq!(counts.planned, 2 * keys as u64);
+    let index = env.index().await;
+    assert_eq!(index.len(), keys);
+    assert!(index
+        .iter()
+        .all(|entry| entry.error_code == "non_unique_primary_key"));
+}
