@@ -5,10 +5,19 @@ use std::io::Write;
 
 use aws_sdk_sqs::types::Message;
 use resync::{destination_server::RowBehaviour, local::LocalOptions};
-use resync_shared::RunId;
+use resync_finalizer::SyncReport;
+use resync_shared::{
+    domain::{
+        ledger::{BatchLedger, FailedRow, RecordedRejection},
+        outcome::RowError,
+        run::PlanSummary,
+        source::Rejection,
+    },
+    PrimaryKey, RowFields, RunId,
+};
 use resync_sync_start::SyncStartOutcome;
 
-use crate::helpers::{key, EnvSettings, TestEnv};
+use crate::helpers::{key, row, EnvSettings, TestEnv};
 
 /// A key of the longest length a key may have (1,024 bytes), distinct per `i`.
 fn wide_key(i: usize) -> String {
@@ -239,4 +248,113 @@ async fn rejections_of_keys_that_json_escapes_are_recorded() {
     assert!(index
         .iter()
         .all(|entry| entry.error_code == "non_unique_primary_key"));
+}
+
+fn primary(i: usize) -> PrimaryKey {
+    PrimaryKey::parse(key(i)).unwrap()
+}
+
+fn failed_row(i: usize, code: &str) -> FailedRow {
+    FailedRow {
+        key: primary(i),
+        error: RowError::retryable(code, "the row is locked"),
+        attempts: 4,
+        prior_attempts: 0,
+        carried_over: false,
+        first_failed_at: None,
+        payload: RowFields::from_text(row(i, "v1").to_string()).unwrap(),
+    }
+}
+
+fn refused(i: usize) -> RecordedRejection {
+    RecordedRejection {
+        rejection: Rejection {
+            key: Some(primary(i)),
+            object: String::new(),
+            line: 0,
+            code: "enqueue_refused".into(),
+            reason: "SQS refused the row".into(),
+        },
+        first_failed_at: None,
+        in_index: true,
+    }
+}
+
+/// Issue 12, defect 7: the index writes of a run put its failures and rejections and
+/// delete its recovered keys; a key in two of those lists (here: carried over and
+/// delivered, and also rejected when a retried sync-start could not enqueue it again;
+/// failed and also rejected) went twice into one `BatchWriteItem`, which DynamoDB
+/// refuses — on every finalizer tick, so the run never closed. Each key is now written
+/// once: a failure or rejection wins over a delete (I2: the index is the old index
+/// less the delivered keys, *plus* the run's failed and rejected keys), and a failure
+/// wins over a rejection (it keeps the payload the next run retries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_in_two_outcomes_of_a_run_is_written_to_the_index_once() {
+    let env = TestEnv::start().await;
+    let runs = env.runtime.runs();
+    let index = env.runtime.index();
+    // Thirty failing keys from an earlier run.
+    let earlier = RunId::parse("run-earlier").unwrap();
+    let carried: Vec<FailedRow> = (0..30)
+        .map(|i| failed_row(i, "UNABLE_TO_LOCK_ROW"))
+        .collect();
+    index
+        .apply_run(
+            &env.sync,
+            &earlier,
+            &carried.iter().collect::<Vec<_>>(),
+            &[],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(env.index().await.len(), 30);
+
+    // This run delivers them all (they leave the index); key 7 was also rejected, and
+    // key 40 failed and was rejected.
+    let run = RunId::parse("run-overlap").unwrap();
+    runs.acquire(&env.sync, &run).await.unwrap();
+    runs.open_run(&env.sync, &run).await.unwrap();
+    runs.record_rejections(&run, &[refused(7), refused(40)])
+        .await
+        .unwrap();
+    let ledger = BatchLedger {
+        recovered: (0..30).map(primary).collect(),
+        failed: vec![failed_row(40, "HTTP_503")],
+        ..BatchLedger::default()
+    };
+    runs.record_batch(&env.sync, &run, "b0", &ledger)
+        .await
+        .unwrap();
+    runs.mark_planned(
+        &env.sync,
+        &run,
+        &PlanSummary {
+            enqueued: 31,
+            rejected: 2,
+            carried_over: 30,
+            source_objects: 1,
+            ..PlanSummary::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    let report = env.runtime.finalize(&env.sync).await.unwrap();
+
+    assert!(matches!(report, SyncReport::Closed { .. }), "{report:?}");
+    let entries = env.index().await;
+    let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [key(7), key(40)],
+        "the delivered keys left, the others stayed"
+    );
+    assert_eq!(entries[0].error_code, "enqueue_refused");
+    assert!(entries[0].payload.is_none());
+    assert_eq!(entries[1].error_code, "HTTP_503");
+    assert!(
+        entries[1].payload.is_some(),
+        "the failure keeps its payload"
+    );
 }
