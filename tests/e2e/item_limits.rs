@@ -3,7 +3,6 @@
 
 use std::io::Write;
 
-use aws_sdk_sqs::types::Message;
 use resync::{destination_server::RowBehaviour, local::LocalOptions};
 use resync_finalizer::SyncReport;
 use resync_shared::{
@@ -15,7 +14,6 @@ use resync_shared::{
     },
     PrimaryKey, RowFields, RunId,
 };
-use resync_sync_start::SyncStartOutcome;
 
 use crate::helpers::{key, row, EnvSettings, TestEnv};
 
@@ -35,43 +33,6 @@ async fn export_lines(
         writeln!(body, "{row}").unwrap();
     }
     env.export(name, body).await;
-}
-
-/// Starts a run (no pollers running) and returns its id.
-async fn start(env: &TestEnv) -> RunId {
-    match env.runtime.start(&env.sync).await.unwrap() {
-        SyncStartOutcome::Started { run_id, .. } => run_id,
-        other => panic!("expected a started run, got {other:?}"),
-    }
-}
-
-/// Receives `count` messages from the sync's delivery queue and hands them to one
-/// delivery invocation, as an event source mapping with a large batch does; deletes
-/// them when the invocation succeeded (as Lambda does). Panics with the invocation's
-/// error otherwise.
-async fn deliver_in_one_invocation(env: &TestEnv, count: usize) {
-    let delivery = env.runtime.deliveries.values().next().unwrap().clone();
-    let mut messages: Vec<Message> = Vec::new();
-    while messages.len() < count {
-        let want = (count - messages.len()).min(10) as i32;
-        messages.extend(
-            delivery
-                .queue
-                .receive(want, std::time::Duration::from_secs(1))
-                .await
-                .unwrap(),
-        );
-    }
-    let receipts: Vec<String> = messages
-        .iter()
-        .filter_map(|m| m.receipt_handle.clone())
-        .collect();
-    let event = resync::local::sqs_event(messages, "arn:aws:sqs:us-east-1:000000000000:q");
-    let response = resync_delivery::handler(&delivery, resync::local::lambda_invocation(event))
-        .await
-        .unwrap_or_else(|err| panic!("the invocation failed as a whole: {err}"));
-    assert!(response.batch_item_failures.is_empty());
-    delivery.queue.delete(&receipts).await.unwrap();
 }
 
 /// Issue 12, defect 4: one delivery invocation that settles 450 rows with 1,024-byte
@@ -94,8 +55,8 @@ async fn an_invocation_settling_rows_with_the_longest_keys_records_them() {
             .map(|i| serde_json::json!({"id": wide_key(i), "email": format!("c{i}@example.com")})),
     )
     .await;
-    let run_id = start(&env).await;
-    deliver_in_one_invocation(&env, rows).await;
+    let run_id = env.start_run().await;
+    env.deliver_in_one_invocation(rows).await;
 
     let (record, _) = env
         .runtime
@@ -145,8 +106,8 @@ async fn an_invocation_failing_400_wide_rows_records_them_all() {
             },
         );
     }
-    let run_id = start(&env).await;
-    deliver_in_one_invocation(&env, rows).await;
+    let run_id = env.start_run().await;
+    env.deliver_in_one_invocation(rows).await;
 
     let (record, _) = env
         .runtime

@@ -8,10 +8,12 @@
 //!   (`batch#{id}#{part}` when it takes several items)
 //! - `run#{run}` / `reject#{n}` — rejections recorded by sync-start, in items of at
 //!   most 400 KB
+//! - `sync#{sync}` / `report#{run}` — a closed run's report not sent yet
 //!
 //! - [`lock`]: the sync's lock, opening and planning a run, abandoning it.
 //! - [`ledger`]: delivery's ledger items and sync-start's rejections.
 //! - [`close`]: the close claim and the closing transaction.
+//! - [`reports`]: closed runs' reports waiting to be sent.
 //!
 //! [`BatchLedger`]: crate::domain::ledger::BatchLedger
 
@@ -38,6 +40,9 @@ use crate::{
 mod close;
 mod ledger;
 mod lock;
+pub mod reports;
+
+pub use reports::{PendingReport, ReportPart};
 
 /// DynamoDB adapter for the runs table.
 #[derive(Debug, Clone)]
