@@ -35,6 +35,51 @@ async fn export_lines(
     env.export(name, body).await;
 }
 
+/// Issue 12, defect 4: a ledger written as several items still bumps the run's settled
+/// hint once, by everything it settled, so the write that settles the run reports it
+/// exactly once; the finalizer reads the parts' union.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_in_several_items_reports_the_run_settled_once() {
+    let rows = 450;
+    let env = TestEnv::start().await;
+    let runs = env.runtime.runs();
+    let run = RunId::parse("run-wide").unwrap();
+    runs.acquire(&env.sync, &run).await.unwrap();
+    runs.open_run(&env.sync, &run).await.unwrap();
+    runs.mark_planned(
+        &env.sync,
+        &run,
+        &PlanSummary {
+            enqueued: rows as u64,
+            source_objects: 1,
+            ..PlanSummary::default()
+        },
+    )
+    .await
+    .unwrap();
+    let ledger = BatchLedger {
+        delivered: (0..rows)
+            .map(|i| PrimaryKey::parse(wide_key(i)).unwrap())
+            .collect(),
+        ..BatchLedger::default()
+    };
+
+    let first = runs
+        .record_batch(&env.sync, &run, "b0", &ledger)
+        .await
+        .unwrap();
+    let retried = runs
+        .record_batch(&env.sync, &run, "b0", &ledger)
+        .await
+        .unwrap();
+
+    assert_eq!((first, retried), (true, false), "reported settled once");
+    let (items, _) = runs.ledger(&run).await.unwrap();
+    assert!(items.len() > 1, "{} ledger items", items.len());
+    let keys: std::collections::HashSet<_> = items.iter().flat_map(|i| &i.delivered).collect();
+    assert_eq!(keys.len(), rows);
+}
+
 /// Issue 12, defect 4: one delivery invocation that settles 450 rows with 1,024-byte
 /// keys (the longest allowed) at `batch_size: 500` records more keys than one DynamoDB
 /// item holds. The ledger write used to be refused *after* the destination got the

@@ -5,9 +5,9 @@
 //!
 //! A DynamoDB write per delivered row would cost more than the whole rest of the
 //! pipeline. Instead each delivery invocation writes **one** ledger item per run it
-//! touched, listing the keys it settled (delivered or terminally failed) and the keys it
-//! scheduled for a retry — written *before* it returns, so before Lambda deletes a single
-//! message. A clean run of 100-row batches costs ≈ 2 write units per 100 rows.
+//! touched (several when it is larger than an item, see below), listing the keys it
+//! settled (delivered or terminally failed) and the keys it scheduled for a retry —
+//! written *before* it returns, so before Lambda deletes a single message. A clean run of 100-row batches costs ≈ 2 write units per 100 rows.
 //!
 //! The finalizer closes a run from the **union** of its ledger items, by key:
 //! - a key delivered in any item is delivered (duplicate SQS deliveries and crashed
