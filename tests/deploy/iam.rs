@@ -46,6 +46,8 @@ fn expected_actions(binary: &str, secrets: bool) -> BTreeSet<String> {
             "dynamodb:GetItem",
             "dynamodb:PutItem",
             "dynamodb:UpdateItem",
+            // A closed run's report, once sent (`RunStore::report_sent`).
+            "dynamodb:DeleteItem",
             "dynamodb:Query",
             "dynamodb:BatchWriteItem",
             "sqs:GetQueueUrl",
