@@ -244,7 +244,7 @@ export class Resync extends Construct {
       statements: [
         new iam.PolicyStatement({
           sid: 'RunsTable',
-          actions: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:Query'],
+          actions: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem', 'dynamodb:Query'],
           resources: [this.runsTable.tableArn],
         }),
         new iam.PolicyStatement({

@@ -606,3 +606,57 @@ async fn queue_with_arn(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, Strin
         .unwrap();
     (url, arn)
 }
+
+impl TestEnv {
+    /// Starts a run with no pollers running (nothing is delivered until the test says)
+    /// and returns its id.
+    pub async fn start_run(&self) -> resync_shared::RunId {
+        match self.runtime.start(&self.sync).await.unwrap() {
+            resync_sync_start::SyncStartOutcome::Started { run_id, .. } => run_id,
+            other => panic!("expected a started run, got {other:?}"),
+        }
+    }
+
+    /// Receives `count` messages from the sync's delivery queue and hands them to one
+    /// delivery invocation, as an event source mapping with a large batch does; deletes
+    /// them when the invocation succeeded (as Lambda does). Panics with the
+    /// invocation's error otherwise.
+    pub async fn deliver_in_one_invocation(&self, count: usize) {
+        let delivery = self.runtime.deliveries.values().next().unwrap().clone();
+        let mut messages: Vec<aws_sdk_sqs::types::Message> = Vec::new();
+        while messages.len() < count {
+            let want = (count - messages.len()).min(10) as i32;
+            messages.extend(
+                delivery
+                    .queue
+                    .receive(want, std::time::Duration::from_secs(1))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let receipts: Vec<String> = messages
+            .iter()
+            .filter_map(|m| m.receipt_handle.clone())
+            .collect();
+        let event = resync::local::sqs_event(messages, "arn:aws:sqs:us-east-1:000000000000:q");
+        let response = resync_delivery::handler(&delivery, resync::local::lambda_invocation(event))
+            .await
+            .unwrap_or_else(|err| panic!("the invocation failed as a whole: {err}"));
+        assert!(response.batch_item_failures.is_empty());
+        delivery.queue.delete(&receipts).await.unwrap();
+    }
+}
+
+/// Runs a finalizer's handler as its schedule would (every sync, or just `sync`).
+pub async fn finalize_with(
+    finalizer: &resync_finalizer::Finalizer,
+    sync: Option<&SyncId>,
+) -> Result<resync_finalizer::FinalizerOutput, resync_finalizer::FinalizerError> {
+    let mut event: aws_lambda_events::eventbridge::EventBridgeEvent<
+        resync_finalizer::FinalizerDetail,
+    > = Default::default();
+    event.detail = resync_finalizer::FinalizerDetail {
+        sync_id: sync.map(ToString::to_string),
+    };
+    resync_finalizer::handler(finalizer, resync::local::lambda_invocation(event)).await
+}

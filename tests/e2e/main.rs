@@ -18,7 +18,9 @@
 //! - `reporting`: metrics, summaries and alerts, ledger write units;
 //! - `secrets`: signing secrets from Secrets Manager;
 //! - `salesforce`, `hubspot`: the vendor scenarios;
-//! - `rate_limits`: rate-limited rows wait, and are kept when their copy is refused.
+//! - `rate_limits`: rate-limited rows wait, and are kept when their copy is refused;
+//! - `item_limits`: DynamoDB's item size and batch-write limits with the widest keys,
+//!   rows and rejections resync accepts.
 //!
 //! `helpers`: the test environment they share.
 
@@ -28,6 +30,7 @@ mod at_least_once;
 mod aws_faults;
 mod dead_letters;
 mod hubspot;
+mod item_limits;
 mod rate_limits;
 mod reporting;
 mod runs;

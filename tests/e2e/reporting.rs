@@ -2,8 +2,16 @@
 //! SNS (without row values), and the ledger's write units per row.
 
 use resync::{destination_server::RowBehaviour, local::LocalOptions};
+use resync_finalizer::{Finalizer, SyncReport};
+use resync_shared::{
+    aws::{
+        report::{MetricsSink, Reporter},
+        runs::ReportPart,
+    },
+    domain::run::RunStatus,
+};
 
-use crate::helpers::{key, remote, scaled, EnvSettings, TestEnv};
+use crate::helpers::{finalize_with, key, remote, scaled, EnvSettings, TestEnv};
 
 /// A closed run emits its metrics; failed rows are reported with counts, not values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,5 +146,123 @@ async fn a_clean_run_costs_at_most_a_twentieth_of_a_write_unit_per_row() {
         "{write_units} write units for {} rows = {per_row:.3} per row ({} ledger items)",
         counts.delivered,
         batches.len()
+    );
+}
+
+/// A finalizer of the test's stack whose reporting fails for real: EventBridge at an
+/// address where nothing listens, SNS to a topic that does not exist.
+async fn finalizer_that_cannot_report(env: &TestEnv) -> Finalizer {
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let unreachable = resync::aws::for_endpoint(&format!("http://127.0.0.1:{closed_port}")).await;
+    let sdk = &env.runtime.sdk;
+    let missing_topic = format!(
+        "{}-missing",
+        env.runtime.resources.alert_topic_arn.clone().unwrap()
+    );
+    let reporter = Reporter::new(
+        Some((
+            aws_sdk_eventbridge::Client::new(&unreachable),
+            env.runtime.resources.event_bus.clone(),
+        )),
+        Some((aws_sdk_sns::Client::new(sdk), missing_topic)),
+        MetricsSink::Memory(Default::default()),
+    );
+    Finalizer::new(
+        sdk,
+        env.runtime.config.clone(),
+        env.runtime.resources.clone(),
+        reporter,
+    )
+}
+
+/// Issue 12, defect 6: a PutEvents or SNS failure used to return before the close, so
+/// the run stayed open (and was reported twice once another finalizer took the stale
+/// claim over). Now the run closes with exact counts and releases the sync although
+/// reporting fails; the failure is surfaced (the invocation fails, naming it), and the
+/// summary and alert are kept and sent by the next finalizer that can: late, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_closes_when_reporting_fails_and_its_report_is_sent_later() {
+    let env = TestEnv::with(EnvSettings {
+        max_attempts: 1,
+        ..EnvSettings::default()
+    })
+    .await;
+    let sinks = env.sinks().await;
+    env.export_rows("batch.jsonl.gz", 0..10).await;
+    env.destination.set(
+        key(4),
+        RowBehaviour::Locked {
+            until_attempt: None,
+        },
+    );
+    let run_id = env.start_run().await;
+    env.deliver_in_one_invocation(10).await;
+
+    let broken = finalizer_that_cannot_report(&env).await;
+    let err = finalize_with(&broken, Some(&env.sync))
+        .await
+        .expect_err("a report that could not be sent is surfaced");
+
+    let runs = env.runtime.runs();
+    let record = runs.run(&env.sync, &run_id).await.unwrap().unwrap();
+    assert_eq!(
+        record.status,
+        RunStatus::Closed,
+        "the run closes although its report failed ({err})"
+    );
+    let counts = record.counts.unwrap();
+    assert_eq!((counts.delivered, counts.failed), (9, 1));
+    assert_eq!(runs.state(&env.sync).await.unwrap().open_run, None);
+    let message = err.to_string();
+    assert!(message.contains("EventBridge.PutEvents"), "{message}");
+    assert!(message.contains(run_id.as_str()), "{message}");
+    let pending = runs.pending_reports(&env.sync).await.unwrap();
+    assert_eq!(pending.len(), 1, "the report is kept");
+    assert_eq!(
+        pending[0].parts,
+        [
+            ReportPart::RunClosed,
+            ReportPart::AlertEvent,
+            ReportPart::AlertNotification
+        ]
+    );
+
+    // The next finalizer that can report sends the summary and the alert.
+    let report = env.runtime.finalize(&env.sync).await.unwrap();
+    assert!(matches!(report, SyncReport::Idle { .. }), "{report:?}");
+    let events: Vec<serde_json::Value> = sinks
+        .receive(&sinks.events_url, 3)
+        .await
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    let of_type = |t: &str| events.iter().filter(|e| e["detail-type"] == t).count();
+    assert_eq!(
+        (
+            of_type("Run settled"),
+            of_type("Run Closed"),
+            of_type("Sync Alert")
+        ),
+        (1, 1, 1),
+        "{events:?}"
+    );
+    let closed = events
+        .iter()
+        .find(|e| e["detail-type"] == "Run Closed")
+        .unwrap();
+    assert_eq!(closed["detail"]["run_id"], run_id.as_str());
+    assert_eq!(closed["detail"]["delivered"], 9);
+    assert_eq!(closed["detail"]["failed"], 1);
+    assert_eq!(
+        sinks.receive(&sinks.alerts_url, 1).await.len(),
+        1,
+        "one SNS alert"
+    );
+    assert!(
+        runs.pending_reports(&env.sync).await.unwrap().is_empty(),
+        "sent, so not sent again"
     );
 }

@@ -15,7 +15,9 @@ use resync_shared::{
 };
 use resync_sync_start::SyncStartOutcome;
 
-use crate::helpers::{key, row, EnvSettings, ScheduleEvent, TestEnv, LONGER_THAN_AN_INVOCATION};
+use crate::helpers::{
+    finalize_with, key, row, EnvSettings, ScheduleEvent, TestEnv, LONGER_THAN_AN_INVOCATION,
+};
 
 /// Two runs of a sync never overlap (I5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,4 +514,80 @@ async fn a_resumed_planning_is_not_abandoned_while_it_runs() {
     );
     let (record, _) = env.runtime.drive(&env.sync, &run, &|_| {}).await.unwrap();
     assert_eq!(record.counts.unwrap().delivered, 10);
+}
+
+/// Issue 12, defect 6: one sync's finalize error (here an unreadable ledger item in its
+/// run) used to end the scheduled finalizer, so no sync listed after it was closed.
+/// Now every other sync is finalized, and the invocation still fails, naming the sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_syncs_error_does_not_stop_the_finalizer_for_the_others() {
+    let env = TestEnv::start().await;
+    let runs = env.runtime.runs();
+    // A second sync, listed first, whose run holds an unreadable ledger item.
+    let mut config = (*env.runtime.config).clone();
+    let mut broken = config.syncs[0].clone();
+    broken.id = resync_shared::SyncId::parse("broken").unwrap();
+    config.syncs.insert(0, broken.clone());
+    let finalizer = resync_finalizer::Finalizer::new(
+        &env.runtime.sdk,
+        std::sync::Arc::new(config),
+        env.runtime.resources.clone(),
+        env.runtime.finalizer.reporter.clone(),
+    );
+    let poisoned = RunId::parse("run-poisoned").unwrap();
+    runs.acquire(&broken.id, &poisoned).await.unwrap();
+    runs.open_run(&broken.id, &poisoned).await.unwrap();
+    runs.record_batch(&broken.id, &poisoned, "b0", &delivered(0..1))
+        .await
+        .unwrap();
+    runs.mark_planned(
+        &broken.id,
+        &poisoned,
+        &PlanSummary {
+            enqueued: 1,
+            source_objects: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    aws_sdk_dynamodb::Client::new(&env.runtime.sdk)
+        .put_item()
+        .table_name(&env.runtime.resources.runs_table)
+        .item(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("run#{poisoned}")),
+        )
+        .item(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S("batch#garbled".into()),
+        )
+        .item(
+            "ledger",
+            aws_sdk_dynamodb::types::AttributeValue::S("{not json".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    // The sync after it has a settled run.
+    env.export_rows("batch.jsonl.gz", 0..5).await;
+    let run_id = env.start_run().await;
+    runs.record_batch(&env.sync, &run_id, "all", &delivered(0..5))
+        .await
+        .unwrap();
+
+    let err = finalize_with(&finalizer, None)
+        .await
+        .expect_err("the broken sync's error is reported");
+
+    let record = runs.run(&env.sync, &run_id).await.unwrap().unwrap();
+    assert_eq!(
+        record.counts.map(|c| c.delivered),
+        Some(5),
+        "the sync after the broken one is closed ({err})"
+    );
+    let message = err.to_string();
+    assert!(message.contains("broken"), "{message}");
+    assert!(message.contains("unreadable ledger item"), "{message}");
+    assert!(!message.contains("customers"), "{message}");
 }

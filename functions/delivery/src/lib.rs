@@ -38,8 +38,9 @@
 //! their order, last) before they are cut into requests, so e.g. Salesforce contacts of
 //! one account share a call instead of contending for the account's lock.
 //!
-//! Outcomes are written as one ledger item per run touched, *before* the function
-//! returns — so before Lambda deletes any message (see `resync_shared::domain::ledger`).
+//! Outcomes are written as one ledger item per run touched (several when they do not
+//! fit one DynamoDB item), *before* the function returns — so before Lambda deletes
+//! any message (see `resync_shared::domain::ledger`).
 //! Row-level errors never fail the batch; only a failure to record outcomes does, and
 //! then every message comes back and is tried again.
 

@@ -8,9 +8,15 @@
 //! 2. skips the run while the settled hint is below the enqueued count (cheap);
 //! 3. otherwise tallies the run's ledger items; when every enqueued key is settled it
 //!    writes the failures and keyed rejections into the index, deletes the recovered
-//!    keys, publishes the summary (EventBridge event, EMF metrics, SNS alert when the
-//!    sync's rule is met) and closes the run and releases the sync in one transaction.
+//!    keys, and closes the run, releases the sync and keeps the run's report in one
+//!    transaction (a conflict or throttling is retried, never read as "closed by
+//!    another"), then emits the EMF metrics;
+//! 4. sends the sync's pending reports (the `Run Closed` event, and the `Sync Alert`
+//!    event and SNS alert when the sync's rule is met; see the `reports` module): a
+//!    report that cannot be sent never keeps a run open, and a later finalizer sends it.
 //!
+//! One sync's error does not stop the others: every sync is finalized, then the
+//! invocation fails with the errors of those that failed ([`SyncFailures`]).
 //! Every step is idempotent, so a finalizer that crashes midway is simply run again.
 //! A run stuck in planning (sync-start killed) past [`STALE_PLANNING`], counted from
 //! the start of its current planning attempt, is abandoned, which releases the sync
@@ -32,7 +38,7 @@ use resync_shared::{
         index::FailedRowIndex,
         queue::{QueueDirectory, WorkQueue},
         report::{warn_due, Reporter, RunSummary, Severity},
-        runs::RunStore,
+        runs::{PendingReport, ReportPart, RunStore},
         AwsError,
     },
     config::{Config, SyncConfig},
@@ -47,6 +53,8 @@ use resync_shared::{
     DestinationId, RunId, SyncId,
 };
 use serde::{Deserialize, Serialize};
+
+mod reports;
 
 /// A run still planning after this long lost its sync-start invocation (Lambda's
 /// longest timeout is 15 minutes).
@@ -152,16 +160,67 @@ pub enum FinalizerError {
     /// The event names an unknown sync.
     #[error("no sync '{0}' in the configuration")]
     UnknownSync(String),
+    /// A closed run's report could not be sent; it is kept and a later finalizer
+    /// sends it.
+    #[error("run {run_id} is closed, but its report could not be sent (kept; a later finalizer sends it): {source}")]
+    ReportNotSent {
+        /// The run.
+        run_id: RunId,
+        /// The first failure.
+        #[source]
+        source: AwsError,
+    },
+    /// Some syncs failed; the others were finalized.
+    #[error(transparent)]
+    Syncs(SyncFailures),
+}
+
+impl FinalizerError {
+    fn error_type(&self) -> &'static str {
+        match self {
+            FinalizerError::Aws(_) => "AwsError",
+            FinalizerError::UnknownSync(_) => "UnknownSync",
+            FinalizerError::ReportNotSent { .. } => "ReportNotSent",
+            FinalizerError::Syncs(failures) => match failures.failures.as_slice() {
+                [one] => one.error.error_type(),
+                _ => "SyncsFailed",
+            },
+        }
+    }
+}
+
+/// The syncs a finalizer invocation could not finalize (or whose reports it could not
+/// send), and what it did for the others.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", describe(.failures))]
+pub struct SyncFailures {
+    /// What was done for the syncs that did not fail.
+    pub output: FinalizerOutput,
+    /// One entry per failure, in configuration order.
+    pub failures: Vec<SyncFailure>,
+}
+
+/// One sync's failure.
+#[derive(Debug)]
+pub struct SyncFailure {
+    /// The sync.
+    pub sync_id: SyncId,
+    /// What failed.
+    pub error: FinalizerError,
+}
+
+fn describe(failures: &[SyncFailure]) -> String {
+    failures
+        .iter()
+        .map(|f| format!("sync {}: {}", f.sync_id, f.error))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl From<FinalizerError> for Diagnostic {
     fn from(err: FinalizerError) -> Diagnostic {
         Diagnostic {
-            error_type: match err {
-                FinalizerError::Aws(_) => "AwsError",
-                FinalizerError::UnknownSync(_) => "UnknownSync",
-            }
-            .into(),
+            error_type: err.error_type().into(),
             error_message: err.to_string(),
         }
     }
@@ -231,13 +290,34 @@ pub async fn handler(
     } else {
         event.context.request_id.clone()
     };
+    // One sync's error does not stop the others: each is finalized and its pending
+    // reports sent; the errors are returned together at the end (the invocation fails,
+    // so they show in the function's error metric and logs, and the next one retries).
     let mut output = FinalizerOutput::default();
+    let mut failures = Vec::new();
     for sync in &syncs {
-        output
-            .syncs
-            .push(finalize_sync(deps, sync, &invocation).await?);
+        match finalize_sync(deps, sync, &invocation).await {
+            Ok(report) => output.syncs.push(report),
+            Err(err) => {
+                tracing::error!(sync = %sync.id, error = %err, "sync not finalized; retried at the next tick");
+                failures.push(SyncFailure {
+                    sync_id: sync.id.clone(),
+                    error: err,
+                });
+            }
+        }
+        if let Err(err) = reports::send_pending(deps, sync, &invocation).await {
+            failures.push(SyncFailure {
+                sync_id: sync.id.clone(),
+                error: err,
+            });
+        }
     }
-    Ok(output)
+    if failures.is_empty() {
+        Ok(output)
+    } else {
+        Err(FinalizerError::Syncs(SyncFailures { output, failures }))
+    }
 }
 
 async fn finalize_sync(
@@ -334,7 +414,7 @@ async fn finalize_sync(
     if !claimed {
         return Ok(in_flight(tally.settled() as u64, record.enqueued));
     }
-    close(deps, sync, &record, &tally, &rejections).await
+    close(deps, sync, &record, &tally, &rejections, invocation).await
 }
 
 /// Releases a lock that names a run which is not open (if it still does), and says so
@@ -390,6 +470,7 @@ async fn close(
     record: &RunRecord,
     tally: &RunTally,
     rejections: &[resync_shared::domain::ledger::RecordedRejection],
+    invocation: &str,
 ) -> Result<SyncReport, FinalizerError> {
     let failures = tally.failures();
     let keyed_rejections: Vec<_> = rejections
@@ -443,23 +524,13 @@ async fn close(
         top_errors,
     };
 
-    // Report before closing: a crash in between reports twice rather than never.
-    deps.reporter.metrics(&summary);
-    deps.reporter.run_closed(&summary).await?;
+    // The report goes into the closing transaction and is sent after it (see
+    // `reports`): reporting never holds a close back, and is never lost.
+    let mut parts = vec![ReportPart::RunClosed];
     if warn_due(&sync.alert, &counts) {
-        let subject = format!(
-            "sync {}: {} rows failed, {} rejected",
-            sync.id, counts.failed, counts.rejected
-        );
-        deps.reporter
-            .alert(
-                Severity::Warn,
-                &sync.id,
-                &subject,
-                serde_json::to_value(&summary).expect("summary serialises"),
-            )
-            .await?;
+        parts.extend([ReportPart::AlertEvent, ReportPart::AlertNotification]);
     }
+    let report = PendingReport { summary, parts };
     let closed = deps
         .runs
         .close(
@@ -467,9 +538,12 @@ async fn close(
             &counts,
             index.size,
             index.oldest_failure_at.as_deref(),
+            &report,
+            invocation,
         )
         .await?;
     if closed {
+        deps.reporter.metrics(&report.summary);
         tracing::info!(
             sync = %sync.id,
             run = %record.run_id,

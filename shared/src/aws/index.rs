@@ -1,7 +1,10 @@
 //! The failed-row index: one item per failing key of a sync, with its latest payload
 //! and last error, kept until the key is delivered.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use aws_sdk_dynamodb::{
     types::{DeleteRequest, PutRequest, WriteRequest},
@@ -10,7 +13,7 @@ use aws_sdk_dynamodb::{
 use serde_json::{Map, Value};
 
 use super::{
-    item::{get_n, get_s, n, s, Item},
+    item::{check_item_size, get_n, get_s, n, s, Item},
     AwsError,
 };
 use crate::domain::{
@@ -170,6 +173,13 @@ impl FailedRowIndex {
     /// Applies a closed run to the index: writes its failures and keyed rejections,
     /// deletes its recovered keys. Idempotent, so a finalizer that crashes midway can
     /// simply run again.
+    ///
+    /// Each key is written once (DynamoDB refuses a `BatchWriteItem` naming a key twice,
+    /// and across requests the last would win by accident). When a key is in several
+    /// lists: a failure wins over a rejection (it holds the payload the next run
+    /// retries with, and the error of the row's latest attempt), and either wins over a
+    /// delete (I2: the index is the old one less the delivered keys, plus the run's
+    /// failed and rejected keys).
     pub async fn apply_run(
         &self,
         sync: &SyncId,
@@ -179,8 +189,13 @@ impl FailedRowIndex {
         recovered: &[&PrimaryKey],
     ) -> Result<(), AwsError> {
         let now = timestamp::rfc3339(timestamp::now());
+        let mut written: HashSet<&PrimaryKey> =
+            HashSet::with_capacity(failures.len() + rejections.len() + recovered.len());
         let mut requests = Vec::with_capacity(failures.len() + rejections.len() + recovered.len());
         for row in failures {
+            if !written.insert(&row.key) {
+                continue;
+            }
             let mut item = base_item(sync, &row.key, run, &now);
             item.insert("error_class".into(), s(row.error.class.as_str()));
             item.insert("error_code".into(), s(&row.error.code));
@@ -191,15 +206,14 @@ impl FailedRowIndex {
                 s(row.first_failed_at.clone().unwrap_or_else(|| now.clone())),
             );
             item.insert("payload".into(), s(row.payload.as_str()));
-            requests.push(put(item));
+            requests.push(put(item)?);
         }
-        let mut rejected_keys = std::collections::HashSet::new();
         for rejection in rejections {
             let Some(key) = &rejection.rejection.key else {
                 continue;
             };
             // Every copy of a non-unique key is rejected; the index keeps one entry.
-            if !rejected_keys.insert(key) {
+            if !written.insert(key) {
                 continue;
             }
             let mut item = base_item(sync, key, run, &now);
@@ -225,29 +239,30 @@ impl FailedRowIndex {
             if let Some(payload) = &rejection.payload {
                 item.insert("payload".into(), s(payload.as_str()));
             }
-            requests.push(put(item));
+            requests.push(put(item)?);
         }
         for key in recovered {
-            requests.push(
-                WriteRequest::builder()
-                    .delete_request(
-                        DeleteRequest::builder()
-                            .key("sync_id", s(sync.as_str()))
-                            .key("key", s(key.as_str()))
-                            .build()
-                            .expect("key is set"),
-                    )
-                    .build(),
-            );
+            if !written.insert(key) {
+                continue;
+            }
+            let delete = DeleteRequest::builder()
+                .key("sync_id", s(sync.as_str()))
+                .key("key", s(key.as_str()))
+                .build()
+                .map_err(|e| AwsError::response("DynamoDB.BatchWriteItem", e.to_string()))?;
+            requests.push(WriteRequest::builder().delete_request(delete).build());
         }
-        // One request per key: BatchWriteItem refuses two operations on the same item.
-        for chunk in requests.chunks(25) {
+        for chunk in requests.chunks(MAX_BATCH_WRITE_ITEMS) {
             self.batch_write(chunk.to_vec()).await?;
         }
         Ok(())
     }
 
+    /// Sends one `BatchWriteItem`, retrying unprocessed items. Refuses a request that
+    /// DynamoDB would refuse (over 25 items, a key twice) before sending it, so no
+    /// emulator's leniency hides it.
     async fn batch_write(&self, mut pending: Vec<WriteRequest>) -> Result<(), AwsError> {
+        check_batch_write(&pending)?;
         let mut delay = Duration::from_millis(50);
         for _ in 0..10 {
             let output = self
@@ -274,6 +289,43 @@ impl FailedRowIndex {
     }
 }
 
+/// Items in one `BatchWriteItem`, at most.
+const MAX_BATCH_WRITE_ITEMS: usize = 25;
+
+/// DynamoDB's rules for one `BatchWriteItem` of this table: at most 25 requests, each
+/// key at most once (a put and a delete of the same key count as twice).
+fn check_batch_write(requests: &[WriteRequest]) -> Result<(), AwsError> {
+    const OPERATION: &str = "DynamoDB.BatchWriteItem";
+    if requests.len() > MAX_BATCH_WRITE_ITEMS {
+        return Err(AwsError::response(
+            OPERATION,
+            format!(
+                "not sent: {} requests, more than the {MAX_BATCH_WRITE_ITEMS} DynamoDB takes in one call",
+                requests.len()
+            ),
+        ));
+    }
+    let mut keys = HashSet::with_capacity(requests.len());
+    for request in requests {
+        let item = request
+            .put_request()
+            .map(|put| put.item())
+            .or_else(|| request.delete_request().map(|delete| delete.key()));
+        let key = item
+            .and_then(|item| item.get("key"))
+            .and_then(|key| key.as_s().ok());
+        if let Some(key) = key {
+            if !keys.insert(key) {
+                return Err(AwsError::response(
+                    OPERATION,
+                    format!("not sent: key {key} is twice in one request, which DynamoDB refuses"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn base_item(sync: &SyncId, key: &PrimaryKey, run: &RunId, now: &str) -> Item {
     let mut item = Item::new();
     item.insert("sync_id".into(), s(sync.as_str()));
@@ -283,13 +335,50 @@ fn base_item(sync: &SyncId, key: &PrimaryKey, run: &RunId, now: &str) -> Item {
     item
 }
 
-fn put(item: Item) -> WriteRequest {
-    WriteRequest::builder()
-        .put_request(
-            PutRequest::builder()
-                .set_item(Some(item))
-                .build()
-                .expect("item is set"),
-        )
+/// A put of an index entry, refused before it is sent when DynamoDB would refuse it.
+fn put(item: Item) -> Result<WriteRequest, AwsError> {
+    check_item_size("DynamoDB.BatchWriteItem", &item)?;
+    let request = PutRequest::builder()
+        .set_item(Some(item))
         .build()
+        .map_err(|e| AwsError::response("DynamoDB.BatchWriteItem", e.to_string()))?;
+    Ok(WriteRequest::builder().put_request(request).build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str) -> WriteRequest {
+        let mut item = Item::new();
+        item.insert("sync_id".into(), s("customers"));
+        item.insert("key".into(), s(key));
+        put(item).unwrap()
+    }
+
+    fn delete(key: &str) -> WriteRequest {
+        let delete = DeleteRequest::builder()
+            .key("sync_id", s("customers"))
+            .key("key", s(key))
+            .build()
+            .unwrap();
+        WriteRequest::builder().delete_request(delete).build()
+    }
+
+    /// Issue 12, defect 7: a request DynamoDB would refuse is refused before it is sent
+    /// (moto lets a put and a delete of one key through, and applies the delete).
+    #[test]
+    fn a_batch_write_naming_a_key_twice_or_over_25_items_is_not_sent() {
+        assert!(check_batch_write(&[entry("a"), delete("b")]).is_ok());
+        let twice = check_batch_write(&[entry("a"), delete("a")]).unwrap_err();
+        assert!(
+            twice.message.contains("key a is twice"),
+            "{}",
+            twice.message
+        );
+        assert!(check_batch_write(&[entry("a"), entry("a")]).is_err());
+        let many: Vec<_> = (0..26).map(|i| entry(&i.to_string())).collect();
+        assert!(check_batch_write(&many[..25]).is_ok());
+        assert!(check_batch_write(&many).is_err());
+    }
 }

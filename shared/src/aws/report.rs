@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::AwsError;
 use crate::{
@@ -15,8 +15,9 @@ use crate::{
     },
 };
 
-/// The summary of a closed run, as published.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The summary of a closed run, as published (and kept until it is, see
+/// [`PendingReport`](crate::aws::runs::PendingReport)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
     /// The sync.
     pub sync_id: SyncId,
@@ -155,29 +156,42 @@ impl Reporter {
         subject: &str,
         detail: serde_json::Value,
     ) -> Result<(), AwsError> {
-        let body = serde_json::json!({
-            "severity": severity,
-            "sync_id": sync.as_str(),
-            "subject": subject,
-            "detail": detail,
-        });
-        self.put_event("Sync Alert", &body.to_string()).await?;
-        if let Some((client, topic)) = &self.alerts {
-            // SNS subjects: ASCII, at most 100 characters.
-            let subject: String = format!("[{severity:?}] {subject}")
-                .chars()
-                .filter(|c| c.is_ascii() && !c.is_ascii_control())
-                .take(100)
-                .collect();
-            client
-                .publish()
-                .topic_arn(topic)
-                .subject(subject)
-                .message(serde_json::to_string_pretty(&body).expect("alert serialises"))
-                .send()
-                .await
-                .map_err(|e| AwsError::sdk("SNS.Publish", e))?;
-        }
+        let body = alert_body(severity, sync, subject, detail);
+        self.alert_event(&body).await?;
+        self.alert_notification(severity, subject, &body).await
+    }
+
+    /// Puts a `Sync Alert` event (an [`alert_body`]) on the bus.
+    pub async fn alert_event(&self, body: &serde_json::Value) -> Result<(), AwsError> {
+        self.put_event("Sync Alert", &body.to_string()).await
+    }
+
+    /// Publishes an alert (an [`alert_body`]) to the SNS topic, when there is one.
+    pub async fn alert_notification(
+        &self,
+        severity: Severity,
+        subject: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), AwsError> {
+        let Some((client, topic)) = &self.alerts else {
+            return Ok(());
+        };
+        // SNS subjects: ASCII, at most 100 characters.
+        let subject: String = format!("[{severity:?}] {subject}")
+            .chars()
+            .filter(|c| c.is_ascii() && !c.is_ascii_control())
+            .take(100)
+            .collect();
+        let message = serde_json::to_string_pretty(body)
+            .map_err(|e| AwsError::response("SNS.Publish", format!("alert: {e}")))?;
+        client
+            .publish()
+            .topic_arn(topic)
+            .subject(subject)
+            .message(message)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("SNS.Publish", e))?;
         Ok(())
     }
 
@@ -187,6 +201,21 @@ impl Reporter {
             None => Ok(()),
         }
     }
+}
+
+/// The body of an alert, as the `Sync Alert` event's detail and the SNS message.
+pub fn alert_body(
+    severity: Severity,
+    sync: &SyncId,
+    subject: &str,
+    detail: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "severity": severity,
+        "sync_id": sync.as_str(),
+        "subject": subject,
+        "detail": detail,
+    })
 }
 
 /// The detail-type of the event that tells the finalizer a run looks settled.

@@ -61,25 +61,46 @@ pub struct RowError {
     pub retry_after: Option<Duration>,
 }
 
+/// The longest error code kept, in bytes.
+pub const MAX_ERROR_CODE_BYTES: usize = 128;
+/// The longest error message kept, in bytes: enough to say what is wrong, and bounded
+/// so a failed row (its payload smaller than a queue message) always fits one DynamoDB
+/// item, in the ledger and in the failed-row index, whatever a destination answers.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn bounded(text: impl Into<String>, max: usize) -> String {
+    let mut text = text.into();
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 impl RowError {
-    /// A transient error.
-    pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
+    /// An error of `class`; the code and message are cut to [`MAX_ERROR_CODE_BYTES`]
+    /// and [`MAX_ERROR_MESSAGE_BYTES`] (they come from the destination's answer).
+    fn bounded(class: ErrorClass, code: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
-            class: ErrorClass::Retryable,
-            code: code.into(),
-            message: message.into(),
+            class,
+            code: bounded(code, MAX_ERROR_CODE_BYTES),
+            message: bounded(message, MAX_ERROR_MESSAGE_BYTES),
             retry_after: None,
         }
     }
 
+    /// A transient error.
+    pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::bounded(ErrorClass::Retryable, code, message)
+    }
+
     /// A refusal of the row's data.
     pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            class: ErrorClass::Permanent,
-            code: code.into(),
-            message: message.into(),
-            retry_after: None,
-        }
+        Self::bounded(ErrorClass::Permanent, code, message)
     }
 
     /// A rate limit, with the destination's wait if it gave one.
@@ -88,22 +109,12 @@ impl RowError {
         message: impl Into<String>,
         retry_after: Option<Duration>,
     ) -> Self {
-        Self {
-            class: ErrorClass::RateLimited,
-            code: code.into(),
-            message: message.into(),
-            retry_after,
-        }
+        Self::bounded(ErrorClass::RateLimited, code, message).with_retry_after(retry_after)
     }
 
     /// A row rejected before it was queued.
     pub fn rejected(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            class: ErrorClass::Rejected,
-            code: code.into(),
-            message: message.into(),
-            retry_after: None,
-        }
+        Self::bounded(ErrorClass::Rejected, code, message)
     }
 
     /// Adds a `Retry-After`.
@@ -217,6 +228,22 @@ mod tests {
     use super::*;
     use crate::domain::retry::MAX_RATE_LIMIT_DEFERRALS;
     use rand::{rngs::StdRng, SeedableRng};
+
+    /// Issue 12, defect 4: a destination's error text is stored with the failed row; it
+    /// is bounded where it is made, so a failed row always fits one DynamoDB item.
+    #[test]
+    fn a_destinations_error_text_is_bounded_on_a_character_boundary() {
+        let error = RowError::permanent("C".repeat(1000), "é".repeat(100_000));
+        assert_eq!(error.code.len(), MAX_ERROR_CODE_BYTES);
+        assert_eq!(error.message.len(), MAX_ERROR_MESSAGE_BYTES);
+        let odd = RowError::retryable("X", format!("a{}", "é".repeat(1000)));
+        assert_eq!(odd.message.len(), MAX_ERROR_MESSAGE_BYTES - 1);
+        let short = RowError::rate_limited("HTTP_429", "slow down", None);
+        assert_eq!(
+            (short.code.as_str(), short.message.as_str()),
+            ("HTTP_429", "slow down")
+        );
+    }
 
     fn attempt(number: u32) -> Attempt {
         Attempt {

@@ -1,9 +1,13 @@
-//! Closing a run: one finalizer claims the close, then the run gets its counts and the
-//! sync its cursor and release in one transaction.
+//! Closing a run: one finalizer claims the close, then the run gets its counts, the
+//! sync its cursor and release, and the run's report its place in the outbox, in one
+//! transaction.
 
-use aws_sdk_dynamodb::{error::SdkError, types::Update};
+use aws_sdk_dynamodb::{
+    error::SdkError,
+    types::{TransactWriteItem, Update},
+};
 
-use super::{run_sk, state_key, sync_pk, RunStore};
+use super::{reports::PendingReport, run_sk, state_key, sync_pk, RunStore};
 use crate::{
     aws::{
         item::{n, s},
@@ -64,16 +68,21 @@ impl RunStore {
     }
 
     /// Closes a run and releases the sync in one transaction: the run gets its counts,
-    /// the sync its new cursor and no open run. Returns `false` when another finalizer
-    /// closed it first.
+    /// the sync its new cursor and no open run, and the run's report is kept to be sent
+    /// (claimed by `claimant`, see [`RunStore::pending_reports`]). Returns `false` when
+    /// another finalizer closed it first. A transaction that conflicted with another
+    /// write or was throttled is tried again, then returned as an error.
     pub async fn close(
         &self,
         record: &RunRecord,
         counts: &RunCounts,
         failed_index_size: u64,
         oldest_failure_at: Option<&str>,
+        report: &PendingReport,
+        claimant: &str,
     ) -> Result<bool, AwsError> {
-        let now = timestamp::rfc3339(timestamp::now());
+        let closed_at = timestamp::now();
+        let now = timestamp::rfc3339(closed_at);
         let mut run_update = Update::builder()
             .table_name(&self.table)
             .key("pk", s(sync_pk(&record.sync_id)))
@@ -119,6 +128,11 @@ impl RunStore {
             .build()
             .map_err(|e| AwsError::response("DynamoDB.TransactWriteItems", e.to_string()))?;
 
-        self.update_run_and_state(run_update, state_update).await
+        self.transact(vec![
+            TransactWriteItem::builder().update(run_update).build(),
+            TransactWriteItem::builder().update(state_update).build(),
+            self.report_put(report, claimant, closed_at)?,
+        ])
+        .await
     }
 }

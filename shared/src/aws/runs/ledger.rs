@@ -1,26 +1,52 @@
-//! The run's ledger: one item per delivery invocation with the keys it settled, and
-//! sync-start's rejections, each naming the planning attempt it belongs to; the
-//! finalizer reads back the current attempt's.
+//! The run's ledger: one item per delivery invocation with the keys it settled (several
+//! when they do not fit one item), and sync-start's rejections in as many items as they
+//! need, each naming the planning attempt it belongs to; the finalizer reads back the
+//! current attempt's. Every item is measured before it is sent: none is larger than
+//! DynamoDB's 400 KB.
 
 use aws_sdk_dynamodb::{error::SdkError, types::ReturnValue};
 
 use super::{became_settled, expires_at, generation_is, ledger_pk, run_sk, sync_pk, RunStore};
 use crate::{
     aws::{
-        item::{get_n, get_s, n, s},
+        item::{check_item_size, get_n, get_s, item_size, n, s, Item, MAX_ITEM_BYTES},
         AwsError,
     },
     domain::{
         ids::{RunId, SyncId},
-        ledger::{BatchLedger, RecordedRejection},
+        ledger::{split_json_array, BatchLedger, RecordedRejection},
     },
 };
 
+/// The attribute holding a ledger part's JSON.
+const LEDGER: &str = "ledger";
+/// The attribute holding a chunk of rejections' JSON.
+const REJECTIONS: &str = "rejections";
+
+/// A ledger part's sort key: `batch#{id}`, or `batch#{id}#{part}` when the ledger
+/// takes several items.
+fn part_sk(batch_id: &str, part: Option<usize>) -> String {
+    match part {
+        None => format!("batch#{batch_id}"),
+        Some(part) => format!("batch#{batch_id}#{part:04}"),
+    }
+}
+
+/// Bytes left for the text attribute of `item` (which holds it empty).
+fn text_budget(item: &Item) -> usize {
+    MAX_ITEM_BYTES.saturating_sub(item_size(item))
+}
+
 impl RunStore {
-    /// Writes one delivery invocation's ledger item and bumps the run's settled hint —
-    /// only while the run is still at the item's planning attempt: an item of an attempt
-    /// the run has replaced counts for nothing, not even in the hint. Returns whether
-    /// this write made the run look settled (see [`RunProgress::became_settled`]).
+    /// Writes one delivery invocation's ledger and bumps the run's settled hint once,
+    /// by everything the invocation settled — only while the run is still at the
+    /// ledger's planning attempt: a ledger of an attempt the run has replaced counts for
+    /// nothing, not even in the hint. The ledger is one item, or several when it is
+    /// larger than an item holds (`batch#{id}#{part}`; the finalizer reads their union).
+    /// Returns whether this write made the run look settled (see
+    /// [`RunProgress::became_settled`]).
+    ///
+    /// [`RunProgress::became_settled`]: crate::domain::run::RunProgress::became_settled
     pub async fn record_batch(
         &self,
         sync: &SyncId,
@@ -28,18 +54,32 @@ impl RunStore {
         batch_id: &str,
         ledger: &BatchLedger,
     ) -> Result<bool, AwsError> {
-        let body = serde_json::to_string(ledger).expect("ledger serialises");
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(ledger_pk(run)))
-            .item("sk", s(format!("batch#{batch_id}")))
-            .item("ledger", s(body))
-            .item("expires_at", expires_at())
-            .send()
-            .await
-            .map_err(|e| AwsError::sdk("DynamoDB.PutItem", e))?;
-        if ledger.settled() == 0 {
+        const OPERATION: &str = "DynamoDB.PutItem";
+        let settled = ledger.settled();
+        let item = |sk: String, body: String| {
+            Item::from([
+                ("pk".to_owned(), s(ledger_pk(run))),
+                ("sk".to_owned(), s(sk)),
+                (LEDGER.to_owned(), s(body)),
+                ("expires_at".to_owned(), expires_at()),
+            ])
+        };
+        // Room for the ledger's text: an item less its other attributes, measured with
+        // the longest sort key a part gets.
+        let budget = text_budget(&item(part_sk(batch_id, Some(9999)), String::new()));
+        let parts = ledger
+            .clone()
+            .split(budget)
+            .map_err(|e| AwsError::response(OPERATION, e.to_string()))?;
+        let several = parts.len() > 1;
+        for (i, part) in parts.iter().enumerate() {
+            let body = serde_json::to_string(part).map_err(|e| {
+                AwsError::response(OPERATION, format!("the ledger does not serialise: {e}"))
+            })?;
+            let item = item(part_sk(batch_id, several.then_some(i)), body);
+            self.put(OPERATION, item).await?;
+        }
+        if settled == 0 {
             return Ok(false);
         }
         let result = self
@@ -55,17 +95,17 @@ impl RunStore {
             ))
             .expression_attribute_names("#generation", "generation")
             .expression_attribute_values(":generation", n(ledger.generation))
-            .expression_attribute_values(":n", n(ledger.settled()))
+            .expression_attribute_values(":n", n(settled))
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
         match result {
-            Ok(output) => Ok(became_settled(&output, ledger.settled() as u64)),
+            Ok(output) => Ok(became_settled(&output, settled as u64)),
             Err(SdkError::ServiceError(err))
                 if err.err().is_conditional_check_failed_exception() =>
             {
                 match self.run(sync, run).await? {
-                    // Planned again since: this attempt's item is kept but not counted.
+                    // Planned again since: this attempt's items are kept but not counted.
                     Some(_) => Ok(false),
                     None => Err(AwsError::response(
                         "DynamoDB.UpdateItem",
@@ -77,70 +117,58 @@ impl RunStore {
         }
     }
 
-    /// Writes the rejections of a run's planning attempt `generation`, in chunks that
-    /// fit an item; each attempt's chunks have keys of their own, so a later attempt
-    /// never overwrites an earlier one's nor is overwritten by one still running.
+    /// Writes the rejections of a run's planning attempt `generation`, in as many items
+    /// as their JSON needs; each attempt's chunks have keys of their own, so a later
+    /// attempt never overwrites an earlier one's nor is overwritten by one still running.
     pub async fn record_rejections(
         &self,
         run: &RunId,
         generation: u32,
         rejections: &[RecordedRejection],
     ) -> Result<(), AwsError> {
-        let mut chunk: Vec<&RecordedRejection> = Vec::new();
-        let mut size = 0usize;
-        let mut seq = 0u32;
-        for rejection in rejections {
-            let approx = rejection.rejection.reason.len()
-                + rejection.rejection.object.len()
-                + rejection
-                    .rejection
-                    .key
-                    .as_ref()
-                    .map_or(0, |k| k.as_str().len())
-                + rejection.payload.as_ref().map_or(0, |p| p.as_str().len())
-                + 128;
-            if size + approx > 300_000 && !chunk.is_empty() {
-                self.put_rejection_chunk(run, generation, seq, &chunk)
-                    .await?;
-                seq += 1;
-                chunk.clear();
-                size = 0;
-            }
-            size += approx;
-            chunk.push(rejection);
-        }
-        if !chunk.is_empty() {
-            self.put_rejection_chunk(run, generation, seq, &chunk)
-                .await?;
+        const OPERATION: &str = "DynamoDB.PutItem";
+        let item = |seq: usize, body: String| {
+            // The first attempt's keys are those written before attempts were numbered.
+            let sk = if generation == 0 {
+                format!("reject#{seq:06}")
+            } else {
+                format!("reject#{generation:06}#{seq:06}")
+            };
+            Item::from([
+                ("pk".to_owned(), s(ledger_pk(run))),
+                ("sk".to_owned(), s(sk)),
+                ("generation".to_owned(), n(generation)),
+                (REJECTIONS.to_owned(), s(body)),
+                ("expires_at".to_owned(), expires_at()),
+            ])
+        };
+        let budget = text_budget(&item(999_999, String::new()));
+        let chunks = split_json_array(rejections, budget, |r| {
+            format!(
+                "the rejection of {} line {}",
+                r.rejection.object, r.rejection.line
+            )
+        })
+        .map_err(|e| AwsError::response(OPERATION, e.to_string()))?;
+        for (seq, chunk) in chunks.into_iter().enumerate() {
+            let body = serde_json::to_string(chunk).map_err(|e| {
+                AwsError::response(OPERATION, format!("rejections do not serialise: {e}"))
+            })?;
+            self.put(OPERATION, item(seq, body)).await?;
         }
         Ok(())
     }
 
-    async fn put_rejection_chunk(
-        &self,
-        run: &RunId,
-        generation: u32,
-        seq: u32,
-        chunk: &[&RecordedRejection],
-    ) -> Result<(), AwsError> {
-        let body = serde_json::to_string(chunk).expect("rejections serialise");
-        // The first attempt's keys are those written before attempts were numbered.
-        let sk = if generation == 0 {
-            format!("reject#{seq:06}")
-        } else {
-            format!("reject#{generation:06}#{seq:06}")
-        };
+    /// Puts an item, refusing one larger than DynamoDB takes before sending it.
+    async fn put(&self, operation: &'static str, item: Item) -> Result<(), AwsError> {
+        check_item_size(operation, &item)?;
         self.client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(ledger_pk(run)))
-            .item("sk", s(sk))
-            .item("generation", n(generation))
-            .item("rejections", s(body))
-            .item("expires_at", expires_at())
+            .set_item(Some(item))
             .send()
             .await
-            .map_err(|e| AwsError::sdk("DynamoDB.PutItem", e))?;
+            .map_err(|e| AwsError::sdk(operation, e))?;
         Ok(())
     }
 
@@ -165,14 +193,14 @@ impl RunStore {
             .send();
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| AwsError::sdk("DynamoDB.Query", e))?;
-            if let Some(body) = get_s(&item, "ledger") {
+            if let Some(body) = get_s(&item, LEDGER) {
                 let batch: BatchLedger = serde_json::from_str(&body).map_err(|e| {
                     AwsError::response("DynamoDB.Query", format!("unreadable ledger item: {e}"))
                 })?;
                 if batch.generation == generation {
                     batches.push(batch);
                 }
-            } else if let Some(body) = get_s(&item, "rejections") {
+            } else if let Some(body) = get_s(&item, REJECTIONS) {
                 if get_n::<u32>(&item, "generation") != generation {
                     continue;
                 }

@@ -6,20 +6,22 @@
 //! - `sync#{sync}` / `run#{run}` — the run record, with its planning attempt
 //!   (`generation`)
 //! - `run#{run}` / `batch#{id}` — one delivery invocation's [`BatchLedger`] (which
-//!   names its attempt)
+//!   names its attempt; `batch#{id}#{part}` when it takes several items)
 //! - `run#{run}` / `reject#{n}` — rejections recorded by sync-start's first planning
-//!   attempt; `reject#{attempt}#{n}` by a later one (each with `generation`)
+//!   attempt; `reject#{attempt}#{n}` by a later one (each with `generation`), in items
+//!   of at most 400 KB
+//! - `sync#{sync}` / `report#{run}` — a closed run's report not sent yet
 //!
 //! - [`lock`]: the sync's lock, opening and planning a run, abandoning it.
 //! - [`ledger`]: delivery's ledger items and sync-start's rejections.
 //! - [`close`]: the close claim and the closing transaction.
+//! - [`reports`]: closed runs' reports waiting to be sent.
 //!
 //! [`BatchLedger`]: crate::domain::ledger::BatchLedger
 
 use aws_sdk_dynamodb::{
-    error::SdkError,
-    operation::update_item::UpdateItemOutput,
-    types::{TransactWriteItem, Update},
+    operation::{transact_write_items::TransactWriteItemsError, update_item::UpdateItemOutput},
+    types::{CancellationReason, TransactWriteItem, Update},
     Client,
 };
 
@@ -40,6 +42,9 @@ use crate::{
 mod close;
 mod ledger;
 mod lock;
+pub mod reports;
+
+pub use reports::{PendingReport, ReportPart};
 
 pub use lock::PlanNotRecorded;
 
@@ -94,24 +99,91 @@ fn became_settled(output: &UpdateItemOutput, added: u64) -> bool {
     })
 }
 
+/// What a cancelled `TransactWriteItems` means, from its cancellation reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cancelled {
+    /// A condition failed: another invocation got there first.
+    ByCondition,
+    /// A conflict with another write, or throttling: the same transaction may succeed.
+    Retry,
+    /// Anything else (a validation error, no reasons given): an error.
+    Failed,
+}
+
+/// Reads a cancellation: a failed condition on any item means another invocation got
+/// there first; otherwise conflicts and throttling may pass on a retry, and anything
+/// else (or no reason at all) is an error — never a silent "someone else did it".
+fn cancelled(reasons: &[CancellationReason]) -> Cancelled {
+    let mut verdict = Cancelled::Failed;
+    for code in reasons.iter().filter_map(CancellationReason::code) {
+        match code {
+            "None" => {}
+            "ConditionalCheckFailed" => return Cancelled::ByCondition,
+            "TransactionConflict"
+            | "ThrottlingError"
+            | "ProvisionedThroughputExceeded"
+            | "RequestLimitExceeded" => {
+                if verdict == Cancelled::Failed {
+                    verdict = Cancelled::Retry;
+                }
+            }
+            _ => return Cancelled::Failed,
+        }
+    }
+    verdict
+}
+
+/// Tries of a transaction cancelled by a conflict or throttling, with backoff from
+/// 50 ms (≈ 0.75 s in all), before the error is returned.
+const TRANSACTION_ATTEMPTS: u32 = 5;
+
 impl RunStore {
     /// Applies an update of a run record and one of its sync's state in one
     /// transaction. Returns `false` when a condition cancelled it (another invocation
     /// got there first).
     async fn update_run_and_state(&self, run: Update, state: Update) -> Result<bool, AwsError> {
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(run).build())
-            .transact_items(TransactWriteItem::builder().update(state).build())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(err)) if err.err().is_transaction_canceled_exception() => {
-                Ok(false)
+        self.transact(vec![
+            TransactWriteItem::builder().update(run).build(),
+            TransactWriteItem::builder().update(state).build(),
+        ])
+        .await
+    }
+
+    /// Writes `items` in one transaction. Returns `false` when a condition cancelled it
+    /// (another invocation got there first); a transaction cancelled by a conflict with
+    /// another write or by throttling is tried again ([`TRANSACTION_ATTEMPTS`]), then
+    /// returned as an error, so the caller runs again rather than believing it lost.
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<bool, AwsError> {
+        const OPERATION: &str = "DynamoDB.TransactWriteItems";
+        let mut delay = std::time::Duration::from_millis(50);
+        let mut attempt = 1;
+        loop {
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            let err = match result {
+                Ok(_) => return Ok(true),
+                Err(err) => err,
+            };
+            let verdict = match err.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(cancel)) => {
+                    Some(cancelled(cancel.cancellation_reasons()))
+                }
+                _ => None,
+            };
+            match verdict {
+                Some(Cancelled::ByCondition) => return Ok(false),
+                Some(Cancelled::Retry) if attempt < TRANSACTION_ATTEMPTS => {
+                    tracing::info!(attempt, "transaction conflicted or throttled; trying again");
+                }
+                _ => return Err(AwsError::sdk(OPERATION, err)),
             }
-            Err(err) => Err(AwsError::sdk("DynamoDB.TransactWriteItems", err)),
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+            attempt += 1;
         }
     }
 
@@ -171,5 +243,50 @@ fn parse_run(item: &Item, sync: &SyncId, run: &RunId) -> RunRecord {
             .contains_key("failed_index_size")
             .then(|| get_n(item, "failed_index_size")),
         closed_at: get_s(item, "closed_at").and_then(|t| timestamp::parse_rfc3339(&t)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reasons(codes: &[&str]) -> Vec<CancellationReason> {
+        codes
+            .iter()
+            .map(|code| CancellationReason::builder().code(*code).build())
+            .collect()
+    }
+
+    /// Issue 12, defect 6: a transaction cancelled by a conflict with another write or
+    /// by throttling was read as "another finalizer closed the run", so the run stayed
+    /// open until a stale claim was taken over (and was reported twice). Only a failed
+    /// condition means someone got there first; conflicts and throttling are retried.
+    #[test]
+    fn only_a_failed_condition_means_another_invocation_got_there_first() {
+        assert_eq!(
+            cancelled(&reasons(&["ConditionalCheckFailed", "None"])),
+            Cancelled::ByCondition
+        );
+        assert_eq!(
+            cancelled(&reasons(&["None", "ConditionalCheckFailed"])),
+            Cancelled::ByCondition
+        );
+        assert_eq!(
+            cancelled(&reasons(&["TransactionConflict", "None"])),
+            Cancelled::Retry
+        );
+        assert_eq!(
+            cancelled(&reasons(&["None", "ThrottlingError"])),
+            Cancelled::Retry
+        );
+        assert_eq!(
+            cancelled(&reasons(&["ProvisionedThroughputExceeded", "None"])),
+            Cancelled::Retry
+        );
+        assert_eq!(
+            cancelled(&reasons(&["ValidationError", "None"])),
+            Cancelled::Failed
+        );
+        assert_eq!(cancelled(&[]), Cancelled::Failed);
     }
 }
