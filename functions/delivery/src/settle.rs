@@ -81,7 +81,7 @@ pub(super) async fn deliver_run(deps: &Delivery, rows: &[Received]) -> Settlemen
     let policy = &deps.destination_config.retry;
     // Copies of one key (at-least-once delivery) are sent once and share the answer:
     // a destination request never upserts the same record twice. A copy past the
-    // threshold is not sent at all (I4): it gets no answer slot.
+    // threshold is not sent at all (I4): it gets no answer slot (see below).
     let mut first_copy: HashMap<&PrimaryKey, usize> = HashMap::with_capacity(rows.len());
     let mut unique: Vec<&Received> = Vec::with_capacity(rows.len());
     let mut answer_of: Vec<Option<usize>> = Vec::with_capacity(rows.len());
@@ -128,15 +128,23 @@ pub(super) async fn deliver_run(deps: &Delivery, rows: &[Received]) -> Settlemen
     }
     let ledger = &mut settlement.ledger;
     for (index, row) in rows.iter().enumerate() {
-        let result = match answer_of[index] {
-            Some(slot) => unique_results[slot]
-                .clone()
-                .expect("every unique row was sent"),
-            None => {
-                tracing::warn!(key = %row.message.key, attempt = row.attempt, "a copy came back after its last attempt; not sent again");
-                Err(RowError::attempts_spent())
-            }
+        let Some(slot) = answer_of[index] else {
+            // A copy past the threshold (a duplicate receive, a lost delete, an
+            // invocation that died at the threshold): not sent (I4) and not settled
+            // here, since another copy of the row may still be alive (a deferred one).
+            // It is hidden for a backoff; when it keeps coming back, SQS moves it to
+            // the dead-letter queue (its receive count passes the redrive's) and the
+            // finalizer settles it as a failure, unless another copy settled it first.
+            tracing::warn!(key = %row.message.key, attempt = row.attempt, "a copy came back after its last attempt; not sent again");
+            settlement.retries.push(Retry {
+                row: index,
+                visibility: policy.backoff_ceiling(row.attempt),
+            });
+            continue;
         };
+        let result = unique_results[slot]
+            .clone()
+            .expect("every unique row was sent");
         let attempt = Attempt {
             number: row.attempt,
             rate_limit_deferrals: row.message.rate_limit_deferrals,
@@ -169,10 +177,7 @@ pub(super) async fn deliver_run(deps: &Delivery, rows: &[Received]) -> Settlemen
             }
             Decision::TerminalFailure(error) => {
                 tracing::warn!(key = %row.message.key, class = error.class.as_str(), code = %error.code, attempt = row.attempt, "row failed");
-                let mut failed = failed_row(row, error);
-                // Attempts this run made, not receives: copies past the threshold were not sent.
-                failed.attempts = failed.attempts.min(policy.max_attempts);
-                ledger.failed.push(failed);
+                ledger.failed.push(failed_row(row, error));
             }
         }
     }

@@ -38,12 +38,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{
-    ids::PrimaryKey,
-    outcome::{RowError, ATTEMPTS_SPENT},
-    row::RowFields,
-    source::Rejection,
-};
+use crate::domain::{ids::PrimaryKey, outcome::RowError, row::RowFields, source::Rejection};
 
 /// A row that reached a terminal failure in this run, with all the finalizer needs to
 /// write its failed-row index entry.
@@ -371,19 +366,11 @@ impl RunTally {
         }
         self.retried.extend(item.retrying);
         for row in item.failed {
-            let replace = match self.failed.get(&row.key) {
-                None => true,
-                // The latest attempt gives the last error; at the same attempt, the
-                // destination's own error beats a copy settled unsent.
-                Some(existing) => {
-                    row.attempts > existing.attempts
-                        || (row.attempts == existing.attempts
-                            && existing.error.code == ATTEMPTS_SPENT
-                            && row.error.code != ATTEMPTS_SPENT)
+            match self.failed.get(&row.key) {
+                Some(existing) if existing.attempts >= row.attempts => {}
+                _ => {
+                    self.failed.insert(row.key.clone(), row);
                 }
-            };
-            if replace {
-                self.failed.insert(row.key.clone(), row);
             }
         }
     }
@@ -495,27 +482,6 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(tally.failures()[0].error.code, "LATEST");
-    }
-
-    #[test]
-    fn a_copy_settled_unsent_does_not_hide_the_destinations_last_error() {
-        for order in [[0, 1], [1, 0]] {
-            let rows = [
-                failed("a", 4, "UNABLE_TO_LOCK_ROW"),
-                FailedRow {
-                    error: RowError::attempts_spent(),
-                    ..failed("a", 4, "")
-                },
-            ];
-            let mut tally = RunTally::default();
-            for i in order {
-                tally.add(BatchLedger {
-                    failed: vec![rows[i].clone()],
-                    ..Default::default()
-                });
-            }
-            assert_eq!(tally.failures()[0].error.code, "UNABLE_TO_LOCK_ROW");
-        }
     }
 
     #[test]

@@ -124,22 +124,6 @@ impl RowError {
     }
 }
 
-/// The code of a row settled without being sent because its attempts were spent (see
-/// [`RowError::attempts_spent`]).
-pub const ATTEMPTS_SPENT: &str = "ATTEMPTS_SPENT";
-
-impl RowError {
-    /// A copy of a row that came back after its last attempt in the run: not sent
-    /// again; settled as failed (a real error of the same attempt wins in the tally)
-    /// and retried by the next run.
-    pub fn attempts_spent() -> Self {
-        Self::retryable(
-            ATTEMPTS_SPENT,
-            "the row came back after its last attempt in this run (a lost delete or a crashed invocation); not sent again, the next run retries it",
-        )
-    }
-}
-
 /// The destination's answer for one row.
 pub type RowResult = Result<(), RowError>;
 
