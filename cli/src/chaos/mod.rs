@@ -197,6 +197,9 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         "resync-chaos",
         LocalOptions {
             visibility_timeout_secs: 6,
+            // Time compressed: what SQS failed to delete or re-hide comes back after
+            // 20 s instead of the deployment's 361 s (invocations here take seconds).
+            queue_visibility_override: Some(20),
             crash_before_handler: crashes,
             crash_after_handler: crashes,
             ..LocalOptions::default()

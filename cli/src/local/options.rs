@@ -28,6 +28,11 @@ pub struct LocalOptions {
     pub batching_window: Duration,
     /// Receives a poller keeps in flight while the queue has a backlog.
     pub receives_in_flight: usize,
+    /// A shorter visibility timeout of the delivery queues than the deployment's, for a
+    /// harness that compresses time (`resync chaos`: a delete or visibility change SQS
+    /// refused brings its message back after this, not after 361 s). It must stay above
+    /// the longest invocation; `None` keeps the deployment's rule.
+    pub queue_visibility_override: Option<u32>,
 }
 
 impl Default for LocalOptions {
@@ -39,6 +44,7 @@ impl Default for LocalOptions {
             crash_after_handler: 0,
             batching_window: Duration::from_millis(200),
             receives_in_flight: 4,
+            queue_visibility_override: None,
         }
     }
 }
@@ -49,6 +55,9 @@ impl LocalOptions {
     /// when the local window is longer than its 1 s), so a batch stays hidden for as
     /// long as its invocation may run.
     pub fn queue_visibility_secs(&self) -> u32 {
+        if let Some(secs) = self.queue_visibility_override {
+            return secs;
+        }
         let window =
             u32::try_from(self.batching_window.as_secs_f64().ceil() as u64).unwrap_or(u32::MAX);
         QUEUE_VISIBILITY_SECS.max(
