@@ -13,6 +13,12 @@ use crate::helpers::{key, remote, row, scaled, EnvSettings, TestEnv, Vendor};
 /// Issue 4 — rate limits do not burn attempts: with a threshold of ONE attempt and a
 /// portal that takes 3 calls per 2 seconds, every row is still delivered, each exactly
 /// once: rate-limited rows wait (re-enqueued with a delay) instead of failing.
+///
+/// The portal's window is already spent when the run begins: every call is answered
+/// 429 until one has been, then the portal takes 3 calls per 2 seconds. So rows are
+/// rate-limited whatever the emulator's speed — a fast one (LocalStack) hands the
+/// delivery function full batches and sends 200 rows in 3 calls, which alone never
+/// exceed the window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubspot_rate_limits_delay_rows_without_failing_them() {
     let rows = scaled(1_000, 200);
@@ -32,9 +38,19 @@ async fn hubspot_rate_limits_delay_rows_without_failing_them() {
     })
     .await;
     let portal = env.hubspot.as_ref().unwrap();
-    portal.limit_calls(3, std::time::Duration::from_secs(2));
+    let window = std::time::Duration::from_secs(2);
+    portal.limit_calls(0, window);
     env.export_rows("batch.jsonl.gz", 0..rows).await;
-    let counts = env.run().await.record.counts.unwrap();
+    let open_window = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while portal.stats().rate_limited_calls == 0 {
+            assert!(std::time::Instant::now() < deadline, "no call was limited");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        portal.limit_calls(3, window);
+    };
+    let (run, ()) = tokio::join!(env.run(), open_window);
+    let counts = run.record.counts.unwrap();
     assert_eq!((counts.delivered, counts.failed), (rows as u64, 0));
     assert!(env.index().await.is_empty());
     let stats = portal.stats();
@@ -46,10 +62,11 @@ async fn hubspot_rate_limits_delay_rows_without_failing_them() {
         "hubspot rate limit: {} accepted calls, {} answered 429, {} rows waited",
         stats.calls[0], stats.rate_limited_calls, counts.retried_in_run
     );
+    assert!(stats.rate_limited_calls > 0);
     assert!(
         counts.retried_in_run > 0,
-        "{} calls in a 3-per-2s window: some rows had to wait",
-        stats.calls[0]
+        "{} calls answered 429: their rows had to wait",
+        stats.rate_limited_calls
     );
 }
 
