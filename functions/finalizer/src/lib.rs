@@ -36,6 +36,7 @@ use resync_shared::{
         AwsError,
     },
     config::{Config, SyncConfig},
+    crash_points::{CrashPoint, CrashPoints, InjectedCrash},
     domain::{
         ledger::{BatchLedger, FailedRow, RunCounts, RunTally},
         message::RowMessage,
@@ -152,6 +153,9 @@ pub enum FinalizerError {
     /// The event names an unknown sync.
     #[error("no sync '{0}' in the configuration")]
     UnknownSync(String),
+    /// The invocation died at a crash point (a test harness's; never in a deployment).
+    #[error(transparent)]
+    Crashed(#[from] InjectedCrash),
 }
 
 impl From<FinalizerError> for Diagnostic {
@@ -160,6 +164,7 @@ impl From<FinalizerError> for Diagnostic {
             error_type: match err {
                 FinalizerError::Aws(_) => "AwsError",
                 FinalizerError::UnknownSync(_) => "UnknownSync",
+                FinalizerError::Crashed(_) => "InjectedCrash",
             }
             .into(),
             error_message: err.to_string(),
@@ -179,6 +184,8 @@ pub struct Finalizer {
     pub index: FailedRowIndex,
     /// Reporting.
     pub reporter: Reporter,
+    /// Where a test harness makes the invocation die ([`CrashPoints::none`] here).
+    pub crash_points: CrashPoints,
     dead_letter_queues: QueueDirectory,
 }
 
@@ -195,6 +202,7 @@ impl Finalizer {
             runs: RunStore::new(dynamo.clone(), &resources.runs_table),
             index: FailedRowIndex::new(dynamo, &resources.failed_rows_table),
             dead_letter_queues: QueueDirectory::new(aws_sdk_sqs::Client::new(sdk)),
+            crash_points: CrashPoints::none(),
             config,
             resources,
             reporter,
@@ -406,6 +414,8 @@ async fn close(
             &recovered,
         )
         .await?;
+    deps.crash_points
+        .reached(CrashPoint::FinalizerAfterIndexWrites)?;
     let index = deps.index.summary(&sync.id).await?;
     let counts = tally.counts(
         record.enqueued,
@@ -460,6 +470,8 @@ async fn close(
             )
             .await?;
     }
+    deps.crash_points
+        .reached(CrashPoint::FinalizerBeforeClose)?;
     let closed = deps
         .runs
         .close(
