@@ -26,6 +26,7 @@ mod helpers;
 
 mod at_least_once;
 mod aws_faults;
+mod crash_points;
 mod dead_letters;
 mod hubspot;
 mod rate_limits;
