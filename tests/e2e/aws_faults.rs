@@ -160,3 +160,48 @@ async fn batch_entries_sqs_fails_on_its_own_side_are_tried_again() {
         "a deleted message is still on the queue"
     );
 }
+
+/// Issue 12 (found by `resync chaos --seed 5`): a closing transaction that DynamoDB
+/// cancelled for a `TransactionConflict` (another write touched the run or the sync's
+/// state at that moment: retryable) was read as "another finalizer closed the run
+/// first", so the finalizer reported the run closed while it was still delivering and
+/// its sync locked — the local runner gave up on it as not closed, and in a deployment
+/// the run waited for the close claim to go stale (150 s) and was reported twice. A
+/// transaction cancelled for a conflict is now tried again; only a failed condition
+/// means another invocation got there first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_cancelled_by_a_transaction_conflict_is_tried_again() {
+    let env = TestEnv::start().await;
+    let Some(faults) = env.faults() else {
+        return;
+    };
+    env.export_rows("batch.jsonl.gz", 0..20).await;
+    faults.set(
+        1,
+        vec![FaultRule::always(
+            "dynamodb.TransactWriteItems",
+            FaultKind::TransactionConflict,
+            Some(1),
+        )],
+    );
+    let run = env.runtime.run_sync(&env.sync, &|_| {}).await;
+    let injected = faults.injected();
+    faults.clear();
+    assert_eq!(
+        injected["transaction_conflict:dynamodb.TransactWriteItems"],
+        1
+    );
+    let run = run.expect("the run closes although its first closing transaction conflicted");
+    let counts = run.record.counts.unwrap();
+    assert_eq!((counts.planned, counts.delivered), (20, 20));
+    assert_eq!(
+        env.runtime.runs().state(&env.sync).await.unwrap().open_run,
+        None,
+        "the sync is released"
+    );
+    assert_eq!(
+        env.runtime.metrics.lock().unwrap().len(),
+        1,
+        "the run was reported once"
+    );
+}

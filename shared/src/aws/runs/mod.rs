@@ -17,9 +17,8 @@
 //! [`BatchLedger`]: crate::domain::ledger::BatchLedger
 
 use aws_sdk_dynamodb::{
-    error::SdkError,
-    operation::update_item::UpdateItemOutput,
-    types::{TransactWriteItem, Update},
+    operation::{transact_write_items::TransactWriteItemsError, update_item::UpdateItemOutput},
+    types::{CancellationReason, TransactWriteItem, Update},
     Client,
 };
 
@@ -94,24 +93,61 @@ fn became_settled(output: &UpdateItemOutput, added: u64) -> bool {
     })
 }
 
+/// Tries of a run-and-state transaction that DynamoDB cancels for a conflict with
+/// another write (the first included).
+const TRANSACTION_TRIES: u32 = 5;
+
+/// Whether a cancelled transaction may succeed when tried again: a reason is a
+/// conflict with another write or throttling, not a failed condition.
+fn cancelled_for_a_retryable_reason(reasons: &[CancellationReason]) -> bool {
+    reasons.iter().any(|reason| {
+        matches!(
+            reason.code(),
+            Some("TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded")
+        )
+    })
+}
+
 impl RunStore {
     /// Applies an update of a run record and one of its sync's state in one
     /// transaction. Returns `false` when a condition cancelled it (another invocation
-    /// got there first).
+    /// got there first). A transaction cancelled for a conflict with another write or
+    /// for throttling is tried again, up to [`TRANSACTION_TRIES`] times, then is an
+    /// error: it says nothing of the conditions.
     async fn update_run_and_state(&self, run: Update, state: Update) -> Result<bool, AwsError> {
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(run).build())
-            .transact_items(TransactWriteItem::builder().update(state).build())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(err)) if err.err().is_transaction_canceled_exception() => {
-                Ok(false)
+        let mut delay = std::time::Duration::from_millis(50);
+        let mut attempt = 1;
+        loop {
+            let result = self
+                .client
+                .transact_write_items()
+                .transact_items(TransactWriteItem::builder().update(run.clone()).build())
+                .transact_items(TransactWriteItem::builder().update(state.clone()).build())
+                .send()
+                .await;
+            let err = match result {
+                Ok(_) => return Ok(true),
+                Err(err) => err,
+            };
+            let retryable = match err.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
+                    cancelled_for_a_retryable_reason(cancelled.cancellation_reasons())
+                }
+                _ => return Err(AwsError::sdk("DynamoDB.TransactWriteItems", err)),
+            };
+            if !retryable {
+                return Ok(false);
             }
-            Err(err) => Err(AwsError::sdk("DynamoDB.TransactWriteItems", err)),
+            if attempt == TRANSACTION_TRIES {
+                return Err(AwsError::sdk("DynamoDB.TransactWriteItems", err));
+            }
+            tracing::warn!(
+                attempt,
+                "a run transaction conflicted with another write; trying it again"
+            );
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+            attempt += 1;
         }
     }
 
@@ -171,5 +207,34 @@ fn parse_run(item: &Item, sync: &SyncId, run: &RunId) -> RunRecord {
             .contains_key("failed_index_size")
             .then(|| get_n(item, "failed_index_size")),
         closed_at: get_s(item, "closed_at").and_then(|t| timestamp::parse_rfc3339(&t)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reasons(codes: &[&str]) -> Vec<CancellationReason> {
+        codes
+            .iter()
+            .map(|code| CancellationReason::builder().code(*code).build())
+            .collect()
+    }
+
+    #[test]
+    fn a_conflict_or_throttling_is_retried_and_a_failed_condition_is_not() {
+        assert!(cancelled_for_a_retryable_reason(&reasons(&[
+            "TransactionConflict",
+            "None"
+        ])));
+        assert!(cancelled_for_a_retryable_reason(&reasons(&[
+            "None",
+            "ThrottlingError"
+        ])));
+        assert!(!cancelled_for_a_retryable_reason(&reasons(&[
+            "ConditionalCheckFailed",
+            "None"
+        ])));
+        assert!(!cancelled_for_a_retryable_reason(&[]));
     }
 }
