@@ -142,7 +142,9 @@ fn aws_faults() -> Vec<FaultRule> {
 
 /// Where the handlers crash, by the seed: each point a few times at most over the
 /// session (a sync-start or finalizer point once, each delivery point up to three
-/// times), so Lambda's two retries of an asynchronous invocation always get through.
+/// times). Only two of sync-start's points come before its plan is recorded, so an
+/// event whose three tries all crash has planned its run (the finalizer closes it) and
+/// never leaves one planning for the 16 minutes before an abandon.
 fn crash_rules(seed: u64) -> CrashRules {
     CrashRules::seeded(seed)
         .at(CrashPoint::SyncStartAfterAcquire, 0.5, Some(1))
@@ -322,6 +324,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         seen = log.len();
         facts.push(RunFacts {
             run_id: record.run_id.as_str().to_owned(),
+            planning_attempts: record.generation.saturating_add(1),
             source_keys,
             index_before,
             index_after: index_keys(&runtime, &sync).await?,
