@@ -23,10 +23,13 @@
 //!   failed-row index, the work queue, the S3 source, run reporting — the one HTTPS
 //!   client of every build and the functions' SDK configuration.
 //! - [`logging`]: the functions' log subscriber (JSON lines, one level, no regex).
+//! - [`crash_points`]: the named places between a handler's side effects where a test
+//!   harness makes an invocation die (never, in a deployment).
 #![warn(missing_docs)]
 
 pub mod aws;
 pub mod config;
+pub mod crash_points;
 pub mod destination;
 pub mod domain;
 pub mod logging;

@@ -2,7 +2,7 @@
 //! after their handler, late copies of a closed run's rows, copies of an abandoned
 //! run's rows, and schedule events delivered twice (at once, or after the run closed).
 
-use resync::local::LocalOptions;
+use resync::local::{AtLeastOnce, LocalOptions};
 use resync_finalizer::SyncReport;
 use resync_shared::{domain::message::RowMessage, PrimaryKey, RunId};
 use resync_sync_start::SyncStartOutcome;
@@ -373,5 +373,181 @@ async fn two_invocations_of_one_schedule_event_plan_the_run_once() {
         env.runtime.runs().state(&env.sync).await.unwrap().open_run,
         None
     );
+    assert!(env.index().await.is_empty());
+}
+
+/// Issue 12, the local runtime's at-least-once events: with the plan's rate at 1, the
+/// schedule event reaches sync-start twice at once — two invocations of one event id,
+/// so of one run — and the run is planned once: it closes with exact counts, each row
+/// delivered, and the sync released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_event_delivered_twice_reaches_sync_start_twice_and_plans_one_run() {
+    let env = TestEnv::with(EnvSettings {
+        options: LocalOptions {
+            at_least_once: AtLeastOnce {
+                seed: 1,
+                duplicate_schedule_event: 1.0,
+                ..AtLeastOnce::default()
+            },
+            ..LocalOptions::default()
+        },
+        ..EnvSettings::default()
+    })
+    .await;
+    env.export_rows("1.jsonl.gz", 0..30).await;
+    let event = ScheduleEvent::new();
+    let started = env
+        .runtime
+        .deliver_schedule_event(&event.event)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&started, SyncStartOutcome::Started { run_id, enqueued: 30, .. } if *run_id == event.run_id),
+        "{started:?}"
+    );
+    assert_eq!(env.runtime.clock.snapshot()["sync-start"].0, 2);
+    assert_eq!(env.runtime.injected()["duplicate:schedule_event"], 1);
+    let (record, _) = env
+        .runtime
+        .drive(&env.sync, &event.run_id, &|_| {})
+        .await
+        .unwrap();
+    let counts = record.counts.unwrap();
+    assert_eq!(
+        (counts.planned, counts.delivered, counts.failed),
+        (30, 30, 0)
+    );
+    assert_eq!(env.destination.stats().delivered_keys.len(), 30);
+    assert_eq!(
+        env.runtime.runs().state(&env.sync).await.unwrap().open_run,
+        None,
+        "the sync is released"
+    );
+    assert!(env.index().await.is_empty());
+}
+
+/// Issue 12, the local runtime's at-least-once events: a copy of the schedule event
+/// reaches sync-start after its run closed (rate 1); it changes nothing and leaves the
+/// sync free, so the next run starts and sends only its new rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_copy_of_each_schedule_event_leaves_every_run_and_the_sync_as_they_were() {
+    let env = TestEnv::with(EnvSettings {
+        options: LocalOptions {
+            at_least_once: AtLeastOnce {
+                seed: 2,
+                late_schedule_event: 1.0,
+                ..AtLeastOnce::default()
+            },
+            ..LocalOptions::default()
+        },
+        ..EnvSettings::default()
+    })
+    .await;
+    env.export_rows("1.jsonl.gz", 0..10).await;
+    let first = env.run().await;
+    assert_eq!(env.runtime.clock.snapshot()["sync-start"].0, 2);
+    assert_eq!(env.runtime.injected()["late:schedule_event"], 1);
+    assert_eq!(
+        env.runtime.runs().state(&env.sync).await.unwrap().open_run,
+        None,
+        "the late copy left the sync locked"
+    );
+    env.destination.next_run();
+    env.export_rows("2.jsonl.gz", 10..15).await;
+    let second = env.run().await;
+    assert!(second.resumed.is_none(), "no run was left open");
+    assert_eq!(second.record.counts.unwrap().delivered, 5);
+    assert_eq!(env.destination.stats().rows_received[1], 5);
+    let closed = env
+        .runtime
+        .runs()
+        .run(&env.sync, &first.record.run_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        closed.counts, first.record.counts,
+        "the closed run is unchanged"
+    );
+}
+
+/// Issue 12, the local runtime's at-least-once events: the run-settled notice invokes
+/// the finalizer twice at once and once more after the close (rates 1). The two
+/// finalizers close the run once — one report, exact counts — and the late one finds
+/// nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_settled_notices_delivered_twice_and_late_close_and_report_the_run_once() {
+    let env = TestEnv::with(EnvSettings {
+        options: LocalOptions {
+            // The notice, not the tick, closes the run.
+            finalize_every: std::time::Duration::from_secs(60),
+            at_least_once: AtLeastOnce {
+                seed: 3,
+                duplicate_notice: 1.0,
+                late_notice: 1.0,
+                ..AtLeastOnce::default()
+            },
+            ..LocalOptions::default()
+        },
+        ..EnvSettings::default()
+    })
+    .await;
+    // Rows settle after the finalizer's first pass, so a notice closes the run.
+    env.destination
+        .answer_after(std::time::Duration::from_millis(1500));
+    env.export_rows("1.jsonl.gz", 0..20).await;
+    let run = env.run().await;
+    let counts = run.record.counts.unwrap();
+    assert_eq!((counts.planned, counts.delivered), (20, 20));
+    let injected = env.runtime.injected();
+    assert!(
+        injected["duplicate:run_settled_notice"] >= 1,
+        "{injected:?}"
+    );
+    assert!(injected["late:run_settled_notice"] >= 1, "{injected:?}");
+    assert_eq!(
+        env.runtime.metrics.lock().unwrap().len(),
+        1,
+        "the run was reported once"
+    );
+    assert_eq!(
+        env.runtime.runs().state(&env.sync).await.unwrap().open_run,
+        None
+    );
+}
+
+/// Issue 12, the local runtime's at-least-once events: every batch the event source
+/// mapping receives goes to two delivery invocations at once (rate 1), as SQS may
+/// deliver a message twice; the counts stay exact and nothing is left in the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_batch_delivered_to_two_invocations_changes_no_count() {
+    let rows = scaled(300, 60);
+    let env = TestEnv::with(EnvSettings {
+        options: LocalOptions {
+            at_least_once: AtLeastOnce {
+                seed: 4,
+                duplicate_batch: 1.0,
+                ..AtLeastOnce::default()
+            },
+            ..LocalOptions::default()
+        },
+        ..EnvSettings::default()
+    })
+    .await;
+    env.export_rows("1.jsonl.gz", 0..rows).await;
+    let run = env.run().await;
+    let counts = run.record.counts.unwrap();
+    assert_eq!(
+        (counts.planned, counts.delivered, counts.failed),
+        (rows as u64, rows as u64, 0)
+    );
+    let duplicated = env.runtime.injected()["duplicate:delivery_batch"];
+    assert!(duplicated >= 1);
+    assert_eq!(
+        run.invocations as u64,
+        2 * duplicated,
+        "each batch went to two invocations"
+    );
+    assert_eq!(env.destination.stats().delivered_keys.len(), rows);
     assert!(env.index().await.is_empty());
 }

@@ -58,3 +58,150 @@ async fn a_row_sqs_refuses_on_its_own_side_keeps_its_payload_and_is_delivered_ne
     let received = env.destination.stats().keys_received;
     assert!(received.last().unwrap().contains(&key(7)));
 }
+
+/// Issue 12 (found by `resync chaos --seed 1`): an entry of a
+/// `ChangeMessageVisibilityBatch` that SQS failed on its own side (`SenderFault: false`,
+/// e.g. `InternalError`) was counted as refused and left as it was, so the message
+/// stayed hidden for the queue's whole visibility timeout (361 s) instead of the
+/// row's backoff of a second or two — and so did the batch of a crashed invocation
+/// the runner gave back. The run closed six minutes late, past the chaos harness's
+/// bound. Such entries are now tried again, as `SendMessageBatch`'s are; so are
+/// deletes SQS failed on its side (the message would come back as a copy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_entries_sqs_fails_on_its_own_side_are_tried_again() {
+    let env = TestEnv::start().await;
+    let Some(faults) = env.faults() else {
+        return;
+    };
+    let queue = env
+        .runtime
+        .deliveries
+        .values()
+        .next()
+        .unwrap()
+        .queue
+        .clone();
+    let bodies: Vec<String> = (0..2).map(|i| format!("{{\"probe\":{i}}}")).collect();
+    assert!(queue.send_batch(&bodies).await.unwrap().is_empty());
+    let receive_all = |want: usize| {
+        let queue = queue.clone();
+        async move {
+            let mut messages = Vec::new();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while messages.len() < want && std::time::Instant::now() < deadline {
+                messages.extend(
+                    queue
+                        .receive(10, std::time::Duration::from_secs(1))
+                        .await
+                        .unwrap(),
+                );
+            }
+            messages
+        }
+    };
+    let received = receive_all(2).await;
+    let receipts: Vec<String> = received
+        .iter()
+        .filter_map(|m| m.receipt_handle.clone())
+        .collect();
+    assert_eq!(receipts.len(), 2);
+
+    // Visible again at once: SQS fails the first entry on its side, once.
+    faults.set(
+        1,
+        vec![FaultRule::always(
+            "sqs.ChangeMessageVisibilityBatch",
+            FaultKind::EntryFailure,
+            Some(1),
+        )],
+    );
+    let now: Vec<(String, std::time::Duration)> = receipts
+        .iter()
+        .map(|r| (r.clone(), std::time::Duration::ZERO))
+        .collect();
+    let refused = queue.change_visibility(&now).await.unwrap();
+    assert_eq!(
+        faults.injected()["entry_failure:sqs.ChangeMessageVisibilityBatch"],
+        1
+    );
+    assert_eq!(
+        refused, 0,
+        "the entry SQS failed on its side was not tried again"
+    );
+    let again = receive_all(2).await;
+    assert_eq!(
+        again.len(),
+        2,
+        "a message stayed hidden for the queue's visibility timeout"
+    );
+
+    // Deleted, although SQS fails the first entry on its side, once.
+    faults.set(
+        2,
+        vec![FaultRule::always(
+            "sqs.DeleteMessageBatch",
+            FaultKind::EntryFailure,
+            Some(1),
+        )],
+    );
+    let receipts: Vec<String> = again
+        .iter()
+        .filter_map(|m| m.receipt_handle.clone())
+        .collect();
+    let refused = queue.delete(&receipts).await.unwrap();
+    faults.clear();
+    assert_eq!(
+        refused, 0,
+        "the delete SQS failed on its side was not tried again"
+    );
+    assert_eq!(
+        queue.depth().await.unwrap(),
+        (0, 0),
+        "a deleted message is still on the queue"
+    );
+}
+
+/// Issue 12 (found by `resync chaos --seed 5`): a closing transaction that DynamoDB
+/// cancelled for a `TransactionConflict` (another write touched the run or the sync's
+/// state at that moment: retryable) was read as "another finalizer closed the run
+/// first", so the finalizer reported the run closed while it was still delivering and
+/// its sync locked — the local runner gave up on it as not closed, and in a deployment
+/// the run waited for the close claim to go stale (150 s) and was reported twice. A
+/// transaction cancelled for a conflict is now tried again; only a failed condition
+/// means another invocation got there first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_cancelled_by_a_transaction_conflict_is_tried_again() {
+    let env = TestEnv::start().await;
+    let Some(faults) = env.faults() else {
+        return;
+    };
+    env.export_rows("batch.jsonl.gz", 0..20).await;
+    faults.set(
+        1,
+        vec![FaultRule::always(
+            "dynamodb.TransactWriteItems",
+            FaultKind::TransactionConflict,
+            Some(1),
+        )],
+    );
+    let run = env.runtime.run_sync(&env.sync, &|_| {}).await;
+    let injected = faults.injected();
+    faults.clear();
+    assert_eq!(
+        injected["transaction_conflict:dynamodb.TransactWriteItems"],
+        1
+    );
+    let run = run.expect("the run closes although its first closing transaction conflicted");
+    let counts = run.record.counts.unwrap();
+    assert_eq!((counts.planned, counts.delivered), (20, 20));
+    assert_eq!(
+        env.runtime.runs().state(&env.sync).await.unwrap().open_run,
+        None,
+        "the sync is released"
+    );
+    assert_eq!(
+        env.runtime.metrics.lock().unwrap().len(),
+        1,
+        "the run was reported once"
+    );
+}

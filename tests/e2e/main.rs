@@ -28,6 +28,7 @@ mod helpers;
 
 mod at_least_once;
 mod aws_faults;
+mod crash_points;
 mod dead_letters;
 mod hubspot;
 mod item_limits;

@@ -10,6 +10,8 @@ use super::destination::{Answer, Received};
 pub struct RunFacts {
     /// The run that closed.
     pub run_id: String,
+    /// Its planning attempts (a run planned again counts only its last attempt's rows).
+    pub planning_attempts: u32,
     /// Keys of the objects exported for this run.
     pub source_keys: HashSet<String>,
     /// The failed-row index before the run.
@@ -43,6 +45,18 @@ pub struct Findings {
     pub violations: Vec<String>,
 }
 
+/// What the destination answered `key` in this run, in order of arrival (the
+/// evidence of a violation).
+fn history(run: &RunFacts, key: &str) -> String {
+    let mut answers: Vec<&Received> = run.received.iter().filter(|r| r.key == key).collect();
+    answers.sort_by_key(|r| r.request);
+    let answers: Vec<String> = answers
+        .iter()
+        .map(|r| format!("#{} {:?}", r.request, r.answer))
+        .collect();
+    format!("{key} was answered: {}", answers.join(", "))
+}
+
 fn sample(keys: &BTreeSet<&String>) -> String {
     let shown: Vec<&str> = keys.iter().take(5).map(|k| k.as_str()).collect();
     let more = keys.len().saturating_sub(shown.len());
@@ -63,7 +77,16 @@ pub fn check(runs: &[RunFacts], threshold: u32) -> Findings {
     let mut closed_runs: HashSet<String> = HashSet::new();
     let mut planned_ever: HashSet<String> = HashSet::new();
     for (n, run) in runs.iter().enumerate() {
-        let label = format!("run {} ({})", n + 1, run.run_id);
+        let label = if run.planning_attempts > 1 {
+            format!(
+                "run {} ({}, planned {} times)",
+                n + 1,
+                run.run_id,
+                run.planning_attempts
+            )
+        } else {
+            format!("run {} ({})", n + 1, run.run_id)
+        };
         let acked: HashSet<&String> = run
             .received
             .iter()
@@ -80,8 +103,14 @@ pub fn check(runs: &[RunFacts], threshold: u32) -> Findings {
         let extra: BTreeSet<&String> = after.difference(&expected).copied().collect();
         if !missing.is_empty() || !extra.is_empty() {
             findings.index_exact = false;
+            let evidence = missing
+                .iter()
+                .chain(&extra)
+                .next()
+                .map(|key| format!("; {}", history(run, key)))
+                .unwrap_or_default();
             findings.violations.push(format!(
-                "{label}: the index is not exact: {} keys missing without a delivered answer ({}), {} keys kept although delivered or never planned ({})",
+                "{label}: the index is not exact: {} keys missing without a delivered answer ({}), {} keys kept although delivered or never planned ({}){evidence}",
                 missing.len(),
                 sample(&missing),
                 extra.len(),
@@ -145,8 +174,13 @@ pub fn check(runs: &[RunFacts], threshold: u32) -> Findings {
         let most = attempts.values().copied().max().unwrap_or(0);
         findings.max_attempts_seen = findings.max_attempts_seen.max(most);
         if !over.is_empty() {
+            let evidence = over
+                .iter()
+                .next()
+                .map(|key| format!("; {}", history(run, key)))
+                .unwrap_or_default();
             findings.violations.push(format!(
-                "{label}: {} keys had more than {threshold} attempts in one run (up to {most}: {})",
+                "{label}: {} keys had more than {threshold} attempts in one run (up to {most}: {}){evidence}",
                 over.len(),
                 sample(&over)
             ));
@@ -265,5 +299,13 @@ mod tests {
         assert_eq!(findings.max_attempts_seen, 3);
         assert_eq!(findings.overlapping_runs, 1);
         assert_eq!(findings.lost_rows, 2, "b and c: {findings:?}");
+        assert!(
+            findings
+                .violations
+                .iter()
+                .any(|v| v.ends_with("b was answered: #0 Retry, #0 Retry, #0 Retry")),
+            "a violation shows the key's answers: {:?}",
+            findings.violations
+        );
     }
 }

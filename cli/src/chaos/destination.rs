@@ -2,6 +2,12 @@
 //! answered `retry` or `rejected`, requests answered 429 or 503, answers lost after
 //! the write (the request outlives resync's timeout) — and keeps its own log of what it
 //! received and answered, which the checks read instead of resync's counts.
+//!
+//! Like an endpoint that honours the contract's idempotency keys, it answers a row it
+//! already wrote under the same idempotency key (`run_id:key`, the same on every retry
+//! within a run) `delivered` again instead of drawing a row fault for it: a replay of
+//! a written row — after a crash lost the answer to resync, or a batch delivered twice —
+//! is not refused at random. Request faults (429, 503, a lost answer) still apply.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -83,6 +89,8 @@ struct ChaosState {
     requests: u64,
     log: Vec<Received>,
     injected: HashMap<&'static str, u64>,
+    /// Idempotency keys of the rows written.
+    written: HashSet<String>,
 }
 
 impl ChaosState {
@@ -137,6 +145,7 @@ impl ChaosDestination {
             requests: 0,
             log: Vec::new(),
             injected: HashMap::new(),
+            written: HashSet::new(),
         }));
         let app = Router::new()
             .route("/rows", post(receive))
@@ -231,6 +240,7 @@ async fn receive(
                 .to_owned();
             let answer = match whole {
                 Some(answer) => answer,
+                None if state.written.contains(&row.idempotency_key) => Answer::Delivered,
                 None if state.chance(faults.row_retry) => {
                     state.count("row_retry");
                     Answer::Retry
@@ -241,6 +251,9 @@ async fn receive(
                 }
                 None => Answer::Delivered,
             };
+            if matches!(answer, Answer::Delivered | Answer::WrittenAnswerLost) {
+                state.written.insert(row.idempotency_key.clone());
+            }
             let (status, code) = match answer {
                 Answer::Retry => ("retry", Some("UNABLE_TO_LOCK_ROW")),
                 Answer::Rejected => ("rejected", Some("FIELD_CUSTOM_VALIDATION_EXCEPTION")),
@@ -285,4 +298,46 @@ async fn receive(
         tokio::time::sleep(delay).await;
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn send(destination: &ChaosDestination, idempotency_key: &str) -> String {
+        let body = serde_json::json!({"rows": [{"key": "k1", "idempotency_key": idempotency_key, "fields": {}}]});
+        let answer: serde_json::Value = reqwest::Client::new()
+            .post(destination.url())
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["results"][0]["status"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_row_written_under_an_idempotency_key_is_answered_delivered_when_sent_again() {
+        let destination = ChaosDestination::start(1, DestinationFaults::NONE, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(send(&destination, "r1:k1").await, "delivered");
+        destination.set_faults(DestinationFaults {
+            row_reject: 1.0,
+            ..DestinationFaults::NONE
+        });
+        assert_eq!(send(&destination, "r1:k1").await, "delivered", "a replay");
+        assert_eq!(
+            send(&destination, "r2:k1").await,
+            "rejected",
+            "another run's row"
+        );
+        let answers: Vec<Answer> = destination.log().iter().map(|r| r.answer).collect();
+        assert_eq!(
+            answers,
+            [Answer::Delivered, Answer::Delivered, Answer::Rejected]
+        );
+    }
 }

@@ -1,7 +1,11 @@
 //! `resync chaos`: several runs of one sync through AWS's faults (the embedded
-//! emulator's fault plan), crashed delivery invocations and a destination that
-//! misbehaves on a seed, then I1–I5 checked from the destination's own log and the
-//! failed-row index ([`checks`]), not from resync's counts.
+//! emulator's fault plan), crashed invocations (delivery's before and after its
+//! handler, and every handler's crash points between two side effects, retried as
+//! Lambda retries them), at-least-once copies of events (schedule events and
+//! run-settled notices twice or late, received batches to two invocations) and a
+//! destination that misbehaves, all on one seed; then I1–I5 checked from the
+//! destination's own log and the failed-row index ([`checks`]), not from resync's
+//! counts, and I7 from the sync's lock after each close.
 //!
 //! Run 1 exports `rows` rows; every later run but the last exports a tenth as many new
 //! rows; the last run has no new rows and no faults, so everything still failing is
@@ -11,10 +15,10 @@ use std::{collections::BTreeMap, collections::HashSet, io::Write, time::Duration
 
 use anyhow::Context as _;
 use resync_emulator::{FaultKind, FaultRule};
-use resync_shared::{config::Config, SyncId};
+use resync_shared::{config::Config, crash_points::CrashPoint, SyncId};
 use serde::Serialize;
 
-use crate::local::{LocalOptions, LocalRuntime};
+use crate::local::{AtLeastOnce, CrashRules, LocalOptions, LocalRuntime};
 
 pub mod checks;
 pub mod destination;
@@ -52,7 +56,10 @@ pub struct ChaosReport {
     pub runs: usize,
     /// The seed.
     pub seed: u64,
-    /// Faults injected, by kind (`kind:service.Operation` for AWS's).
+    /// Faults injected, by kind: `kind:service.Operation` for AWS's, `destination:kind`
+    /// for the destination's, `crash:point` for crashed invocations (`before_handler`,
+    /// `after_handler`, or a handler's crash point such as `delivery.after_ledger_write`),
+    /// `duplicate:event` and `late:event` for extra copies of events.
     pub faults_injected: BTreeMap<String, u64>,
     /// Planned keys neither delivered nor in the index (I1).
     pub lost_rows: u64,
@@ -133,6 +140,35 @@ fn aws_faults() -> Vec<FaultRule> {
     ]
 }
 
+/// Where the handlers crash, by the seed: each point a few times at most over the
+/// session (a sync-start or finalizer point once, each delivery point up to three
+/// times). Only two of sync-start's points come before its plan is recorded, so an
+/// event whose three tries all crash has planned its run (the finalizer closes it) and
+/// never leaves one planning for the 16 minutes before an abandon.
+fn crash_rules(seed: u64) -> CrashRules {
+    CrashRules::seeded(seed)
+        .at(CrashPoint::SyncStartAfterAcquire, 0.5, Some(1))
+        .at(CrashPoint::SyncStartMidSend, 0.01, Some(1))
+        .at(CrashPoint::SyncStartAfterMarkPlanned, 0.5, Some(1))
+        .at(CrashPoint::DeliveryAfterDestinationCall, 0.02, Some(3))
+        .at(CrashPoint::DeliveryBeforeLedgerWrite, 0.02, Some(3))
+        .at(CrashPoint::DeliveryAfterLedgerWrite, 0.02, Some(3))
+        .at(CrashPoint::FinalizerAfterIndexWrites, 0.5, Some(1))
+        .at(CrashPoint::FinalizerBeforeClose, 0.5, Some(1))
+}
+
+/// The extra copies of events, by the seed.
+fn event_copies(seed: u64) -> AtLeastOnce {
+    AtLeastOnce {
+        seed,
+        duplicate_schedule_event: 0.5,
+        late_schedule_event: 0.5,
+        duplicate_notice: 0.3,
+        late_notice: 0.3,
+        duplicate_batch: 0.02,
+    }
+}
+
 /// The destination's faults while the chaos lasts.
 const DESTINATION_FAULTS: DestinationFaults = DestinationFaults {
     row_retry: 0.03,
@@ -202,6 +238,8 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             queue_visibility_override: Some(20),
             crash_before_handler: crashes,
             crash_after_handler: crashes,
+            crash_points: crash_rules(options.seed),
+            at_least_once: event_copies(options.seed),
             ..LocalOptions::default()
         },
     )
@@ -211,6 +249,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let bucket = runtime.resources.source_bucket.clone();
 
     let mut facts: Vec<RunFacts> = Vec::new();
+    let mut left_locked: Vec<String> = Vec::new();
     let mut stuck = 0;
     let mut planning_retries = 0;
     let mut next_key = 0;
@@ -265,6 +304,14 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             stuck += 1;
             break;
         };
+        // I7: no event, duplicate or crash leaves the sync locked once its run closed.
+        if let Some(lock) = runtime.runs().state(&sync).await?.open_run {
+            left_locked.push(format!(
+                "run {} ({}): the sync is still locked by run {lock} after the close",
+                run + 1,
+                record.run_id
+            ));
+        }
         let (ledger, _) = runtime
             .runs()
             .ledger(&record.run_id, record.generation)
@@ -280,6 +327,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         seen = log.len();
         facts.push(RunFacts {
             run_id: record.run_id.as_str().to_owned(),
+            planning_attempts: record.generation.saturating_add(1),
             source_keys,
             index_before,
             index_after: index_keys(&runtime, &sync).await?,
@@ -296,6 +344,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
 
     let findings = checks::check(&facts, THRESHOLD);
     let mut violations = findings.violations;
+    violations.extend(left_locked);
     if stuck > 0 {
         violations.push(format!(
             "the sync did not close a run within {} s ({stuck} time)",
@@ -314,8 +363,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     for (kind, count) in destination.injected() {
         faults_injected.insert(format!("destination:{kind}"), count);
     }
-    faults_injected.insert("crash:before_handler".into(), crashes as u64);
-    faults_injected.insert("crash:after_handler".into(), crashes as u64);
+    faults_injected.extend(runtime.injected());
     drop(runtime);
     emulator.shutdown().await;
     Ok(ChaosReport {

@@ -1,6 +1,8 @@
 //! The SQS event source mapping, locally: pollers that gather batches from a delivery
 //! queue, invoke delivery with the `SqsEvent` Lambda would build, and delete what the
-//! partial batch response allows — with the simulated crashes of [`Crashes`].
+//! partial batch response allows — with the simulated crashes of [`Crashes`], and, at
+//! the at-least-once plan's rate, a received batch handed to two invocations at once
+//! (SQS may deliver a message twice, to two consumers).
 //!
 //! As on Lambda, an invocation runs at most the delivery function's timeout and its
 //! messages stay hidden for the queue's visibility timeout, which outlasts it (the
@@ -26,7 +28,11 @@ use aws_sdk_sqs::types::MessageSystemAttributeName;
 use resync_delivery::Delivery;
 use resync_shared::resources::{QueueSettings, DELIVERY_FUNCTION_TIMEOUT_SECS};
 
-use super::{crashes::Crashes, lambda_invocation, HandlerClock, LocalOptions};
+use super::{
+    at_least_once::{EventCopies, EventCopy},
+    crashes::Crashes,
+    lambda_invocation, HandlerClock, LocalOptions,
+};
 
 /// The running pollers of one destination queue.
 pub(super) struct Pollers {
@@ -41,6 +47,7 @@ impl Pollers {
     pub(super) fn start(
         delivery: Arc<Delivery>,
         crashes: Arc<Crashes>,
+        copies: Arc<EventCopies>,
         clock: Arc<HandlerClock>,
         options: &LocalOptions,
     ) -> Self {
@@ -53,6 +60,7 @@ impl Pollers {
                         delivery: delivery.clone(),
                         invocations: invocations.clone(),
                         crashes: crashes.clone(),
+                        copies: copies.clone(),
                         clock: clock.clone(),
                         failed_batch_returns_after: Duration::from_secs(u64::from(
                             options.visibility_timeout_secs,
@@ -108,6 +116,8 @@ struct Invoker {
     /// Invocations made, counted across the pollers.
     invocations: Arc<AtomicUsize>,
     crashes: Arc<Crashes>,
+    /// Extra copies of received batches.
+    copies: Arc<EventCopies>,
     clock: Arc<HandlerClock>,
     /// When the messages of an invocation that failed become visible again.
     failed_batch_returns_after: Duration,
@@ -137,7 +147,8 @@ impl Poller {
             "arn:aws:sqs:us-east-1:000000000000:{}",
             queue.url().rsplit('/').next().unwrap_or_default()
         );
-        let mut running: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
+        // The invocations of the last batch: one, or two when it was delivered twice.
+        let mut running: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> = Vec::new();
         // Receives in flight. They outlive the batch that asked for them: when the window
         // ends first, what they bring starts the next batch (dropping one could lose the
         // messages it took for a whole visibility timeout).
@@ -202,15 +213,25 @@ impl Poller {
                 continue;
             }
             // The next batch is gathered while this one's invocation runs, as Lambda's
-            // pollers keep polling while functions run; at most one invocation per poller.
-            if let Some(previous) = running.take() {
+            // pollers keep polling while functions run; at most one invocation per poller
+            // (two for a batch delivered twice).
+            for previous in running.drain(..) {
                 previous.await.context("a delivery invocation panicked")??;
             }
-            running = Some(tokio::spawn(
+            if invoker.copies.draw(EventCopy::DuplicateBatch) {
+                tracing::warn!(
+                    messages = messages.len(),
+                    "the batch is delivered to two invocations"
+                );
+                running.push(tokio::spawn(
+                    invoker.clone().invoke(messages.clone(), queue_arn.clone()),
+                ));
+            }
+            running.push(tokio::spawn(
                 invoker.clone().invoke(messages, queue_arn.clone()),
             ));
         }
-        if let Some(previous) = running.take() {
+        for previous in running {
             previous.await.context("a delivery invocation panicked")??;
         }
         Ok(())

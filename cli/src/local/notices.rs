@@ -29,9 +29,10 @@ impl Notices {
         }
     }
 
-    /// Until `until`, or sooner when a notice arrives (it is consumed). A notice only
-    /// hurries the finalizer: when the queue cannot be read, the wait runs to `until`.
-    pub(super) async fn wait(&mut self, until: tokio::time::Instant) {
+    /// Until `until`, or sooner when a notice arrives (it is consumed); returns the
+    /// notices that arrived (0 at `until`). A notice only hurries the finalizer: when
+    /// the queue cannot be read, the wait runs to `until`.
+    pub(super) async fn wait(&mut self, until: tokio::time::Instant) -> usize {
         loop {
             let receive = self.pending.get_or_insert_with(|| {
                 let queue = self.queue.clone();
@@ -39,7 +40,7 @@ impl Notices {
             });
             let received = tokio::select! {
                 received = receive => received,
-                () = tokio::time::sleep_until(until) => return,
+                () = tokio::time::sleep_until(until) => return 0,
             };
             self.pending = None;
             let messages = match received {
@@ -47,7 +48,7 @@ impl Notices {
                 Err(err) => {
                     tracing::warn!(error = %err, "reading run-settled notices failed; waiting for the tick");
                     tokio::time::sleep_until(until).await;
-                    return;
+                    return 0;
                 }
             };
             let receipts: Vec<String> = messages
@@ -58,7 +59,7 @@ impl Notices {
                 if let Err(err) = self.queue.delete(&receipts).await {
                     tracing::warn!(error = %err, "deleting run-settled notices failed; they come back as extra finalizer passes");
                 }
-                return;
+                return receipts.len();
             }
         }
     }

@@ -1,11 +1,14 @@
-//! [`LocalOptions`]: the knobs in which a local run differs from a deployment (timing
-//! and simulated crashes only).
+//! [`LocalOptions`]: the knobs in which a local run differs from a deployment (timing,
+//! simulated crashes and at-least-once copies of events only).
 
 use std::time::Duration;
 
 use resync_shared::resources::{DELIVERY_FUNCTION_TIMEOUT_SECS, QUEUE_VISIBILITY_SECS};
 
-/// Knobs of the local runner that differ from a deployment only in timing.
+use super::{AtLeastOnce, CrashRules};
+
+/// Knobs of the local runner that differ from a deployment only in timing, and the
+/// faults a test or the chaos harness injects (none by default).
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
     /// How soon the messages of a delivery invocation that failed — a simulated crash, a
@@ -33,6 +36,16 @@ pub struct LocalOptions {
     /// refused brings its message back after this, not after 361 s). It must stay above
     /// the longest invocation; `None` keeps the deployment's rule.
     pub queue_visibility_override: Option<u32>,
+    /// The handlers' crash points that fire (none by default). A crashed sync-start or
+    /// finalizer is retried as Lambda retries an asynchronous invocation; a crashed
+    /// delivery's batch comes back after `visibility_timeout_secs`.
+    pub crash_points: CrashRules,
+    /// Extra copies of events, as AWS delivers them at least once (none by default).
+    pub at_least_once: AtLeastOnce,
+    /// How soon a failed sync-start or finalizer invocation is tried again. Lambda
+    /// retries an asynchronous invocation twice, about 1 and 2 minutes after it failed,
+    /// with the same event and request id; locally the same two retries come sooner.
+    pub async_retry_after: Duration,
 }
 
 impl Default for LocalOptions {
@@ -45,6 +58,9 @@ impl Default for LocalOptions {
             batching_window: Duration::from_millis(200),
             receives_in_flight: 4,
             queue_visibility_override: None,
+            crash_points: CrashRules::none(),
+            at_least_once: AtLeastOnce::default(),
+            async_retry_after: Duration::from_millis(200),
         }
     }
 }

@@ -2,9 +2,15 @@
 //! from sync-start to its close — the pollers running, the finalizer passing until the
 //! run closes; a run of the sync left open (an interrupted runner, a failed run) is
 //! driven to its end first.
+//!
+//! sync-start and the finalizer are invoked as EventBridge invokes them, asynchronously:
+//! an invocation that fails (an error, an injected crash) is tried twice more with the
+//! same event and request id ([`ASYNC_RETRIES`]). With [`AtLeastOnce`](super::AtLeastOnce) rates, a
+//! schedule event reaches sync-start twice at once or again after its run closed, and
+//! a run-settled notice invokes the finalizer twice or after the close.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -12,6 +18,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use aws_config::SdkConfig;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
+use lambda_runtime::LambdaEvent;
 use resync_delivery::Delivery;
 use resync_finalizer::{Finalizer, FinalizerDetail, SyncReport};
 use resync_shared::{
@@ -22,6 +29,7 @@ use resync_shared::{
         runs::RunStore,
     },
     config::Config,
+    crash_points::CrashPoints,
     domain::run::{RunRecord, RunStatus},
     resources::Resources,
     secrets::SecretResolver,
@@ -32,9 +40,17 @@ use resync_sync_start::{SyncStart, SyncStartDetail, SyncStartOutcome};
 use crate::aws::calls::{CallLog, CallRecorder, Caller, StackNaming, CALL_LOG_ENV};
 
 use super::{
-    crashes::Crashes, event_source::Pollers, lambda_invocation, notices::Notices, provision,
-    HandlerClock, LocalOptions,
+    at_least_once::{EventCopies, EventCopy},
+    crashes::{Crashes, SeededCrashPlan},
+    event_source::Pollers,
+    lambda_invocation,
+    notices::Notices,
+    provision, HandlerClock, LocalOptions,
 };
+
+/// Lambda's retries of an asynchronous invocation that failed (EventBridge's targets:
+/// sync-start, the finalizer): two more, with the same event and request id.
+pub const ASYNC_RETRIES: u32 = 2;
 
 /// How far an open run is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -84,6 +100,10 @@ pub struct LocalRuntime {
     /// Time spent in the handlers.
     pub clock: Arc<HandlerClock>,
     crashes: Arc<Crashes>,
+    /// The handlers' crash points, when any may fire.
+    crash_plan: Option<Arc<SeededCrashPlan>>,
+    /// Extra copies of events (at-least-once delivery).
+    copies: Arc<EventCopies>,
     /// Where run-settled notices arrive (see [`provision`](super::provision)).
     notices: WorkQueue,
 }
@@ -123,17 +143,24 @@ impl LocalRuntime {
                 MetricsSink::Memory(metrics.clone()),
             )
         };
+        let crash_plan = (!options.crash_points.is_empty())
+            .then(|| Arc::new(SeededCrashPlan::new(&options.crash_points)));
+        let crash_points = match &crash_plan {
+            Some(plan) => CrashPoints::with_plan(plan.clone()),
+            None => CrashPoints::none(),
+        };
         let mut deliveries = HashMap::new();
         for destination_config in &config.destinations {
             let delivery_sdk = sdk_of(Caller::Delivery(destination_config.id.clone()));
             let secrets = SecretResolver::new(aws_sdk_secretsmanager::Client::new(&delivery_sdk));
-            let delivery = Delivery::new(
+            let mut delivery = Delivery::new(
                 &delivery_sdk,
                 &resources,
                 destination_config.clone(),
                 &secrets,
             )
             .await?;
+            delivery.crash_points = crash_points.clone();
             deliveries.insert(destination_config.id.clone(), Arc::new(delivery));
         }
         let notices = WorkQueue::resolve(
@@ -143,22 +170,28 @@ impl LocalRuntime {
         .await?;
         let sync_start_sdk = sdk_of(Caller::SyncStart);
         let finalizer_sdk = sdk_of(Caller::Finalizer);
+        let mut sync_start = SyncStart::new(
+            &sync_start_sdk,
+            config.clone(),
+            resources.clone(),
+            reporter(&sync_start_sdk),
+        );
+        sync_start.crash_points = crash_points.clone();
+        let mut finalizer = Finalizer::new(
+            &finalizer_sdk,
+            config.clone(),
+            resources.clone(),
+            reporter(&finalizer_sdk),
+        );
+        finalizer.crash_points = crash_points;
         Ok(Self {
             notices,
-            sync_start: SyncStart::new(
-                &sync_start_sdk,
-                config.clone(),
-                resources.clone(),
-                reporter(&sync_start_sdk),
-            ),
-            finalizer: Finalizer::new(
-                &finalizer_sdk,
-                config.clone(),
-                resources.clone(),
-                reporter(&finalizer_sdk),
-            ),
+            sync_start,
+            finalizer,
             clock: Arc::new(HandlerClock::default()),
             crashes: Arc::new(Crashes::new(&options)),
+            crash_plan,
+            copies: Arc::new(EventCopies::new(options.at_least_once)),
             sdk,
             config,
             resources,
@@ -184,24 +217,98 @@ impl LocalRuntime {
         )
     }
 
-    /// Fires sync-start as the EventBridge schedule would.
-    pub async fn start(&self, sync: &SyncId) -> anyhow::Result<SyncStartOutcome> {
-        let mut event: EventBridgeEvent<SyncStartDetail> = EventBridgeEvent::default();
-        event.id = Some(uuid::Uuid::new_v4().to_string());
-        event.detail_type = "Scheduled Event".into();
-        event.source = "aws.events".into();
-        event.time = Some(chrono::Utc::now());
-        event.detail = SyncStartDetail {
-            sync_id: sync.to_string(),
-        };
-        let started = Instant::now();
-        let outcome = resync_sync_start::handler(&self.sync_start, lambda_invocation(event)).await;
-        self.clock.record("sync-start", started.elapsed());
-        Ok(outcome?)
+    /// The faults the runtime injected: crash points that fired, crashed delivery
+    /// invocations, extra copies of events (`crash:<point>`, `duplicate:<event>`,
+    /// `late:<event>`).
+    pub fn injected(&self) -> BTreeMap<String, u64> {
+        let mut injected = self.crashes.injected();
+        if let Some(plan) = &self.crash_plan {
+            injected.extend(plan.injected());
+        }
+        injected.extend(self.copies.injected());
+        injected
     }
 
-    /// Runs the finalizer for one sync.
+    /// Fires sync-start as the EventBridge schedule would: one scheduling event, a
+    /// second copy of it at once when the at-least-once plan draws one.
+    pub async fn start(&self, sync: &SyncId) -> anyhow::Result<SyncStartOutcome> {
+        self.deliver_schedule_event(&schedule_event(sync)).await
+    }
+
+    /// Delivers a scheduling event to sync-start (twice at once, as EventBridge may,
+    /// when the plan draws a duplicate: two invocations of the same event id, so of the
+    /// same run). Of two outcomes, the one that planned the run is returned.
+    pub async fn deliver_schedule_event(
+        &self,
+        event: &EventBridgeEvent<SyncStartDetail>,
+    ) -> anyhow::Result<SyncStartOutcome> {
+        if !self.copies.draw(EventCopy::DuplicateScheduleEvent) {
+            return self.invoke_sync_start(event).await;
+        }
+        tracing::warn!("the schedule event is delivered twice");
+        let (first, second) =
+            tokio::join!(self.invoke_sync_start(event), self.invoke_sync_start(event));
+        let rank = |outcome: &anyhow::Result<SyncStartOutcome>| match outcome {
+            Ok(SyncStartOutcome::Started { .. }) => 0,
+            Ok(SyncStartOutcome::AlreadyPlanned { .. }) => 1,
+            Ok(SyncStartOutcome::Skipped { .. }) => 2,
+            Err(_) => 3,
+        };
+        if rank(&second) < rank(&first) {
+            second
+        } else {
+            first
+        }
+    }
+
+    /// One asynchronous invocation of sync-start with `event`, retried as Lambda does.
+    async fn invoke_sync_start(
+        &self,
+        event: &EventBridgeEvent<SyncStartDetail>,
+    ) -> anyhow::Result<SyncStartOutcome> {
+        let invocation = lambda_invocation(event.clone());
+        Ok(self
+            .invoke_async("sync-start", invocation, async |event| {
+                resync_sync_start::handler(&self.sync_start, event).await
+            })
+            .await?)
+    }
+
+    /// Invokes `handler` as Lambda invokes a function asynchronously: an invocation that
+    /// fails is tried [`ASYNC_RETRIES`] more times with the same event and request id,
+    /// [`LocalOptions::async_retry_after`] apart; the last one's result is returned.
+    async fn invoke_async<E: Clone, T, Error: std::fmt::Display>(
+        &self,
+        function: &'static str,
+        event: LambdaEvent<E>,
+        handler: impl AsyncFn(LambdaEvent<E>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut retries = 0;
+        loop {
+            let started = Instant::now();
+            let result = handler(event.clone()).await;
+            self.clock.record(function, started.elapsed());
+            match result {
+                Err(err) if retries < ASYNC_RETRIES => {
+                    retries += 1;
+                    tracing::warn!(function, error = %err, retry = retries, "the invocation failed; Lambda invokes it again with the same event");
+                    tokio::time::sleep(self.options.async_retry_after).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Runs the finalizer for one sync, as its schedule would.
     pub async fn finalize(&self, sync: &SyncId) -> anyhow::Result<SyncReport> {
+        // One scheduled finalizer at a time locally, under one name: a close it claimed
+        // and did not finish (an error) is its own to retry at the next pass.
+        self.finalize_as(sync, "resync-local-finalizer").await
+    }
+
+    /// Runs the finalizer for one sync as the invocation `request_id` (retried as
+    /// Lambda retries an asynchronous invocation, under the same id).
+    async fn finalize_as(&self, sync: &SyncId, request_id: &str) -> anyhow::Result<SyncReport> {
         let mut event: EventBridgeEvent<FinalizerDetail> = EventBridgeEvent::default();
         event.id = Some(uuid::Uuid::new_v4().to_string());
         event.detail_type = "Scheduled Event".into();
@@ -209,18 +316,39 @@ impl LocalRuntime {
         event.detail = FinalizerDetail {
             sync_id: Some(sync.to_string()),
         };
-        // One finalizer at a time locally, under one name: a close it claimed and did
-        // not finish (an error) is its own to retry at the next pass.
         let mut event = lambda_invocation(event);
-        event.context.request_id = "resync-local-finalizer".into();
-        let started = Instant::now();
-        let output = resync_finalizer::handler(&self.finalizer, event).await;
-        self.clock.record("finalizer", started.elapsed());
-        let mut output = output?;
+        event.context.request_id = request_id.into();
+        let mut output = self
+            .invoke_async("finalizer", event, async |event| {
+                resync_finalizer::handler(&self.finalizer, event).await
+            })
+            .await?;
         output
             .syncs
             .pop()
             .context("the finalizer reported nothing for the sync")
+    }
+
+    /// The finalizer invoked by one copy of a run-settled notice (its own invocation).
+    async fn finalize_for_notice(&self, sync: &SyncId) -> anyhow::Result<SyncReport> {
+        self.finalize_as(sync, &format!("notice-{}", uuid::Uuid::new_v4()))
+            .await
+    }
+
+    /// A copy of `event` that arrives after its run closed, when the plan draws one:
+    /// sync-start must find the run closed and leave the sync free.
+    async fn late_schedule_event(&self, event: &EventBridgeEvent<SyncStartDetail>) {
+        if !self.copies.draw(EventCopy::LateScheduleEvent) {
+            return;
+        }
+        match self.invoke_sync_start(event).await {
+            Ok(outcome) => {
+                tracing::warn!(?outcome, "a late copy of a closed run's schedule event")
+            }
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "a late copy of a closed run's schedule event failed")
+            }
+        }
     }
 
     /// The run of `sync` that is still open, if any.
@@ -249,7 +377,8 @@ impl LocalRuntime {
                     ),
                     None => None,
                 };
-                let started = self.start(sync).await?;
+                let event = schedule_event(sync);
+                let started = self.deliver_schedule_event(&event).await?;
                 let run_id = match &started {
                     SyncStartOutcome::Started { run_id, .. } => run_id.clone(),
                     SyncStartOutcome::AlreadyPlanned { run_id, .. } => run_id.clone(),
@@ -263,6 +392,7 @@ impl LocalRuntime {
                 if closed.record.status != RunStatus::Closed {
                     bail!("run {run_id} was abandoned");
                 }
+                self.late_schedule_event(&event).await;
                 anyhow::Ok((resumed, started, closed))
             })
             .await?;
@@ -317,6 +447,7 @@ impl LocalRuntime {
         Ok(Pollers::start(
             delivery,
             self.crashes.clone(),
+            self.copies.clone(),
             self.clock.clone(),
             &self.options,
         ))
@@ -332,26 +463,62 @@ impl LocalRuntime {
         progress: &(dyn Fn(Progress) + Sync),
     ) -> anyhow::Result<ClosedRun> {
         let mut notices = Notices::new(self.notices.clone());
+        // A notice's copy drawn to invoke the finalizer again at once, and those to
+        // invoke it after the run closed.
+        let mut duplicate_notice = false;
+        let mut late_notices = 0;
         loop {
-            match self.finalize(sync).await? {
-                SyncReport::Closed { run_id: closed, .. } if &closed == run_id => break,
-                SyncReport::Abandoned {
-                    run_id: abandoned, ..
-                } if &abandoned == run_id => break,
-                SyncReport::InFlight {
-                    settled, enqueued, ..
-                } => progress(Progress { settled, enqueued }),
-                // No lock, or a stray one released: the run's record says how it ended.
-                SyncReport::Idle { .. } | SyncReport::Released { .. } => break,
-                SyncReport::Closed { .. } | SyncReport::Abandoned { .. } => {}
+            let reports = if std::mem::take(&mut duplicate_notice) {
+                let (pass, duplicate) =
+                    tokio::join!(self.finalize(sync), self.finalize_for_notice(sync));
+                vec![pass?, duplicate?]
+            } else {
+                vec![self.finalize(sync).await?]
+            };
+            let mut ended = false;
+            for report in reports {
+                match report {
+                    SyncReport::Closed { run_id: closed, .. } if &closed == run_id => ended = true,
+                    SyncReport::Abandoned {
+                        run_id: abandoned, ..
+                    } if &abandoned == run_id => ended = true,
+                    SyncReport::InFlight {
+                        settled, enqueued, ..
+                    } => progress(Progress { settled, enqueued }),
+                    // No lock, or a stray one released: the run's record says how it
+                    // ended.
+                    SyncReport::Idle { .. } | SyncReport::Released { .. } => ended = true,
+                    SyncReport::Closed { .. } | SyncReport::Abandoned { .. } => {}
+                }
+            }
+            if ended {
+                break;
             }
             if pollers.any_finished() {
                 bail!("a delivery poller stopped unexpectedly");
             }
-            // Until the next tick, or sooner when a run-settled notice arrives.
-            notices
+            // Until the next tick, or sooner when a run-settled notice arrives: the next
+            // pass is the invocation the notice asks for (a copy of it, another one).
+            let arrived = notices
                 .wait(tokio::time::Instant::now() + self.options.finalize_every)
                 .await;
+            for _ in 0..arrived {
+                duplicate_notice |= self.copies.draw(EventCopy::DuplicateNotice);
+                late_notices += usize::from(self.copies.draw(EventCopy::LateNotice));
+            }
+        }
+        for _ in 0..late_notices {
+            match self.finalize_for_notice(sync).await {
+                Ok(report) => {
+                    tracing::warn!(
+                        ?report,
+                        "a late copy of a run-settled notice invoked the finalizer"
+                    )
+                }
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), "the finalizer invoked by a late run-settled notice failed")
+                }
+            }
         }
         let closed_at = Instant::now();
         let record = self
@@ -365,6 +532,19 @@ impl LocalRuntime {
         });
         Ok(ClosedRun { record, closed_at })
     }
+}
+
+/// A scheduling event of `sync`, as the EventBridge schedule sends it (its own id).
+fn schedule_event(sync: &SyncId) -> EventBridgeEvent<SyncStartDetail> {
+    let mut event: EventBridgeEvent<SyncStartDetail> = EventBridgeEvent::default();
+    event.id = Some(uuid::Uuid::new_v4().to_string());
+    event.detail_type = "Scheduled Event".into();
+    event.source = "aws.events".into();
+    event.time = Some(chrono::Utc::now());
+    event.detail = SyncStartDetail {
+        sync_id: sync.to_string(),
+    };
+    event
 }
 
 /// A run the finalizer saw end.

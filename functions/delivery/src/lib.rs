@@ -52,6 +52,7 @@ use lambda_runtime::{Diagnostic, LambdaEvent};
 use resync_shared::{
     aws::{queue::WorkQueue, report::SettledNotice, runs::RunStore, AwsError},
     config::DestinationConfig,
+    crash_points::{CrashPoint, CrashPoints, InjectedCrash},
     destination::{Destination, DestinationError},
     domain::{
         ledger::FailedRow,
@@ -75,6 +76,9 @@ pub enum DeliveryError {
     /// Outcomes could not be recorded.
     #[error(transparent)]
     Aws(#[from] AwsError),
+    /// The invocation died at a crash point (a test harness's; never in a deployment).
+    #[error(transparent)]
+    Crashed(#[from] InjectedCrash),
 }
 
 /// Why delivery could not start.
@@ -90,8 +94,12 @@ pub enum DeliverySetupError {
 
 impl From<DeliveryError> for Diagnostic {
     fn from(err: DeliveryError) -> Diagnostic {
+        let error_type = match &err {
+            DeliveryError::Aws(_) => "LedgerWriteFailed",
+            DeliveryError::Crashed(_) => "InjectedCrash",
+        };
         Diagnostic {
-            error_type: "LedgerWriteFailed".into(),
+            error_type: error_type.into(),
             error_message: err.to_string(),
         }
     }
@@ -109,6 +117,8 @@ pub struct Delivery {
     pub runs: RunStore,
     /// Tells the finalizer when this invocation's rows made their run look settled.
     pub notice: SettledNotice,
+    /// Where a test harness makes the invocation die ([`CrashPoints::none`] here).
+    pub crash_points: CrashPoints,
 }
 
 impl Delivery {
@@ -130,6 +140,7 @@ impl Delivery {
             .await?,
             runs: RunStore::new(aws_sdk_dynamodb::Client::new(sdk), &resources.runs_table),
             notice: SettledNotice::new(aws_sdk_eventbridge::Client::new(sdk), &resources.event_bus),
+            crash_points: CrashPoints::none(),
             destination_config,
         })
     }
@@ -237,6 +248,8 @@ pub async fn handler(
             mut retries,
             deferrals,
         } = deliver_run(deps, &rows).await;
+        deps.crash_points
+            .reached(CrashPoint::DeliveryAfterDestinationCall)?;
         ledger.generation = generation;
         // Re-enqueue rate-limited rows *before* the ledger is written, so a row whose
         // copy SQS refused is settled the ordinary way (this receive counts) in the
@@ -278,12 +291,16 @@ pub async fn handler(
                 Decision::Delivered | Decision::Defer { .. } => {}
             }
         }
-        if !ledger.is_empty()
+        deps.crash_points
+            .reached(CrashPoint::DeliveryBeforeLedgerWrite)?;
+        let crossed_settled = !ledger.is_empty()
             && deps
                 .runs
                 .record_batch(&sync_id, &run_id, &batch_id, &ledger)
-                .await?
-        {
+                .await?;
+        deps.crash_points
+            .reached(CrashPoint::DeliveryAfterLedgerWrite)?;
+        if crossed_settled {
             deps.notice.send(&sync_id, &run_id).await;
         }
         tracing::info!(

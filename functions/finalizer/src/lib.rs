@@ -42,6 +42,7 @@ use resync_shared::{
         AwsError,
     },
     config::{Config, SyncConfig},
+    crash_points::{CrashPoint, CrashPoints, InjectedCrash},
     domain::{
         ledger::{BatchLedger, FailedRow, RunCounts, RunTally},
         message::RowMessage,
@@ -170,6 +171,9 @@ pub enum FinalizerError {
         #[source]
         source: AwsError,
     },
+    /// The invocation died at a crash point (a test harness's; never in a deployment).
+    #[error(transparent)]
+    Crashed(#[from] InjectedCrash),
     /// Some syncs failed; the others were finalized.
     #[error(transparent)]
     Syncs(SyncFailures),
@@ -181,6 +185,7 @@ impl FinalizerError {
             FinalizerError::Aws(_) => "AwsError",
             FinalizerError::UnknownSync(_) => "UnknownSync",
             FinalizerError::ReportNotSent { .. } => "ReportNotSent",
+            FinalizerError::Crashed(_) => "InjectedCrash",
             FinalizerError::Syncs(failures) => match failures.failures.as_slice() {
                 [one] => one.error.error_type(),
                 _ => "SyncsFailed",
@@ -238,6 +243,8 @@ pub struct Finalizer {
     pub index: FailedRowIndex,
     /// Reporting.
     pub reporter: Reporter,
+    /// Where a test harness makes the invocation die ([`CrashPoints::none`] here).
+    pub crash_points: CrashPoints,
     dead_letter_queues: QueueDirectory,
 }
 
@@ -254,6 +261,7 @@ impl Finalizer {
             runs: RunStore::new(dynamo.clone(), &resources.runs_table),
             index: FailedRowIndex::new(dynamo, &resources.failed_rows_table),
             dead_letter_queues: QueueDirectory::new(aws_sdk_sqs::Client::new(sdk)),
+            crash_points: CrashPoints::none(),
             config,
             resources,
             reporter,
@@ -487,6 +495,8 @@ async fn close(
             &recovered,
         )
         .await?;
+    deps.crash_points
+        .reached(CrashPoint::FinalizerAfterIndexWrites)?;
     let index = deps.index.summary(&sync.id).await?;
     let counts = tally.counts(
         record.enqueued,
@@ -530,6 +540,8 @@ async fn close(
     if warn_due(&sync.alert, &counts) {
         parts.extend([ReportPart::AlertEvent, ReportPart::AlertNotification]);
     }
+    deps.crash_points
+        .reached(CrashPoint::FinalizerBeforeClose)?;
     let report = PendingReport { summary, parts };
     let closed = deps
         .runs

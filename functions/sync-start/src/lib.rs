@@ -25,6 +25,7 @@ use resync_shared::{
         AwsError,
     },
     config::{Config, SyncConfig},
+    crash_points::{CrashPoint, CrashPoints, InjectedCrash},
     domain::{
         ids::{IdError, RunId, SyncId},
         ledger::RecordedRejection,
@@ -102,6 +103,9 @@ pub enum SyncStartError {
     /// A source object could not be read.
     #[error(transparent)]
     Source(#[from] SourceReadError),
+    /// The invocation died at a crash point (a test harness's; never in a deployment).
+    #[error(transparent)]
+    Crashed(#[from] InjectedCrash),
 }
 
 impl From<ObjectReadError> for SyncStartError {
@@ -120,6 +124,7 @@ impl From<SyncStartError> for Diagnostic {
             SyncStartError::UnknownSync(_) => "UnknownSync",
             SyncStartError::Aws(_) => "AwsError",
             SyncStartError::Source(_) => "SourceReadError",
+            SyncStartError::Crashed(_) => "InjectedCrash",
         };
         Diagnostic {
             error_type: error_type.into(),
@@ -144,6 +149,8 @@ pub struct SyncStart {
     pub reporter: Reporter,
     /// Tells the finalizer when a run's rows were all settled before planning ended.
     pub notice: SettledNotice,
+    /// Where a test harness makes the invocation die ([`CrashPoints::none`] here).
+    pub crash_points: CrashPoints,
     queues: QueueDirectory,
 }
 
@@ -170,6 +177,7 @@ impl SyncStart {
             source: S3Source::new(s3),
             queues: QueueDirectory::new(aws_sdk_sqs::Client::new(sdk)),
             notice: SettledNotice::new(aws_sdk_eventbridge::Client::new(sdk), &resources.event_bus),
+            crash_points: CrashPoints::none(),
             config,
             resources,
             reporter,
@@ -209,6 +217,8 @@ pub async fn handler(
 
     match start(deps, &sync, &run_id).await {
         Ok(outcome) => Ok(outcome),
+        // A dead invocation logs and alerts nothing; Lambda retries it.
+        Err(err @ SyncStartError::Crashed(_)) => Err(err),
         Err(err) => {
             tracing::error!(sync = %sync_id, run = %run_id, error = %err, "the run could not start");
             if sync.alert.critical_on_run_error {
@@ -247,6 +257,8 @@ async fn start(
         }
         Acquired::Acquired { cursor } => cursor,
     };
+    deps.crash_points
+        .reached(CrashPoint::SyncStartAfterAcquire)?;
     let record = deps.runs.open_run(&sync.id, run_id).await?;
     if record.status == RunStatus::Closed {
         // A late or duplicate event of a run that already closed (schedule events and
@@ -277,6 +289,8 @@ async fn start(
     let generation = record.generation;
     match plan(deps, sync, run_id, generation, cursor).await {
         Ok(outcome) => Ok(outcome),
+        // A dead invocation abandons nothing: its retry resumes the planning.
+        Err(err @ SyncStartError::Crashed(_)) => Err(err),
         Err(err) => {
             // Abandoned (and the sync released) only while this attempt is the run's
             // planning: never a run another invocation planned or took over meanwhile.
@@ -349,7 +363,7 @@ async fn plan(
     // Pass 2: plan and enqueue.
     let index = deps.index.load_for_planning(&sync.id).await?;
     let mut planner = RunPlanner::new(index, finder.duplicates());
-    let mut sender = Sender::new(&queue, run_id, generation, &sync.id);
+    let mut sender = Sender::new(&queue, run_id, generation, &sync.id, &deps.crash_points);
     for (object, encoding) in &readable {
         let (mut rows, reader) = deps
             .source
@@ -412,6 +426,8 @@ async fn plan(
         }
         Err(PlanNotRecorded::Aws(err)) => return Err(err.into()),
     };
+    deps.crash_points
+        .reached(CrashPoint::SyncStartAfterMarkPlanned)?;
     if settled {
         deps.notice.send(&sync.id, run_id).await;
     }
@@ -485,6 +501,7 @@ struct Sender<'a> {
     run_id: &'a RunId,
     generation: u32,
     sync_id: &'a SyncId,
+    crash_points: &'a CrashPoints,
     batch: Vec<Pending>,
     in_flight: FuturesUnordered<tokio::task::JoinHandle<BatchResult>>,
     enqueued: u64,
@@ -492,12 +509,19 @@ struct Sender<'a> {
 }
 
 impl<'a> Sender<'a> {
-    fn new(queue: &'a WorkQueue, run_id: &'a RunId, generation: u32, sync_id: &'a SyncId) -> Self {
+    fn new(
+        queue: &'a WorkQueue,
+        run_id: &'a RunId,
+        generation: u32,
+        sync_id: &'a SyncId,
+        crash_points: &'a CrashPoints,
+    ) -> Self {
         Self {
             queue,
             run_id,
             generation,
             sync_id,
+            crash_points,
             batch: Vec::with_capacity(10),
             in_flight: FuturesUnordered::new(),
             enqueued: 0,
@@ -509,7 +533,7 @@ impl<'a> Sender<'a> {
         &mut self,
         planned: PlannedRow,
         rejections: &mut Vec<RecordedRejection>,
-    ) -> Result<(), AwsError> {
+    ) -> Result<(), SyncStartError> {
         let message = RowMessage {
             run_id: self.run_id.clone(),
             generation: self.generation,
@@ -533,7 +557,10 @@ impl<'a> Sender<'a> {
         Ok(())
     }
 
-    async fn flush(&mut self, rejections: &mut Vec<RecordedRejection>) -> Result<(), AwsError> {
+    async fn flush(
+        &mut self,
+        rejections: &mut Vec<RecordedRejection>,
+    ) -> Result<(), SyncStartError> {
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -566,6 +593,7 @@ impl<'a> Sender<'a> {
         while self.in_flight.len() >= SEND_CONCURRENCY {
             let done = self.in_flight.next().await.expect("in flight");
             self.settle(joined(done)?, rejections)?;
+            self.crash_points.reached(CrashPoint::SyncStartMidSend)?;
         }
         Ok(())
     }
@@ -635,10 +663,13 @@ impl<'a> Sender<'a> {
     async fn finish(
         mut self,
         rejections: &mut Vec<RecordedRejection>,
-    ) -> Result<(u64, u64), AwsError> {
+    ) -> Result<(u64, u64), SyncStartError> {
         self.flush(rejections).await?;
         while let Some(done) = self.in_flight.next().await {
             self.settle(joined(done)?, rejections)?;
+            if !self.in_flight.is_empty() {
+                self.crash_points.reached(CrashPoint::SyncStartMidSend)?;
+            }
         }
         Ok((self.enqueued, self.carried_over))
     }

@@ -257,77 +257,117 @@ impl WorkQueue {
         Ok(output.messages.unwrap_or_default())
     }
 
-    /// Sets the visibility timeout of messages (backoff). Returns how many SQS refused
-    /// (those come back when their current timeout ends: later, never lost).
+    /// Sets the visibility timeout of messages (backoff). Entries SQS failed on its own
+    /// side are tried again, as [`WorkQueue::send_batch`]'s are; returns how many it
+    /// still refused (those come back when their current timeout ends: later, never
+    /// lost).
     pub async fn change_visibility(
         &self,
         entries: &[(String, Duration)],
     ) -> Result<usize, AwsError> {
         let mut refused = 0;
         for chunk in entries.chunks(10) {
-            let batch = chunk
+            let mut pending: Vec<usize> = (0..chunk.len()).collect();
+            let mut delay = Duration::from_millis(50);
+            for attempt in 1..=SEND_TRIES {
+                let batch = pending
+                    .iter()
+                    .map(|&i| {
+                        let (receipt, visibility) = &chunk[i];
+                        ChangeMessageVisibilityBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(receipt)
+                            .visibility_timeout(visibility.as_secs() as i32)
+                            .build()
+                            .expect("id and receipt are set")
+                    })
+                    .collect::<Vec<_>>();
+                let output = self
+                    .client
+                    .change_message_visibility_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(batch))
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::sdk("SQS.ChangeMessageVisibilityBatch", e))?;
+                let failed = output
+                    .failed()
+                    .iter()
+                    .map(|f| (f.id(), f.code(), f.sender_fault()));
+                pending = entries_to_retry(
+                    "ChangeMessageVisibility",
+                    failed,
+                    &pending,
+                    attempt == SEND_TRIES,
+                    &mut refused,
+                );
+                if pending.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Deletes messages by receipt handle. Entries SQS failed on its own side are tried
+    /// again; returns how many it still refused (those come back as copies).
+    pub async fn delete(&self, receipts: &[String]) -> Result<usize, AwsError> {
+        // Built eagerly: a lazy map in the stream's type would not be `Send` for
+        // every lifetime, and the handlers' futures must be.
+        let batches: Vec<_> = receipts
+            .chunks(10)
+            .map(|chunk| self.delete_batch(chunk))
+            .collect();
+        let mut outputs = futures::stream::iter(batches).buffer_unordered(DELETES_IN_FLIGHT);
+        let mut refused = 0;
+        while let Some(output) = outputs.next().await {
+            refused += output?;
+        }
+        Ok(refused)
+    }
+
+    /// One `DeleteMessageBatch` of at most 10 receipts, and its retries.
+    async fn delete_batch(&self, chunk: &[String]) -> Result<usize, AwsError> {
+        let mut pending: Vec<usize> = (0..chunk.len()).collect();
+        let mut refused = 0;
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=SEND_TRIES {
+            let entries = pending
                 .iter()
-                .enumerate()
-                .map(|(i, (receipt, visibility))| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                .map(|&i| {
+                    DeleteMessageBatchRequestEntry::builder()
                         .id(i.to_string())
-                        .receipt_handle(receipt)
-                        .visibility_timeout(visibility.as_secs() as i32)
+                        .receipt_handle(&chunk[i])
                         .build()
                         .expect("id and receipt are set")
                 })
                 .collect::<Vec<_>>();
             let output = self
                 .client
-                .change_message_visibility_batch()
+                .delete_message_batch()
                 .queue_url(&self.url)
-                .set_entries(Some(batch))
+                .set_entries(Some(entries))
                 .send()
                 .await
-                .map_err(|e| AwsError::sdk("SQS.ChangeMessageVisibilityBatch", e))?;
-            for failed in output.failed() {
-                tracing::warn!(
-                    code = failed.code(),
-                    "ChangeMessageVisibility refused an entry"
-                );
+                .map_err(|e| AwsError::sdk("SQS.DeleteMessageBatch", e))?;
+            let failed = output
+                .failed()
+                .iter()
+                .map(|f| (f.id(), f.code(), f.sender_fault()));
+            pending = entries_to_retry(
+                "DeleteMessage",
+                failed,
+                &pending,
+                attempt == SEND_TRIES,
+                &mut refused,
+            );
+            if pending.is_empty() {
+                break;
             }
-            refused += output.failed().len();
-        }
-        Ok(refused)
-    }
-
-    /// Deletes messages by receipt handle. Returns how many SQS refused.
-    pub async fn delete(&self, receipts: &[String]) -> Result<usize, AwsError> {
-        // Built eagerly: each request owns its entries.
-        let batches: Vec<_> = receipts
-            .chunks(10)
-            .map(|chunk| {
-                let entries = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, receipt)| {
-                        DeleteMessageBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .receipt_handle(receipt)
-                            .build()
-                            .expect("id and receipt are set")
-                    })
-                    .collect::<Vec<_>>();
-                self.client
-                    .delete_message_batch()
-                    .queue_url(&self.url)
-                    .set_entries(Some(entries))
-                    .send()
-            })
-            .collect();
-        let mut outputs = futures::stream::iter(batches).buffer_unordered(DELETES_IN_FLIGHT);
-        let mut refused = 0;
-        while let Some(output) = outputs.next().await {
-            let output = output.map_err(|e| AwsError::sdk("SQS.DeleteMessageBatch", e))?;
-            for failed in output.failed() {
-                tracing::warn!(code = failed.code(), "DeleteMessage refused an entry");
-            }
-            refused += output.failed().len();
+            tokio::time::sleep(delay).await;
+            delay *= 2;
         }
         Ok(refused)
     }
@@ -355,5 +395,54 @@ impl WorkQueue {
             get(QueueAttributeName::ApproximateNumberOfMessages),
             get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
         ))
+    }
+}
+
+/// Of a batch call's failed entries (`(id, code, sender_fault)`, ids being positions in
+/// `pending`'s batch), the positions to try again: those SQS failed on its own side,
+/// unless this was the `last_try`. The others are counted in `refused`, as is an id the
+/// call was not sent.
+fn entries_to_retry<'a>(
+    operation: &'static str,
+    failed: impl Iterator<Item = (&'a str, &'a str, bool)>,
+    pending: &[usize],
+    last_try: bool,
+    refused: &mut usize,
+) -> Vec<usize> {
+    let mut retry = Vec::new();
+    for (id, code, sender_fault) in failed {
+        match id.parse::<usize>().ok().filter(|i| pending.contains(i)) {
+            Some(position) if !sender_fault && !last_try => retry.push(position),
+            _ => {
+                tracing::warn!(code, operation, "SQS refused an entry");
+                *refused += 1;
+            }
+        }
+    }
+    retry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_sqs_failed_on_its_side_are_tried_again_until_the_last_try() {
+        let failed = [
+            ("0", "InternalError", false),
+            ("3", "ReceiptHandleIsInvalid", true),
+            ("7", "InternalError", false),
+            ("9", "InternalError", false),
+        ];
+        let pending = [0, 3, 7];
+        let mut refused = 0;
+        let retry = entries_to_retry("Op", failed.into_iter(), &pending, false, &mut refused);
+        assert_eq!(retry, [0, 7]);
+        assert_eq!(refused, 2, "the sender's fault and an id never sent");
+
+        let mut refused = 0;
+        let retry = entries_to_retry("Op", failed.into_iter(), &pending, true, &mut refused);
+        assert!(retry.is_empty());
+        assert_eq!(refused, 4);
     }
 }

@@ -140,7 +140,9 @@ const TRANSACTION_ATTEMPTS: u32 = 5;
 impl RunStore {
     /// Applies an update of a run record and one of its sync's state in one
     /// transaction. Returns `false` when a condition cancelled it (another invocation
-    /// got there first).
+    /// got there first). A transaction cancelled for a conflict with another write or
+    /// for throttling is tried again, up to [`TRANSACTION_TRIES`] times, then is an
+    /// error: it says nothing of the conditions.
     async fn update_run_and_state(&self, run: Update, state: Update) -> Result<bool, AwsError> {
         self.transact(vec![
             TransactWriteItem::builder().update(run).build(),
