@@ -2,12 +2,9 @@
 //! sync its cursor and release, and the run's report its place in the outbox, in one
 //! transaction.
 
-use aws_sdk_dynamodb::{
-    error::SdkError,
-    types::{TransactWriteItem, Update},
-};
+use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
 
-use super::{reports::PendingReport, run_sk, state_key, sync_pk, RunStore};
+use super::{reports::PendingReport, run_sk, state_key, sync_pk, Claim, RunStore};
 use crate::{
     aws::{
         item::{n, s},
@@ -36,35 +33,21 @@ impl RunStore {
         now: time::OffsetDateTime,
         stale_after: std::time::Duration,
     ) -> Result<bool, AwsError> {
-        let stale_before = now.unix_timestamp() - stale_after.as_secs() as i64;
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(sync_pk(sync)))
-            .key("sk", s(run_sk(run)))
-            .update_expression("SET #claim = :me, #claimed_at = :now")
-            .condition_expression(
-                "#status = :delivering AND (attribute_not_exists(#claim) OR #claim = :me OR #claimed_at < :stale)",
-            )
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#claim", "close_claim")
-            .expression_attribute_names("#claimed_at", "close_claimed_at")
-            .expression_attribute_values(":delivering", s(RunStatus::Delivering.as_str()))
-            .expression_attribute_values(":me", s(claimant))
-            .expression_attribute_values(":now", n(now.unix_timestamp()))
-            .expression_attribute_values(":stale", n(stale_before))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(err))
-                if err.err().is_conditional_check_failed_exception() =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(AwsError::sdk("DynamoDB.UpdateItem", err)),
-        }
+        self.claim(
+            sync,
+            Claim {
+                sk: run_sk(run),
+                precondition: "#status = :delivering",
+                claim_attribute: "close_claim",
+                claimed_at_attribute: "close_claimed_at",
+                names: &[("#status", "status")],
+                values: vec![(":delivering", s(RunStatus::Delivering.as_str()))],
+            },
+            claimant,
+            now,
+            stale_after,
+        )
+        .await
     }
 
     /// Closes a run and releases the sync in one transaction: the run gets its counts,

@@ -20,6 +20,7 @@
 //! [`BatchLedger`]: crate::domain::ledger::BatchLedger
 
 use aws_sdk_dynamodb::{
+    error::SdkError,
     operation::{transact_write_items::TransactWriteItemsError, update_item::UpdateItemOutput},
     types::{CancellationReason, TransactWriteItem, Update},
     Client,
@@ -137,7 +138,70 @@ fn cancelled(reasons: &[CancellationReason]) -> Cancelled {
 /// 50 ms (≈ 0.75 s in all), before the error is returned.
 const TRANSACTION_ATTEMPTS: u32 = 5;
 
+/// A claim on one item of a sync's partition: whose it is and since when, taken when the
+/// item satisfies `precondition` and is unclaimed, already this claimant's, or claimed
+/// longer ago than the staleness bound (its claimant died).
+struct Claim<'a> {
+    /// The item's sort key.
+    sk: String,
+    /// What must hold besides the claim rule, e.g. the run still delivering.
+    precondition: &'a str,
+    /// The attribute naming the claimant.
+    claim_attribute: &'a str,
+    /// The attribute holding when it was claimed (Unix seconds).
+    claimed_at_attribute: &'a str,
+    /// Names the precondition uses.
+    names: &'a [(&'a str, &'a str)],
+    /// Values the precondition uses.
+    values: Vec<(&'a str, aws_sdk_dynamodb::types::AttributeValue)>,
+}
+
 impl RunStore {
+    /// Takes `claim` for `claimant`; returns whether it is this claimant's.
+    async fn claim(
+        &self,
+        sync: &SyncId,
+        claim: Claim<'_>,
+        claimant: &str,
+        now: time::OffsetDateTime,
+        stale_after: std::time::Duration,
+    ) -> Result<bool, AwsError> {
+        let stale_before = now
+            .unix_timestamp()
+            .saturating_sub(i64::try_from(stale_after.as_secs()).unwrap_or(i64::MAX));
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(sync)))
+            .key("sk", s(claim.sk))
+            .update_expression("SET #claim = :me, #claimed_at = :now")
+            .condition_expression(format!(
+                "{} AND (attribute_not_exists(#claim) OR #claim = :me OR #claimed_at < :stale)",
+                claim.precondition
+            ))
+            .expression_attribute_names("#claim", claim.claim_attribute)
+            .expression_attribute_names("#claimed_at", claim.claimed_at_attribute)
+            .expression_attribute_values(":me", s(claimant))
+            .expression_attribute_values(":now", n(now.unix_timestamp()))
+            .expression_attribute_values(":stale", n(stale_before));
+        for (name, attribute) in claim.names {
+            update = update.expression_attribute_names(*name, *attribute);
+        }
+        for (name, value) in claim.values {
+            update = update.expression_attribute_values(name, value);
+        }
+        match update.send().await {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(err))
+                if err.err().is_conditional_check_failed_exception() =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(AwsError::sdk("DynamoDB.UpdateItem", err)),
+        }
+    }
+
     /// Applies an update of a run record and one of its sync's state in one
     /// transaction. Returns `false` when a condition cancelled it (another invocation
     /// got there first). A transaction cancelled for a conflict with another write or

@@ -7,13 +7,10 @@
 //! finalizer sends it: late, never lost. A claim (like the close's) keeps two
 //! finalizers from sending one report at once.
 
-use aws_sdk_dynamodb::{
-    error::SdkError,
-    types::{Put, TransactWriteItem},
-};
+use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 use serde::{Deserialize, Serialize};
 
-use super::{sync_pk, RunStore};
+use super::{sync_pk, Claim, RunStore};
 use crate::{
     aws::{
         item::{check_item_size, get_s, n, s, Item},
@@ -124,35 +121,21 @@ impl RunStore {
         now: time::OffsetDateTime,
         stale_after: std::time::Duration,
     ) -> Result<bool, AwsError> {
-        let stale_before = now
-            .unix_timestamp()
-            .saturating_sub(i64::try_from(stale_after.as_secs()).unwrap_or(i64::MAX));
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(sync_pk(sync)))
-            .key("sk", s(report_sk(run)))
-            .update_expression("SET #claim = :me, #claimed_at = :now")
-            .condition_expression(
-                "attribute_exists(pk) AND (attribute_not_exists(#claim) OR #claim = :me OR #claimed_at < :stale)",
-            )
-            .expression_attribute_names("#claim", "claim")
-            .expression_attribute_names("#claimed_at", "claimed_at")
-            .expression_attribute_values(":me", s(claimant))
-            .expression_attribute_values(":now", n(now.unix_timestamp()))
-            .expression_attribute_values(":stale", n(stale_before))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(err))
-                if err.err().is_conditional_check_failed_exception() =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(AwsError::sdk("DynamoDB.UpdateItem", err)),
-        }
+        self.claim(
+            sync,
+            Claim {
+                sk: report_sk(run),
+                precondition: "attribute_exists(pk)",
+                claim_attribute: "claim",
+                claimed_at_attribute: "claimed_at",
+                names: &[],
+                values: Vec::new(),
+            },
+            claimant,
+            now,
+            stale_after,
+        )
+        .await
     }
 
     /// Records what is left of a report after a sending attempt: nothing (the report
