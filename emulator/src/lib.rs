@@ -49,7 +49,7 @@ mod sns;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-pub use guard::{FaultKind, FaultRule, Faults};
+pub use guard::{in_flight::InFlight, FaultKind, FaultRule, Faults};
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
@@ -130,6 +130,13 @@ impl Emulator {
     #[must_use]
     pub fn faults(&self) -> &Faults {
         &self.providers.faults
+    }
+
+    /// SQS's in-flight accounting: how many messages each queue has in flight, and the
+    /// limit past which receives are refused (AWS's 120,000 unless a test lowers it).
+    #[must_use]
+    pub fn sqs_in_flight(&self) -> &InFlight {
+        &self.providers.in_flight
     }
 
     /// Stop accepting and end the server task (also done on Drop).

@@ -45,6 +45,8 @@ const FORM_BODY_LIMIT: usize = 16 * 1024 * 1024;
 pub(crate) struct Providers {
     /// The fault plan the guards draw from.
     pub(crate) faults: Arc<crate::guard::Faults>,
+    /// SQS's in-flight accounting.
+    pub(crate) in_flight: Arc<crate::guard::in_flight::InFlight>,
     pub(crate) sqs: Arc<RustackSqs>,
     pub(crate) sns: Arc<RustackSns>,
     pub(crate) events: Arc<RustackEvents>,
@@ -176,6 +178,7 @@ impl Services {
         };
         let providers = Providers {
             faults: guard.faults,
+            in_flight: guard.in_flight,
             sqs,
             sns,
             events,

@@ -59,6 +59,69 @@ async fn a_row_sqs_refuses_on_its_own_side_keeps_its_payload_and_is_delivered_ne
     assert!(received.last().unwrap().contains(&key(7)));
 }
 
+/// Issue 12, defect 5 (its other half, untested until the guard could refuse an entry
+/// as the sender's fault): an entry SQS refuses as the row's own fault (SQS will never
+/// take it; trying again does not help) is rejected with SQS's reason, and a carried
+/// key keeps its stored payload in the index instead of waiting for a re-export; the
+/// next run, SQS taking it, delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_sqs_refuses_as_its_own_fault_is_rejected_with_its_payload_kept() {
+    let env = TestEnv::start().await;
+    let Some(faults) = env.faults() else {
+        return;
+    };
+    env.export_rows("batch.jsonl.gz", 0..20).await;
+    env.destination.set(
+        key(7),
+        RowBehaviour::RejectThisRun {
+            code: "REQUIRED_FIELD_MISSING".into(),
+        },
+    );
+    let run1 = env.run().await.record.counts.unwrap();
+    assert_eq!((run1.delivered, run1.failed), (19, 1));
+    env.destination.next_run();
+
+    // Run 2 carries key 7 from its stored payload; SQS refuses its entry as the
+    // sender's fault, once.
+    faults.set(
+        1,
+        vec![FaultRule::always(
+            "sqs.SendMessageBatch",
+            FaultKind::RefusedEntry,
+            Some(1),
+        )],
+    );
+    let run2 = env.run().await;
+    faults.clear();
+    let counts = run2.record.counts.unwrap();
+    assert_eq!(
+        (counts.planned, counts.rejected, counts.delivered),
+        (1, 1, 0),
+        "the refused row is rejected, not lost"
+    );
+    let index = env.index().await;
+    assert_eq!(index.len(), 1);
+    assert_eq!(index[0].key.as_str(), key(7));
+    assert_eq!(index[0].error_code, "enqueue_refused");
+    assert!(
+        index[0].error_message.contains("InvalidParameterValue"),
+        "SQS's reason is kept: {}",
+        index[0].error_message
+    );
+    assert!(index[0].payload.is_some(), "the payload is kept");
+
+    let run3 = env.run().await.record.counts.unwrap();
+    assert_eq!((run3.planned, run3.delivered, run3.recovered), (1, 1, 1));
+    assert!(env.index().await.is_empty());
+    assert!(env
+        .destination
+        .stats()
+        .keys_received
+        .last()
+        .unwrap()
+        .contains(&key(7)));
+}
+
 /// Issue 12 (found by `resync chaos --seed 1`): an entry of a
 /// `ChangeMessageVisibilityBatch` that SQS failed on its own side (`SenderFault: false`,
 /// e.g. `InternalError`) was counted as refused and left as it was, so the message

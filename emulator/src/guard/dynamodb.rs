@@ -245,7 +245,7 @@ fn injected_error(kind: &FaultKind, operation: &str, body: &Value) -> Option<Dyn
         FaultKind::TransactionConflict => {
             DynamoDBError::with_message(DynamoDBErrorCode::TransactionConflictException, message)
         }
-        FaultKind::EntryFailure | FaultKind::Latency(_) => return None,
+        FaultKind::EntryFailure | FaultKind::RefusedEntry | FaultKind::Latency(_) => return None,
     })
 }
 

@@ -5,7 +5,10 @@
 //! - SQS: a message body ≤ 256 KiB, a `SendMessageBatch` ≤ 10 entries and ≤ 256 KiB of
 //!   bodies, `DelaySeconds` ≤ 900, `VisibilityTimeout` ≤ 43,200 (12 h), batch calls of
 //!   `DeleteMessageBatch` / `ChangeMessageVisibilityBatch` ≤ 10 entries,
-//!   `MaxNumberOfMessages` ≤ 10.
+//!   `MaxNumberOfMessages` ≤ 10; at most 120,000 messages in flight per queue (a short
+//!   poll past it is refused with `OverLimit`, a long poll returns nothing; the limit
+//!   can be lowered through [`crate::Emulator::sqs_in_flight`]); a visibility change at
+//!   most 12 hours after the receive.
 //! - DynamoDB: an item ≤ 400 KB (`PutItem`, and every put of `BatchWriteItem` and
 //!   `TransactWriteItems`), `BatchWriteItem` ≤ 25 requests and no key twice,
 //!   `TransactWriteItems` ≤ 100 items and ≤ 4 MB.
@@ -13,7 +16,8 @@
 //! **Faults** ([`Faults`], through [`crate::Emulator::faults`]): per operation, with a
 //! probability drawn from a seeded generator (the same seed and call order give the
 //! same faults): throttling, internal errors, `TransactionConflict`, partial failures
-//! of SQS batch calls (entries answered as failed, not performed), added latency.
+//! of SQS batch calls (entries answered as failed on SQS's side, or refused as the
+//! sender's fault; not performed), added latency.
 
 use std::{
     collections::BTreeMap,
@@ -22,6 +26,7 @@ use std::{
 };
 
 pub(crate) mod dynamodb;
+pub(crate) mod in_flight;
 pub(crate) mod sqs;
 
 /// What an injected fault does to a matching call.
@@ -38,6 +43,11 @@ pub enum FaultKind {
     /// SQS batch calls: each entry fails on its own with this probability (answered in
     /// `Failed` with `SenderFault: false`, not performed); the call itself succeeds.
     EntryFailure,
+    /// SQS batch calls: each entry is refused as the sender's fault with this
+    /// probability (answered in `Failed` with `SenderFault: true` and
+    /// `InvalidParameterValue`, not performed), as SQS refuses an entry it will never
+    /// take; trying it again does not help.
+    RefusedEntry,
     /// The call is answered after this extra delay.
     Latency(Duration),
 }
@@ -49,6 +59,7 @@ impl FaultKind {
             Self::InternalError => "internal_error",
             Self::TransactionConflict => "transaction_conflict",
             Self::EntryFailure => "entry_failure",
+            Self::RefusedEntry => "refused_entry",
             Self::Latency(_) => "latency",
         }
     }
@@ -140,9 +151,17 @@ impl Faults {
             .clone()
     }
 
-    /// The call-level fault for one call, if a rule fires (entry failures excluded).
+    /// The call-level fault for one call, if a rule fires (entry faults excluded).
     pub(crate) fn draw_call(&self, service: &str, operation: &str) -> Option<FaultKind> {
-        self.draw(service, operation, |kind| *kind != FaultKind::EntryFailure)
+        self.draw(service, operation, |kind| {
+            !matches!(kind, FaultKind::EntryFailure | FaultKind::RefusedEntry)
+        })
+    }
+
+    /// Whether one entry of a batch call is refused as the sender's fault.
+    pub(crate) fn draw_refused_entry(&self, service: &str, operation: &str) -> bool {
+        self.draw(service, operation, |kind| *kind == FaultKind::RefusedEntry)
+            .is_some()
     }
 
     /// Whether one entry of a batch call fails.
@@ -184,10 +203,11 @@ impl Faults {
     }
 }
 
-/// What the guards share: the fault plan.
+/// What the guards share: the fault plan and SQS's in-flight accounting.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Guard {
     pub(crate) faults: Arc<Faults>,
+    pub(crate) in_flight: Arc<in_flight::InFlight>,
 }
 
 #[cfg(test)]

@@ -1,6 +1,11 @@
 //! SQS behind the guard: AWS's size and count limits, and injected faults.
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -11,7 +16,10 @@ use rustack_sqs_model::{
 };
 use serde_json::{json, Value};
 
-use super::{FaultKind, Guard};
+use super::{
+    in_flight::{queue_name, InFlight, MAX_VISIBLE_AFTER_RECEIVE},
+    FaultKind, Guard,
+};
 
 /// The largest message body and the largest batch of bodies (256 KiB).
 pub(crate) const MAX_MESSAGE_BYTES: usize = 262_144;
@@ -177,79 +185,309 @@ impl<H: SqsHandler> SqsHandler for GuardedSqs<H> {
                 }
                 None => {}
             }
-            if is_batch(operation) {
-                if let Some(answer) = partial_batch(inner.as_ref(), &guard, op, &parsed).await {
-                    return answer;
+            let queue = parsed
+                .get("QueueUrl")
+                .and_then(Value::as_str)
+                .map(|url| queue_name(url).to_owned())
+                .unwrap_or_default();
+            let in_flight = guard.in_flight.as_ref();
+            match operation {
+                "ReceiveMessage" => {
+                    if let Some(refused) = over_in_flight_limit(in_flight, &queue, &parsed).await {
+                        return refused;
+                    }
+                    let visibility = match requested_visibility(&parsed) {
+                        Some(visibility) => visibility,
+                        None => queue_visibility(inner.as_ref(), &parsed).await,
+                    };
+                    let body = capped_receive(in_flight, &queue, &parsed, body);
+                    let (parts, bytes) = read(inner.handle_operation(op, body).await?).await?;
+                    if parts.status.is_success() {
+                        let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                        let handles = answer
+                            .get("Messages")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|m| m.get("ReceiptHandle").and_then(Value::as_str));
+                        in_flight.received(&queue, handles, visibility, Instant::now());
+                    }
+                    return Ok(rebuilt(parts, bytes));
                 }
+                "ChangeMessageVisibility" => {
+                    let handle = receipt_handle(&parsed);
+                    let visibility = requested_visibility(&parsed).unwrap_or_default();
+                    if in_flight
+                        .check_visibility(&queue, handle, visibility, Instant::now())
+                        .is_err()
+                    {
+                        return Err(invalid(beyond_receive_limit(visibility)));
+                    }
+                    let answer = inner.handle_operation(op, body).await?;
+                    if answer.status().is_success() {
+                        in_flight.visibility_changed(&queue, handle, visibility, Instant::now());
+                    }
+                    return Ok(answer);
+                }
+                "DeleteMessage" => {
+                    let answer = inner.handle_operation(op, body).await?;
+                    if answer.status().is_success() {
+                        in_flight.deleted(&queue, receipt_handle(&parsed));
+                    }
+                    return Ok(answer);
+                }
+                "PurgeQueue" | "DeleteQueue" => {
+                    let answer = inner.handle_operation(op, body).await?;
+                    if answer.status().is_success() {
+                        in_flight.forget_queue(&queue);
+                    }
+                    return Ok(answer);
+                }
+                _ => {}
             }
-            inner.handle_operation(op, body).await
+            if !is_batch(operation) {
+                return inner.handle_operation(op, body).await;
+            }
+            let now = Instant::now();
+            let refusal = |entry: &Value| -> Option<Value> {
+                if guard.faults.draw_entry("sqs", operation) {
+                    return Some(failed_entry(entry, false, "InternalError", INJECTED));
+                }
+                if guard.faults.draw_refused_entry("sqs", operation) {
+                    return Some(failed_entry(entry, true, "InvalidParameterValue", INJECTED));
+                }
+                if operation == "ChangeMessageVisibilityBatch" {
+                    let visibility = requested_visibility(entry).unwrap_or_default();
+                    if in_flight
+                        .check_visibility(&queue, receipt_handle(entry), visibility, now)
+                        .is_err()
+                    {
+                        let message = beyond_receive_limit(visibility);
+                        return Some(failed_entry(entry, true, "InvalidParameterValue", &message));
+                    }
+                }
+                None
+            };
+            match batch_with_refusals(inner.as_ref(), op, &parsed, body, refusal).await? {
+                Ok(answer) => {
+                    track_batch(in_flight, &queue, operation, &parsed, &answer);
+                    Ok(json_response(answer.to_string().into_bytes(), "guarded"))
+                }
+                Err(refused_whole) => Ok(refused_whole),
+            }
         })
     }
 }
 
-/// A batch call some of whose entries the plan fails: the others are performed and
-/// the answer lists the failed ones in `Failed`. `None` when no entry fails.
-async fn partial_batch<H: SqsHandler>(
-    inner: &H,
-    guard: &Guard,
-    op: SqsOperation,
-    request: &Value,
+/// What an injected entry failure says.
+const INJECTED: &str = "injected by the emulator's fault plan";
+
+/// AWS's words for a visibility change past 12 hours from the receive.
+fn beyond_receive_limit(visibility: Duration) -> String {
+    format!(
+        "Value {} for parameter VisibilityTimeout is invalid. Reason: Total VisibilityTimeout for the message is beyond the limit [{} seconds].",
+        visibility.as_secs(),
+        MAX_VISIBLE_AFTER_RECEIVE.as_secs()
+    )
+}
+
+fn receipt_handle(request: &Value) -> &str {
+    request
+        .get("ReceiptHandle")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn requested_visibility(request: &Value) -> Option<Duration> {
+    let seconds = request.get("VisibilityTimeout").and_then(Value::as_i64)?;
+    Some(Duration::from_secs(u64::try_from(seconds).unwrap_or(0)))
+}
+
+/// The queue's own visibility timeout, for a receive that names none.
+async fn queue_visibility<H: SqsHandler>(inner: &H, receive: &Value) -> Duration {
+    let request = json!({
+        "QueueUrl": receive.get("QueueUrl").cloned().unwrap_or(Value::Null),
+        "AttributeNames": ["VisibilityTimeout"],
+    });
+    let seconds = async {
+        let response = inner
+            .handle_operation(
+                SqsOperation::GetQueueAttributes,
+                Bytes::from(request.to_string()),
+            )
+            .await
+            .ok()?;
+        let (_, bytes) = read(response).await.ok()?;
+        let answer: Value = serde_json::from_slice(&bytes).ok()?;
+        answer
+            .pointer("/Attributes/VisibilityTimeout")
+            .and_then(Value::as_str)?
+            .parse::<u64>()
+            .ok()
+    }
+    .await;
+    Duration::from_secs(seconds.unwrap_or(30))
+}
+
+/// A receive while the queue holds its limit in flight: a short poll is refused with
+/// `OverLimit`; a long poll waits out its time for the count to drop and then returns
+/// no messages, as SQS does.
+async fn over_in_flight_limit(
+    in_flight: &InFlight,
+    queue: &str,
+    receive: &Value,
 ) -> Option<Answer> {
-    let entries = request.get("Entries")?.as_array()?;
-    let (failing, passing): (Vec<&Value>, Vec<&Value>) = entries
-        .iter()
-        .partition(|_| guard.faults.draw_entry("sqs", op.as_str()));
-    if failing.is_empty() {
+    if in_flight.may_receive(queue, Instant::now()) {
         return None;
     }
-    let failed: Vec<Value> = failing
-        .iter()
-        .map(|entry| {
-            json!({
-                "Id": entry.get("Id").cloned().unwrap_or(Value::Null),
-                "SenderFault": false,
-                "Code": "InternalError",
-                "Message": "injected by the emulator's fault plan",
-            })
-        })
-        .collect();
+    let wait = receive
+        .get("WaitTimeSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+        .clamp(0, 20);
+    if wait == 0 {
+        return Some(Err(SqsError::new(
+            SqsErrorCode::OverLimit,
+            format!(
+                "The queue has {} messages in flight, its limit.",
+                in_flight.limit()
+            ),
+        )));
+    }
+    let until = Instant::now() + Duration::from_secs(wait.unsigned_abs());
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if in_flight.may_receive(queue, Instant::now()) {
+            return None;
+        }
+    }
+    Some(Ok(json_response(b"{}".to_vec(), "guarded")))
+}
+
+/// A receive asks for no more messages than may still go in flight.
+fn capped_receive(in_flight: &InFlight, queue: &str, receive: &Value, body: Bytes) -> Bytes {
+    let asked = receive
+        .get("MaxNumberOfMessages")
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    let room = in_flight.room(queue, Instant::now());
+    if asked <= room {
+        return body;
+    }
+    let mut capped = receive.clone();
+    capped["MaxNumberOfMessages"] = json!(room.max(1));
+    Bytes::from(capped.to_string())
+}
+
+async fn read(
+    response: http::Response<SqsResponseBody>,
+) -> Result<(http::response::Parts, Bytes), SqsError> {
+    let (parts, body) = response.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|err| SqsError::new(SqsErrorCode::InternalError, err.to_string()))?
+        .to_bytes();
+    Ok((parts, bytes))
+}
+
+fn rebuilt(parts: http::response::Parts, bytes: Bytes) -> http::Response<SqsResponseBody> {
+    http::Response::from_parts(parts, SqsResponseBody::from_bytes(bytes))
+}
+
+fn failed_entry(entry: &Value, sender_fault: bool, code: &str, message: &str) -> Value {
+    json!({
+        "Id": entry.get("Id").cloned().unwrap_or(Value::Null),
+        "SenderFault": sender_fault,
+        "Code": code,
+        "Message": message,
+    })
+}
+
+/// What a performed batch call changed in the in-flight accounting: its successful
+/// deletes and visibility changes.
+fn track_batch(
+    in_flight: &InFlight,
+    queue: &str,
+    operation: &str,
+    request: &Value,
+    answer: &Value,
+) {
+    let entries = request
+        .get("Entries")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let now = Instant::now();
+    let successful = answer
+        .get("Successful")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("Id"));
+    for id in successful {
+        let Some(entry) = entries.iter().find(|e| e.get("Id") == Some(id)) else {
+            continue;
+        };
+        match operation {
+            "DeleteMessageBatch" => in_flight.deleted(queue, receipt_handle(entry)),
+            "ChangeMessageVisibilityBatch" => in_flight.visibility_changed(
+                queue,
+                receipt_handle(entry),
+                requested_visibility(entry).unwrap_or_default(),
+                now,
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// A batch call whose entries `refusal` may fail one by one (injected faults, AWS's
+/// per-entry rules): the others are performed and the answer lists the refused ones in
+/// `Failed`, as SQS answers a batch call.
+async fn batch_with_refusals<H: SqsHandler>(
+    inner: &H,
+    op: SqsOperation,
+    request: &Value,
+    body: Bytes,
+    refusal: impl Fn(&Value) -> Option<Value>,
+) -> Result<Result<Value, http::Response<SqsResponseBody>>, SqsError> {
+    let entries = request
+        .get("Entries")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut refused = Vec::new();
+    let mut passing = Vec::new();
+    for entry in entries {
+        match refusal(&entry) {
+            Some(failure) => refused.push(failure),
+            None => passing.push(entry),
+        }
+    }
     let mut answer = json!({ "Successful": [], "Failed": [] });
     if !passing.is_empty() {
-        let mut rest = request.clone();
-        rest["Entries"] = Value::Array(passing.into_iter().cloned().collect());
-        let response = match inner
-            .handle_operation(op, Bytes::from(rest.to_string()))
-            .await
-        {
-            Ok(response) => response,
-            Err(err) => return Some(Err(err)),
+        let forwarded = if refused.is_empty() {
+            body
+        } else {
+            let mut rest = request.clone();
+            rest["Entries"] = Value::Array(passing);
+            Bytes::from(rest.to_string())
         };
-        if !response.status().is_success() {
-            return Some(Ok(response));
+        let (parts, bytes) = read(inner.handle_operation(op, forwarded).await?).await?;
+        if !parts.status.is_success() {
+            return Ok(Err(rebuilt(parts, bytes)));
         }
-        let bytes = match response.into_body().collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) => {
-                return Some(Err(SqsError::new(
-                    SqsErrorCode::InternalError,
-                    err.to_string(),
-                )))
-            }
-        };
         answer = serde_json::from_slice(&bytes).unwrap_or(answer);
     }
-    if let Some(list) = answer.get_mut("Failed").and_then(Value::as_array_mut) {
-        list.extend(failed);
-    } else {
-        answer["Failed"] = Value::Array(failed);
+    match answer.get_mut("Failed").and_then(Value::as_array_mut) {
+        Some(list) => list.extend(refused),
+        None => answer["Failed"] = Value::Array(refused),
     }
     if answer.get("Successful").is_none() {
         answer["Successful"] = json!([]);
     }
-    Some(Ok(json_response(
-        answer.to_string().into_bytes(),
-        "injected-fault",
-    )))
+    Ok(Ok(answer))
 }
 
 #[cfg(test)]

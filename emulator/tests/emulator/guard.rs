@@ -199,3 +199,218 @@ async fn injected_faults_reach_the_sdk_as_aws_sends_them() -> Result<()> {
     emu.shutdown().await;
     Ok(())
 }
+
+async fn queue(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<String> {
+    sqs.create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .map_err(explain)?
+        .queue_url
+        .context("queue url")
+}
+
+async fn receive(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    wait_secs: i32,
+) -> Result<
+    Vec<aws_sdk_sqs::types::Message>,
+    aws_sdk_sqs::error::SdkError<aws_sdk_sqs::operation::receive_message::ReceiveMessageError>,
+> {
+    sqs.receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .visibility_timeout(600)
+        .wait_time_seconds(wait_secs)
+        .send()
+        .await
+        .map(|out| out.messages().to_vec())
+}
+
+/// Issue 12 (what the guard did not enforce): SQS's in-flight limit. A standard queue
+/// holds at most 120,000 messages in flight; past it a short poll is refused with
+/// `OverLimit` and a long poll returns nothing. The emulator's queues had no limit, so
+/// no test could see rows waiting out a backoff stall a queue.
+#[tokio::test]
+async fn sqs_refuses_receives_past_the_in_flight_limit() -> Result<()> {
+    let emu = Emulator::start().await?;
+    let sqs = aws_sdk_sqs::Client::new(&sdk_config(&emu).await);
+    let url = queue(&sqs, "in-flight").await?;
+    ensure!(
+        emu.sqs_in_flight().limit() == 120_000,
+        "AWS's limit by default"
+    );
+    emu.sqs_in_flight().set_limit(2);
+    for i in 0..3 {
+        sqs.send_message()
+            .queue_url(&url)
+            .message_body(format!("m{i}"))
+            .send()
+            .await
+            .map_err(explain)?;
+    }
+
+    let first = receive(&sqs, &url, 0).await.map_err(explain)?;
+    ensure!(
+        first.len() == 2,
+        "a receive takes only what fits: {}",
+        first.len()
+    );
+    ensure!(emu.sqs_in_flight().count(&url) == 2);
+
+    let refused = receive(&sqs, &url, 0).await.expect_err("over the limit");
+    let code = refused
+        .as_service_error()
+        .and_then(|e| e.meta().code().map(str::to_owned));
+    ensure!(code.as_deref() == Some("OverLimit"), "{code:?}");
+    let long_poll = receive(&sqs, &url, 1).await.map_err(explain)?;
+    ensure!(
+        long_poll.is_empty(),
+        "a long poll over the limit returns nothing"
+    );
+
+    // A delete and a visibility change to 0 each take a message out of flight.
+    sqs.delete_message()
+        .queue_url(&url)
+        .receipt_handle(first[0].receipt_handle().context("handle")?)
+        .send()
+        .await
+        .map_err(explain)?;
+    sqs.change_message_visibility()
+        .queue_url(&url)
+        .receipt_handle(first[1].receipt_handle().context("handle")?)
+        .visibility_timeout(0)
+        .send()
+        .await
+        .map_err(explain)?;
+    ensure!(emu.sqs_in_flight().count(&url) == 0);
+    let again = receive(&sqs, &url, 0).await.map_err(explain)?;
+    ensure!(
+        again.len() == 2,
+        "both left messages fit again: {}",
+        again.len()
+    );
+    emu.shutdown().await;
+    Ok(())
+}
+
+/// Issue 12 (what the guard did not enforce): a message's visibility ends at most 12
+/// hours after the receive that returned its handle; SQS refuses a change past that,
+/// singly with `InvalidParameterValue` and in a batch as the entry's sender fault.
+#[tokio::test]
+async fn sqs_refuses_visibility_past_twelve_hours_from_the_receive() -> Result<()> {
+    let emu = Emulator::start().await?;
+    let sqs = aws_sdk_sqs::Client::new(&sdk_config(&emu).await);
+    let url = queue(&sqs, "visibility").await?;
+    for i in 0..2 {
+        sqs.send_message()
+            .queue_url(&url)
+            .message_body(format!("m{i}"))
+            .send()
+            .await
+            .map_err(explain)?;
+    }
+    let received_at = std::time::Instant::now();
+    let messages = receive(&sqs, &url, 0).await.map_err(explain)?;
+    ensure!(messages.len() == 2);
+    let handle = |i: usize| messages[i].receipt_handle().context("handle");
+    // Wait until the receive is at least a whole second old, as SQS counts.
+    while received_at.elapsed() < std::time::Duration::from_millis(1_100) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let refused = sqs
+        .change_message_visibility()
+        .queue_url(&url)
+        .receipt_handle(handle(0)?)
+        .visibility_timeout(43_200)
+        .send()
+        .await
+        .expect_err("12 h more, a second after the receive, is past the limit");
+    ensure!(
+        format!("{}", explain(refused)).contains("Total VisibilityTimeout"),
+        "the error says why"
+    );
+    sqs.change_message_visibility()
+        .queue_url(&url)
+        .receipt_handle(handle(0)?)
+        .visibility_timeout(43_000)
+        .send()
+        .await
+        .map_err(explain)?;
+
+    let batch = sqs
+        .change_message_visibility_batch()
+        .queue_url(&url)
+        .entries(
+            aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id("past")
+                .receipt_handle(handle(1)?)
+                .visibility_timeout(43_200)
+                .build()?,
+        )
+        .entries(
+            aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id("within")
+                .receipt_handle(handle(0)?)
+                .visibility_timeout(60)
+                .build()?,
+        )
+        .send()
+        .await
+        .map_err(explain)?;
+    ensure!(batch.successful().len() == 1 && batch.successful()[0].id() == "within");
+    let failed = batch.failed();
+    ensure!(failed.len() == 1 && failed[0].id() == "past" && failed[0].sender_fault());
+    ensure!(failed[0].code() == "InvalidParameterValue");
+    emu.shutdown().await;
+    Ok(())
+}
+
+/// A refused entry (the sender's fault: SQS will never take it) is answered in
+/// `Failed` with `SenderFault: true` and not performed; the others are.
+#[tokio::test]
+async fn refused_entries_are_the_senders_fault_and_not_sent() -> Result<()> {
+    let emu = Emulator::start().await?;
+    let sqs = aws_sdk_sqs::Client::new(&sdk_config(&emu).await);
+    let url = queue(&sqs, "refused").await?;
+    emu.faults().set(
+        7,
+        vec![FaultRule::always(
+            "sqs.SendMessageBatch",
+            FaultKind::RefusedEntry,
+            Some(2),
+        )],
+    );
+    let entries = (0..5)
+        .map(|i| {
+            SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(format!("m{i}"))
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let output = sqs
+        .send_message_batch()
+        .queue_url(&url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+        .map_err(explain)?;
+    ensure!(output.failed().len() == 2 && output.successful().len() == 3);
+    ensure!(output
+        .failed()
+        .iter()
+        .all(|f| f.sender_fault() && f.code() == "InvalidParameterValue"));
+    let received = receive(&sqs, &url, 0).await.map_err(explain)?;
+    ensure!(received.len() == 3, "refused entries are not sent");
+    ensure!(
+        emu.faults()
+            .injected()
+            .get("refused_entry:sqs.SendMessageBatch")
+            == Some(&2)
+    );
+    emu.shutdown().await;
+    Ok(())
+}
