@@ -34,6 +34,9 @@ pub(crate) struct GuardedDynamoDB<H> {
     guard: Guard,
     /// Each table's key attributes, from its `CreateTable` (for duplicate-key checks).
     keys: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    /// Held through an `UpdateItem` and its size check, so the item a refused update
+    /// puts back is the one it read (updates are serialised; the emulator is in-process).
+    updates: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl<H> GuardedDynamoDB<H> {
@@ -42,6 +45,7 @@ impl<H> GuardedDynamoDB<H> {
             inner: Arc::new(inner),
             guard,
             keys: Arc::default(),
+            updates: Arc::default(),
         }
     }
 }
@@ -260,6 +264,7 @@ impl<H: DynamoDBHandler> DynamoDBHandler for GuardedDynamoDB<H> {
         let checked = self.check_limits(operation, &parsed);
         let fault = self.guard.faults.draw_call("dynamodb", operation);
         let inner = Arc::clone(&self.inner);
+        let updates = Arc::clone(&self.updates);
         Box::pin(async move {
             checked?;
             match fault {
@@ -271,9 +276,78 @@ impl<H: DynamoDBHandler> DynamoDBHandler for GuardedDynamoDB<H> {
                 }
                 None => {}
             }
+            if operation == "UpdateItem" {
+                let _serialised = updates.lock().await;
+                return size_checked_update(inner.as_ref(), body, &parsed).await;
+            }
             inner.handle_operation(op, body).await
         })
     }
+}
+
+/// The item at the request's `TableName` and `Key`, read consistently.
+async fn current_item<H: DynamoDBHandler>(
+    inner: &H,
+    request: &Value,
+) -> Result<Option<Value>, DynamoDBError> {
+    let get = serde_json::json!({
+        "TableName": request.get("TableName").cloned().unwrap_or(Value::Null),
+        "Key": request.get("Key").cloned().unwrap_or(Value::Null),
+        "ConsistentRead": true,
+    });
+    let response = inner
+        .handle_operation(DynamoDBOperation::GetItem, Bytes::from(get.to_string()))
+        .await?;
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .map_err(|err| DynamoDBError::internal_error(err.to_string()))?
+        .to_bytes();
+    let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok(answer.get("Item").cloned())
+}
+
+/// An `UpdateItem` whose result would be over 400 KB is refused, as DynamoDB refuses
+/// it, and leaves the item as it was. The update is applied, measured, and undone when
+/// too large (the rustack crate cannot measure an update before applying it).
+async fn size_checked_update<H: DynamoDBHandler>(
+    inner: &H,
+    body: Bytes,
+    request: &Value,
+) -> Answer {
+    let before = current_item(inner, request).await?;
+    let answer = inner
+        .handle_operation(DynamoDBOperation::UpdateItem, body)
+        .await?;
+    if !answer.status().is_success() {
+        return Ok(answer);
+    }
+    let Some(after) = current_item(inner, request).await? else {
+        return Ok(answer);
+    };
+    let size = item_size(&after);
+    if size <= MAX_ITEM_BYTES {
+        return Ok(answer);
+    }
+    let table = request.get("TableName").cloned().unwrap_or(Value::Null);
+    let (restore_op, restore) = match before {
+        Some(item) => (
+            DynamoDBOperation::PutItem,
+            serde_json::json!({ "TableName": table, "Item": item }),
+        ),
+        None => (
+            DynamoDBOperation::DeleteItem,
+            serde_json::json!({
+                "TableName": table,
+                "Key": request.get("Key").cloned().unwrap_or(Value::Null),
+            }),
+        ),
+    };
+    inner
+        .handle_operation(restore_op, Bytes::from(restore.to_string()))
+        .await?;
+    Err(DynamoDBError::validation(format!(
+        "Item size to update has exceeded the maximum allowed size ({size} bytes > {MAX_ITEM_BYTES})"
+    )))
 }
 
 #[cfg(test)]

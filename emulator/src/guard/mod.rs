@@ -9,8 +9,8 @@
 //!   poll past it is refused with `OverLimit`, a long poll returns nothing; the limit
 //!   can be lowered through [`crate::Emulator::sqs_in_flight`]); a visibility change at
 //!   most 12 hours after the receive.
-//! - DynamoDB: an item ≤ 400 KB (`PutItem`, and every put of `BatchWriteItem` and
-//!   `TransactWriteItems`), `BatchWriteItem` ≤ 25 requests and no key twice,
+//! - DynamoDB: an item ≤ 400 KB (`PutItem`, the result of `UpdateItem`, and every put
+//!   of `BatchWriteItem` and `TransactWriteItems`), `BatchWriteItem` ≤ 25 requests and no key twice,
 //!   `TransactWriteItems` ≤ 100 items and ≤ 4 MB.
 //!
 //! **Faults** ([`Faults`], through [`crate::Emulator::faults`]): per operation, with a

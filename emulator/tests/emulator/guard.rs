@@ -414,3 +414,61 @@ async fn refused_entries_are_the_senders_fault_and_not_sent() -> Result<()> {
     emu.shutdown().await;
     Ok(())
 }
+
+/// Issue 12 (what the guard did not enforce): an `UpdateItem` whose result would be
+/// over 400 KB is refused as DynamoDB refuses it, and the item stays as it was; the
+/// emulator applied it, so an ever-growing item (a run's ledger, a counter list) could
+/// pass every test and fail on AWS.
+#[tokio::test]
+async fn dynamodb_refuses_updates_that_grow_an_item_past_400_kb() -> Result<()> {
+    let emu = Emulator::start().await?;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk_config(&emu).await);
+    table(&ddb, "updates").await?;
+    let grow = |pk: &str, bytes: usize| {
+        ddb.update_item()
+            .table_name("updates")
+            .key("pk", s(pk))
+            .update_expression("SET #b = :b, #n = if_not_exists(#n, :zero) + :one")
+            .expression_attribute_names("#b", "blob")
+            .expression_attribute_names("#n", "writes")
+            .expression_attribute_values(":b", s(&"x".repeat(bytes)))
+            .expression_attribute_values(":zero", AttributeValue::N("0".into()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .send()
+    };
+    grow("a", 300 * 1024).await.map_err(explain)?;
+    let err = grow("a", 401 * 1024).await.expect_err("over 400 KB");
+    ensure!(
+        format!("{}", explain(err)).contains("maximum allowed size"),
+        "the error says why"
+    );
+    let item = ddb
+        .get_item()
+        .table_name("updates")
+        .key("pk", s("a"))
+        .send()
+        .await
+        .map_err(explain)?
+        .item
+        .context("the item is still there")?;
+    ensure!(item.get("writes") == Some(&AttributeValue::N("1".into())));
+    ensure!(
+        item.get("blob")
+            .and_then(|b| b.as_s().ok())
+            .map(String::len)
+            == Some(300 * 1024)
+    );
+
+    // A refused update of an item that did not exist leaves no item.
+    grow("b", 401 * 1024).await.expect_err("over 400 KB");
+    let absent = ddb
+        .get_item()
+        .table_name("updates")
+        .key("pk", s("b"))
+        .send()
+        .await
+        .map_err(explain)?;
+    ensure!(absent.item.is_none());
+    emu.shutdown().await;
+    Ok(())
+}
