@@ -1,5 +1,11 @@
 //! The invariants, checked from the outside: from what the chaos destination logged
 //! and what the failed-row index holds, not from resync's own counts.
+//!
+//! A key counts as acknowledged in a run only when the destination's log shows it
+//! [`Answer::Delivered`]: written, and answered `delivered` in an answer resync could
+//! read whole. A row written whose answer was lost, cut, truncated, malformed or too
+//! large is not acknowledged, so a ledger that counts it delivered is a violation
+//! (`wrongly_delivered`), and so is an index that dropped it.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -30,7 +36,8 @@ pub struct RunFacts {
 pub struct Findings {
     /// Keys planned that were never written nor are in the index (I1).
     pub lost_rows: u64,
-    /// Keys counted delivered without a delivered answer in their run.
+    /// Keys counted delivered without a delivered answer in their run: not written, or
+    /// written but never acknowledged in an answer resync could read.
     pub wrongly_delivered: u64,
     /// Whether the index after every run was what the destination's answers imply (I2).
     pub index_exact: bool,
@@ -155,7 +162,9 @@ pub fn check(runs: &[RunFacts], threshold: u32) -> Findings {
         // I4: attempts per key per run, rate limits excluded.
         let mut attempts: HashMap<(&str, &str), u32> = HashMap::new();
         for row in &run.received {
-            if row.answer != Answer::RateLimited {
+            // A rate limit spends no attempt; the requests that split a refused one
+            // to isolate its bad rows are all part of that one attempt.
+            if !matches!(row.answer, Answer::RateLimited | Answer::Refused) {
                 *attempts.entry((&row.run_id, &row.key)).or_default() += 1;
             }
         }
