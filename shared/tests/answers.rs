@@ -456,3 +456,130 @@ async fn a_hubspot_batch_refused_without_ids_is_bisected() {
         }
     }
 }
+
+/// A Salesforce org on one local server: the token endpoint names the server itself as
+/// the instance (or `instance`), and every sObject Collections call is answered by
+/// `collections`.
+async fn salesforce_org(
+    instance: Option<&'static str>,
+    collections: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
+) -> (
+    resync_shared::destination::salesforce::Salesforce,
+    Arc<AtomicUsize>,
+) {
+    use resync_shared::destination::salesforce::{Credentials, Salesforce, SalesforceConfig};
+    let base = Arc::new(std::sync::OnceLock::<String>::new());
+    let named = base.clone();
+    let (url, calls) = serve(Arc::new(move |request: &str| {
+        if request.starts_with("POST /services/oauth2/token") {
+            let instance =
+                instance.map_or_else(|| named.get().cloned().unwrap_or_default(), str::to_owned);
+            answer(
+                "200 OK",
+                "",
+                &json!({"access_token": "00Dtoken", "instance_url": instance}).to_string(),
+            )
+        } else {
+            collections(request)
+        }
+    }))
+    .await;
+    let root = url.trim_end_matches("/rows").to_owned();
+    base.set(root.clone()).unwrap();
+    let config: SalesforceConfig = serde_yaml::from_str(&format!(
+        "{{ login_url: '{root}', sobject: Contact, external_id_field: Resync_Id__c, fields: {{ email: Email }}, auth: {{ flow: client_credentials, client_id: c, client_secret: {{ value: s }} }} }}"
+    ))
+    .unwrap();
+    let credentials = Credentials::ClientCredentials {
+        client_id: "c".into(),
+        client_secret: "s".into(),
+    };
+    (
+        Salesforce::new(&config, credentials, 200, Duration::from_secs(5)).unwrap(),
+        calls,
+    )
+}
+
+/// Issue 13, item 14: a Salesforce whole-request error (`[{"errorCode", "message"}]`
+/// with a 400) failed every record of the call for one record's bad value.
+#[tokio::test]
+async fn a_salesforce_request_error_is_bisected_to_the_bad_record() {
+    let (org, calls) = salesforce_org(None, |request: &str| {
+        if request.contains("\"Resync_Id__c\":\"k150\"") {
+            answer(
+                "400 Bad Request",
+                "",
+                r#"[{"errorCode":"JSON_PARSER_ERROR","message":"Cannot deserialize instance of date"}]"#,
+            )
+        } else {
+            let records = request.matches("\"attributes\"").count();
+            let results: Vec<_> = (0..records)
+                .map(|i| json!({"id": format!("003{i}"), "success": true, "errors": [], "created": true}))
+                .collect();
+            answer("200 OK", "", &serde_json::Value::from(results).to_string())
+        }
+    })
+    .await;
+    let rows = Rows::new(200);
+    let results = org.send(&rows.outbound()).await;
+    // One token request, then the calls: at most 2·⌈log₂ 200⌉ = 16 extra.
+    let calls = calls.load(Ordering::SeqCst) - 1;
+    assert!(calls - 1 <= 16, "{calls} calls");
+    for (i, result) in results.iter().enumerate() {
+        if i == 150 {
+            let error = result.clone().unwrap_err();
+            assert_eq!(
+                (error.class, error.code.as_str()),
+                (ErrorClass::Permanent, "JSON_PARSER_ERROR")
+            );
+            assert!(error
+                .message
+                .starts_with("isolated by splitting the request: "));
+        } else {
+            assert_eq!(*result, Ok(()), "record {i}");
+        }
+    }
+}
+
+/// Issue 13, items 10 and 13: a Salesforce call answered with a redirect, a short
+/// results array or a cut body never counts a record written; an instance URL that is
+/// plain http (not loopback) is never called.
+#[tokio::test]
+async fn salesforce_answers_that_cannot_be_trusted_write_nothing() {
+    let rows = Rows::new(3);
+    let (org, _) = salesforce_org(None, |_: &str| {
+        answer(
+            "307 Temporary Redirect",
+            "Location: http://127.0.0.1:9/x\r\n",
+            "",
+        )
+    })
+    .await;
+    assert_eq!(codes(&org.send(&rows.outbound()).await), ["REDIRECT"; 3]);
+    let (org, _) = salesforce_org(None, |_: &str| {
+        answer(
+            "200 OK",
+            "",
+            r#"[{"id":"0031","success":true,"errors":[]}]"#,
+        )
+    })
+    .await;
+    assert_eq!(
+        codes(&org.send(&rows.outbound()).await),
+        ["RESULT_COUNT_MISMATCH"; 3]
+    );
+    let (org, _) = salesforce_org(None, |_: &str| {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 900\r\n\r\n[{\"id\":\"0031\",\"success\":true".to_vec()
+    })
+    .await;
+    assert_eq!(codes(&org.send(&rows.outbound()).await), ["ANSWER_CUT"; 3]);
+    let (org, calls) = salesforce_org(Some("http://192.0.2.1"), |_: &str| {
+        answer("200 OK", "", "[]")
+    })
+    .await;
+    let results = org.send(&rows.outbound()).await;
+    assert!(results
+        .iter()
+        .all(|r| r.as_ref().unwrap_err().class == ErrorClass::Permanent));
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "only the token request");
+}
