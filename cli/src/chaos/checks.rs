@@ -279,6 +279,33 @@ mod tests {
     }
 
     #[test]
+    fn split_requests_count_as_one_attempt_and_each_planning_attempt_has_its_own_threshold() {
+        let mut received = vec![
+            row("r1", "a", Answer::Refused),
+            row("r1", "a", Answer::Refused),
+            row("r1", "a", Answer::Delivered),
+        ];
+        let run = |received: Vec<Received>, planning_attempts| RunFacts {
+            run_id: "r1".into(),
+            planning_attempts,
+            source_keys: keys(&["a"]),
+            ledger_delivered: keys(&["a"]),
+            received,
+            ..RunFacts::default()
+        };
+        let findings = check(&[run(received.clone(), 1)], 1);
+        assert!(findings.violations.is_empty(), "{:?}", findings.violations);
+        received.push(row("r1", "a", Answer::Unavailable));
+        assert!(!check(&[run(received.clone(), 1)], 1).violations.is_empty());
+        let replanned = check(&[run(received, 2)], 1);
+        assert!(
+            replanned.violations.is_empty(),
+            "{:?}",
+            replanned.violations
+        );
+    }
+
+    #[test]
     fn each_broken_invariant_is_found() {
         let runs = vec![
             RunFacts {
