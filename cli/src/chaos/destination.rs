@@ -380,19 +380,28 @@ async fn elsewhere(State((state, _)): State<(Arc<Mutex<ChaosState>>, Duration)>)
     StatusCode::NO_CONTENT
 }
 
-/// A body that yields `first` and then fails: hyper drops the connection mid-body.
+/// An answer that sends its headers and `first`, then drops the connection before the
+/// `announced` length: the body is cut mid-stream. With nothing to send first, the
+/// connection is dropped before any answer at all (hyper has not flushed the head yet).
 fn cut_after(first: Vec<u8>, announced: usize) -> Response {
-    let stream = futures::stream::iter([
-        Ok::<Bytes, std::io::Error>(Bytes::from(first)),
+    use futures::StreamExt as _;
+    let flushed = !first.is_empty();
+    let head =
+        futures::stream::iter(flushed.then(|| Ok::<Bytes, std::io::Error>(Bytes::from(first))));
+    let cut = futures::stream::once(async move {
+        if flushed {
+            // Pending for a moment, so hyper writes the head and the first bytes.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Err(std::io::Error::other(
             "the chaos destination cut the answer",
-        )),
-    ]);
-    let mut response = Response::new(Body::from_stream(stream));
+        ))
+    });
+    let mut response = Response::new(Body::from_stream(head.chain(cut)));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        "application/json".parse().expect("static"),
+        header::HeaderValue::from_static("application/json"),
     );
     headers.insert(header::CONTENT_LENGTH, announced.into());
     response
@@ -536,7 +545,7 @@ async fn receive(
             }
             headers.insert(
                 header::RETRY_AFTER,
-                "99999999999999999999999999999999".parse().expect("static"),
+                header::HeaderValue::from_static("99999999999999999999999999999999"),
             );
             response
         }
@@ -552,43 +561,4 @@ async fn receive(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn send(destination: &ChaosDestination, idempotency_key: &str) -> String {
-        let body = serde_json::json!({"rows": [{"key": "k1", "idempotency_key": idempotency_key, "fields": {}}]});
-        let answer: serde_json::Value = reqwest::Client::new()
-            .post(destination.url())
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        answer["results"][0]["status"].as_str().unwrap().to_owned()
-    }
-
-    #[tokio::test]
-    async fn a_row_written_under_an_idempotency_key_is_answered_delivered_when_sent_again() {
-        let destination = ChaosDestination::start(1, DestinationFaults::NONE, Duration::ZERO)
-            .await
-            .unwrap();
-        assert_eq!(send(&destination, "r1:k1").await, "delivered");
-        destination.set_faults(DestinationFaults {
-            row_reject: 1.0,
-            ..DestinationFaults::NONE
-        });
-        assert_eq!(send(&destination, "r1:k1").await, "delivered", "a replay");
-        assert_eq!(
-            send(&destination, "r2:k1").await,
-            "rejected",
-            "another run's row"
-        );
-        let answers: Vec<Answer> = destination.log().iter().map(|r| r.answer).collect();
-        assert_eq!(
-            answers,
-            [Answer::Delivered, Answer::Delivered, Answer::Rejected]
-        );
-    }
-}
+mod tests;
