@@ -383,6 +383,20 @@ impl Hubspot {
             .filter_map(|r| r.get("properties")?.get(&self.id_property))
             .filter_map(scalar_text)
             .collect();
+        // Written records echoing ids the batch did not send decide nothing: ignored,
+        // counted in the log.
+        let sent: HashSet<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+        let foreign = echoed
+            .iter()
+            .filter(|id| !sent.contains(id.as_str()))
+            .count();
+        if foreign > 0 {
+            tracing::warn!(
+                foreign,
+                rows = rows.len(),
+                "HubSpot's answer names ids the batch did not send; ignored"
+            );
+        }
         let unnamed = rows
             .iter()
             .filter(|r| !errors.contains_key(r.key.as_str()))
