@@ -15,7 +15,7 @@
 //!
 //! How an answer is read (see [`crate::destination::http`] for the shared rules):
 //!
-//! - The body is read whole, at most [`http::MAX_ANSWER_BYTES`]; a body cut off (the
+//! - A 2xx body (no other is read) is read whole, at most [`http::MAX_ANSWER_BYTES`]; a body cut off (the
 //!   connection dropped, the timeout hit mid-body) or longer than that is a transport
 //!   error: every row of the request retried (`ANSWER_CUT`, `ANSWER_TOO_LARGE`).
 //! - A 2xx with no body, or a body that is not JSON at all (does not start with `{` or
@@ -252,15 +252,15 @@ impl Webhook {
             return Answer::PerRow(vec![Err(error); rows.len()]);
         }
         let retry_after = http::retry_after(response.headers());
-        let text = match http::read_body(&mut response, http::MAX_ANSWER_BYTES).await {
-            Ok(text) => text,
-            // 2xx or not, an answer not read whole says nothing reliable about any row.
-            Err(err) => {
-                return Answer::PerRow(vec![Err(err.row_error("the webhook", status)); rows.len()])
-            }
-        };
         if status.is_success() {
-            return Answer::PerRow(success(status.as_u16(), &text, rows));
+            // Only a 2xx body is read (the status alone decides the others).
+            return Answer::PerRow(
+                match http::read_body(&mut response, http::MAX_ANSWER_BYTES).await {
+                    Ok(body) => success(status.as_u16(), &body, rows),
+                    // An answer not read whole says nothing reliable about any row.
+                    Err(err) => vec![Err(err.row_error("the webhook", status)); rows.len()],
+                },
+            );
         }
         let code = format!("HTTP_{}", status.as_u16());
         let whole = match status.as_u16() {
