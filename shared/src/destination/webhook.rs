@@ -15,9 +15,10 @@
 //!
 //! How an answer is read (see [`crate::destination::http`] for the shared rules):
 //!
-//! - A 2xx body (no other is read) is read whole, at most [`http::MAX_ANSWER_BYTES`]; a body cut off (the
-//!   connection dropped, the timeout hit mid-body) or longer than that is a transport
-//!   error: every row of the request retried (`ANSWER_CUT`, `ANSWER_TOO_LARGE`).
+//! - A 2xx body (no other is read) is read whole, at most [`http::MAX_ANSWER_BYTES`];
+//!   a body cut off (the connection dropped, the timeout hit mid-body) or longer than
+//!   that is a transport error: every row of the request retried (`ANSWER_CUT`,
+//!   `ANSWER_TOO_LARGE`).
 //! - A 2xx with no body, or a body that is not JSON at all (does not start with `{` or
 //!   `[`: `OK`, an HTML page), or JSON without a `results` member: the status decides,
 //!   delivered (a 207 without results is ambiguous, below).
