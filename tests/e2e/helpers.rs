@@ -93,6 +93,8 @@ pub struct EnvSettings {
     pub vendor: Vendor,
     /// Delivery invocations at once.
     pub concurrency: u32,
+    /// A webhook URL other than the local destination's (e.g. the chaos destination's).
+    pub webhook_url: Option<String>,
 }
 
 impl Default for EnvSettings {
@@ -104,6 +106,7 @@ impl Default for EnvSettings {
             secret_in_secrets_manager: false,
             vendor: Vendor::Webhook,
             concurrency: 2,
+            webhook_url: None,
         }
     }
 }
@@ -169,7 +172,10 @@ impl TestEnv {
       url: {url}
       signing_secret: {secret}"#,
                 batch_size = settings.batch_size,
-                url = destination.url()
+                url = settings
+                    .webhook_url
+                    .clone()
+                    .unwrap_or_else(|| destination.url())
             ),
             Vendor::Salesforce { jwt, parent_field } => {
                 let org = SalesforceServer::start(

@@ -19,6 +19,11 @@
 //! - `secrets`: signing secrets from Secrets Manager;
 //! - `salesforce`, `hubspot`: the vendor scenarios;
 //! - `rate_limits`: rate-limited rows wait, and are kept when their copy is refused;
+//! - `destination_answers`: a destination that misbehaves in every way the
+//!   fault-injecting chaos destination knows (cut, truncated, malformed and huge
+//!   answers, omitted and foreign keys, redirects, dropped connections, huge headers,
+//!   poisoned rows refusing whole requests): nothing counted delivered unless written
+//!   and acknowledged;
 //! - `item_limits`: DynamoDB's item size and batch-write limits with the widest keys,
 //!   rows and rejections resync accepts.
 //!
@@ -30,6 +35,7 @@ mod at_least_once;
 mod aws_faults;
 mod crash_points;
 mod dead_letters;
+mod destination_answers;
 mod hubspot;
 mod item_limits;
 mod rate_limits;

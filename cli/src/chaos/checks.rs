@@ -1,5 +1,11 @@
 //! The invariants, checked from the outside: from what the chaos destination logged
 //! and what the failed-row index holds, not from resync's own counts.
+//!
+//! A key counts as acknowledged in a run only when the destination's log shows it
+//! [`Answer::Delivered`]: written, and answered `delivered` in an answer resync could
+//! read whole. A row written whose answer was lost, cut, truncated, malformed or too
+//! large is not acknowledged, so a ledger that counts it delivered is a violation
+//! (`wrongly_delivered`), and so is an index that dropped it.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -30,7 +36,8 @@ pub struct RunFacts {
 pub struct Findings {
     /// Keys planned that were never written nor are in the index (I1).
     pub lost_rows: u64,
-    /// Keys counted delivered without a delivered answer in their run.
+    /// Keys counted delivered without a delivered answer in their run: not written, or
+    /// written but never acknowledged in an answer resync could read.
     pub wrongly_delivered: u64,
     /// Whether the index after every run was what the destination's answers imply (I2).
     pub index_exact: bool,
@@ -152,10 +159,15 @@ pub fn check(runs: &[RunFacts], threshold: u32) -> Findings {
             ));
         }
 
-        // I4: attempts per key per run, rate limits excluded.
+        // I4: attempts per key per run, rate limits excluded. Each planning attempt of
+        // a run restarts its rows' attempts (README, Known limits), so a run planned
+        // `p` times may send a row up to `p × threshold` times.
+        let bound = threshold.saturating_mul(run.planning_attempts.max(1));
         let mut attempts: HashMap<(&str, &str), u32> = HashMap::new();
         for row in &run.received {
-            if row.answer != Answer::RateLimited {
+            // A rate limit spends no attempt; the requests that split a refused one
+            // to isolate its bad rows are all part of that one attempt.
+            if !matches!(row.answer, Answer::RateLimited | Answer::Refused) {
                 *attempts.entry((&row.run_id, &row.key)).or_default() += 1;
             }
         }
@@ -167,7 +179,7 @@ pub fn check(runs: &[RunFacts], threshold: u32) -> Findings {
                     .get(&(r.run_id.as_str(), r.key.as_str()))
                     .copied()
                     .unwrap_or(0)
-                    > threshold
+                    > bound
             })
             .map(|r| &r.key)
             .collect();
@@ -180,7 +192,7 @@ pub fn check(runs: &[RunFacts], threshold: u32) -> Findings {
                 .map(|key| format!("; {}", history(run, key)))
                 .unwrap_or_default();
             findings.violations.push(format!(
-                "{label}: {} keys had more than {threshold} attempts in one run (up to {most}: {}){evidence}",
+                "{label}: {} keys had more than {bound} attempts in one run (up to {most}: {}){evidence}",
                 over.len(),
                 sample(&over)
             ));
@@ -264,6 +276,33 @@ mod tests {
         assert!(findings.violations.is_empty(), "{:?}", findings.violations);
         assert!(findings.index_exact);
         assert_eq!(findings.max_attempts_seen, 1);
+    }
+
+    #[test]
+    fn split_requests_count_as_one_attempt_and_each_planning_attempt_has_its_own_threshold() {
+        let mut received = vec![
+            row("r1", "a", Answer::Refused),
+            row("r1", "a", Answer::Refused),
+            row("r1", "a", Answer::Delivered),
+        ];
+        let run = |received: Vec<Received>, planning_attempts| RunFacts {
+            run_id: "r1".into(),
+            planning_attempts,
+            source_keys: keys(&["a"]),
+            ledger_delivered: keys(&["a"]),
+            received,
+            ..RunFacts::default()
+        };
+        let findings = check(&[run(received.clone(), 1)], 1);
+        assert!(findings.violations.is_empty(), "{:?}", findings.violations);
+        received.push(row("r1", "a", Answer::Unavailable));
+        assert!(!check(&[run(received.clone(), 1)], 1).violations.is_empty());
+        let replanned = check(&[run(received, 2)], 1);
+        assert!(
+            replanned.violations.is_empty(),
+            "{:?}",
+            replanned.violations
+        );
     }
 
     #[test]

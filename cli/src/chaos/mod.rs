@@ -169,13 +169,25 @@ fn event_copies(seed: u64) -> AtLeastOnce {
     }
 }
 
-/// The destination's faults while the chaos lasts.
+/// The destination's faults while the chaos lasts (per request, except the row
+/// faults and the share of poisoned keys).
 const DESTINATION_FAULTS: DestinationFaults = DestinationFaults {
     row_retry: 0.03,
     row_reject: 0.005,
+    row_omitted: 0.003,
     rate_limit: 0.02,
     unavailable: 0.02,
     answer_lost: 0.01,
+    redirect: 0.005,
+    dropped: 0.005,
+    cut_body: 0.008,
+    truncated: 0.006,
+    malformed: 0.008,
+    huge_body: 0.005,
+    huge_headers: 0.005,
+    slow: 0.01,
+    foreign_keys: 0.01,
+    poisoned: 0.0005,
 };
 
 fn key(i: usize) -> String {
@@ -360,7 +372,16 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         }
     }
     let mut faults_injected: BTreeMap<String, u64> = emulator.faults().injected();
-    for (kind, count) in destination.injected() {
+    if let Some(followed) = destination.injected().get("redirect_followed") {
+        violations.push(format!(
+            "{followed} requests followed a redirect to the destination's other URL"
+        ));
+    }
+    for (kind, count) in destination
+        .injected()
+        .into_iter()
+        .filter(|(kind, _)| *kind != "redirect_followed")
+    {
         faults_injected.insert(format!("destination:{kind}"), count);
     }
     faults_injected.extend(runtime.injected());
@@ -407,6 +428,9 @@ pub fn table(report: &ChaosReport) -> String {
     );
     let injected: u64 = report.faults_injected.values().sum();
     line(&mut out, "faults injected", injected.to_string());
+    for (kind, count) in &report.faults_injected {
+        line(&mut out, &format!("  {kind}"), count.to_string());
+    }
     line(&mut out, "lost rows (I1)", report.lost_rows.to_string());
     line(
         &mut out,

@@ -221,11 +221,13 @@ mod tests {
             2
         }
 
-        fn send<'a>(
+        fn request<'a>(
             &'a self,
             rows: &'a [OutboundRow<'a>],
-        ) -> futures::future::BoxFuture<'a, Vec<RowResult>> {
-            Box::pin(async move { vec![Ok(()); rows.len()] })
+        ) -> futures::future::BoxFuture<'a, resync_shared::destination::Answer> {
+            Box::pin(
+                async move { resync_shared::destination::Answer::PerRow(vec![Ok(()); rows.len()]) },
+            )
         }
 
         fn order_key(&self, row: &OutboundRow<'_>) -> Option<String> {

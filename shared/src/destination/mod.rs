@@ -4,15 +4,18 @@
 //!
 //! A destination sends a batch of rows and says, row by row, what happened. It never
 //! fails a batch as a whole: a transport error becomes the same row error for every
-//! row of the request.
+//! row of the request, and a request refused as a whole without naming a row is split
+//! to find the rows it was refused for ([`bisect`]).
 //!
 //! - [`registry`]: the kinds resync knows (`kind: webhook | salesforce | hubspot`) and
 //!   the one place that maps a kind to its settings section, batch limits and builder.
 //!   Adding a destination is a new module here plus one line in the registry (see
 //!   `docs/architecture.md`, "Adding a destination").
 //! - [`endpoint`]: HTTPS everywhere but loopback.
-//! - [`http`]: what every HTTP destination shares: the client, transport errors and
-//!   `Retry-After` as row errors.
+//! - [`http`]: what every HTTP destination shares: the client (no redirects), capped
+//!   answer reads, transport errors, redirects and `Retry-After` as row errors.
+//! - [`bisect`]: every kind's [`Destination::send`]: a whole-request refusal that names
+//!   no row is split in halves until the rows it was for are isolated.
 //! - [`webhook`], [`salesforce`], [`hubspot`]: the kinds.
 
 use std::sync::Arc;
@@ -21,10 +24,15 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use crate::{
-    domain::{ids::PrimaryKey, outcome::RowResult, row::RowFields},
+    domain::{
+        ids::PrimaryKey,
+        outcome::{RowError, RowResult},
+        row::RowFields,
+    },
     secrets::{SecretError, SecretRef, SecretResolver},
 };
 
+pub mod bisect;
 pub mod endpoint;
 pub mod http;
 pub mod hubspot;
@@ -46,13 +54,33 @@ pub struct OutboundRow<'a> {
     pub fields: &'a RowFields,
 }
 
+/// What one request to a destination's API came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// One result per row, in request order (a transport error or a refusal that
+    /// concerns every row alike — a bad token, a redirect, a 5xx — repeated per row).
+    PerRow(Vec<RowResult>),
+    /// The request was refused as a whole, permanently, for its content, without naming
+    /// the rows at fault (HubSpot's 400 without ids, a webhook's 400, a Salesforce
+    /// request error): some rows are bad, which ones is unknown. [`Destination::send`]
+    /// splits the request to find them ([`bisect`]).
+    Refused(RowError),
+}
+
 /// A destination API.
 pub trait Destination: Send + Sync {
     /// Rows per request.
     fn batch_size(&self) -> usize;
 
-    /// Sends one request's rows; the answer has one result per row, in order.
-    fn send<'a>(&'a self, rows: &'a [OutboundRow<'a>]) -> BoxFuture<'a, Vec<RowResult>>;
+    /// Sends one request with exactly these rows, and says what the API answered.
+    fn request<'a>(&'a self, rows: &'a [OutboundRow<'a>]) -> BoxFuture<'a, Answer>;
+
+    /// Sends the rows; the answer has one result per row, in order. A whole-request
+    /// refusal that names no row is bisected (at most `2·⌈log₂ n⌉` extra requests per
+    /// bad row of `n`), so only the rows it was for fail, each saying it was isolated.
+    fn send<'a>(&'a self, rows: &'a [OutboundRow<'a>]) -> BoxFuture<'a, Vec<RowResult>> {
+        Box::pin(bisect::send(self, rows))
+    }
 
     /// The key by which delivery orders an invocation's rows before cutting them into
     /// requests, so rows that share it land in the same request (e.g. contacts of one

@@ -12,14 +12,33 @@
 //!
 //! Per-row results (optional): a 200 or 207 answer whose body is
 //! `{"results":[{"key":"…","status":"delivered"|"retry"|"rejected","code":"…","message":"…","retry_after_secs":N}]}`.
-//! A row missing from `results` is retried. Without such a body the HTTP status decides
-//! for the whole request: 2xx delivered; 408, 429 and 5xx retryable (429 as a rate
-//! limit), honouring `Retry-After` (seconds); other 4xx permanent; timeouts and
-//! connection errors retryable.
 //!
-//! A `413 Payload Too Large` answer to a request of several rows splits it in halves,
-//! sent one after the other (and split again while refused), so wide rows reach an
-//! endpoint whatever its body limit; a single row refused with 413 fails permanently.
+//! How an answer is read (see [`crate::destination::http`] for the shared rules):
+//!
+//! - A 2xx body (no other is read) is read whole, at most [`http::MAX_ANSWER_BYTES`];
+//!   a body cut off (the connection dropped, the timeout hit mid-body) or longer than
+//!   that is a transport error: every row of the request retried (`ANSWER_CUT`,
+//!   `ANSWER_TOO_LARGE`).
+//! - A 2xx with no body, or a body that is not JSON at all (does not start with `{` or
+//!   `[`: `OK`, an HTML page), or JSON without a `results` member: the status decides,
+//!   delivered (a 207 without results is ambiguous, below).
+//! - A body that starts like JSON but does not parse (truncated, malformed, `results`
+//!   twice), or a `results` member that is not a list of `{key, status}`: ambiguous,
+//!   every row retried (`BAD_RESPONSE`). Writes are idempotent upserts, so a retry of
+//!   a row that was written is harmless; counting an unwritten row delivered is not.
+//! - A row missing from `results` is retried (`MISSING_RESULT`); results naming keys
+//!   the request did not send are ignored (counted in the log, never named); an unknown
+//!   status is retried. `retry_after_secs` is read leniently and capped at 12 hours.
+//!
+//! Without a results body the HTTP status decides for the whole request: 2xx
+//! delivered; 408, 429 and 5xx retryable (429 as a rate limit), honouring
+//! `Retry-After` (seconds or an HTTP-date, capped at 12 hours); 401/403 permanent for
+//! every row; any 3xx permanent (`REDIRECT`, naming the location: no redirect is
+//! followed, so a signed body is never sent anywhere else); other 4xx — 413 included —
+//! refuse the request as a whole without naming a row, so the request is split in
+//! halves to isolate the rows it was refused for ([`crate::destination::bisect`]);
+//! timeouts and connection errors retryable. A single row refused that way fails
+//! permanently with the endpoint's status as its code.
 
 use std::{
     borrow::Cow,
@@ -34,8 +53,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    check_endpoint_url, http, Destination, OutboundRow, RequestLimits, Section, SettingsError,
-    SetupError,
+    check_endpoint_url, http, Answer, Destination, OutboundRow, RequestLimits, Section,
+    SettingsError, SetupError,
 };
 use crate::{
     domain::outcome::{RowError, RowResult},
@@ -126,9 +145,28 @@ pub struct RowStatus<'a> {
     /// Error message.
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     pub message: Option<Cow<'a, str>>,
-    /// Wait before retrying, in seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Wait before retrying, in seconds (any JSON number; negative is none, fractions
+    /// round up, anything larger than 64 bits or not a number is read leniently).
+    #[serde(
+        default,
+        deserialize_with = "lenient_secs",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub retry_after_secs: Option<u64>,
+}
+
+/// A number of seconds as any JSON value: numbers saturate into `u64`, anything else
+/// is no wait (a bad hint must not make the whole answer unreadable).
+fn lenient_secs<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(deserializer)?;
+    Ok(match value {
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f > 0.0).map(|f| f.ceil() as u64)),
+        _ => None,
+    })
 }
 
 /// The signature header value for a body: `v1=<hex HMAC-SHA256("{timestamp}.{body}")>`.
@@ -157,30 +195,12 @@ impl Webhook {
         })
     }
 
-    /// Posts the rows, halving a request the endpoint refuses as too large.
-    async fn post(&self, rows: &[OutboundRow<'_>]) -> Vec<RowResult> {
-        let mut results = Vec::with_capacity(rows.len());
-        // A stack of requests still to send, the next on top, so results stay in order.
-        let mut pending = vec![rows];
-        while let Some(part) = pending.pop() {
-            match self.post_once(part).await {
-                Some(answer) => results.extend(answer),
-                None => {
-                    let (first, second) = part.split_at(part.len() / 2);
-                    tracing::info!(
-                        rows = part.len(),
-                        "the webhook refused the request as too large; sending it in halves"
-                    );
-                    pending.push(second);
-                    pending.push(first);
-                }
-            }
+    /// One request. A `413` to several rows, and any other content refusal that names
+    /// no row, is [`Answer::Refused`]: [`Destination::send`] splits the request.
+    async fn post(&self, rows: &[OutboundRow<'_>]) -> Answer {
+        if let Err(error) = http::check_request_url(&self.url, "the webhook") {
+            return Answer::PerRow(vec![Err(error); rows.len()]);
         }
-        results
-    }
-
-    /// One request; `None` when the endpoint refused a request of several rows with 413.
-    async fn post_once(&self, rows: &[OutboundRow<'_>]) -> Option<Vec<RowResult>> {
         let body = RequestBody {
             rows: rows
                 .iter()
@@ -191,7 +211,18 @@ impl Webhook {
                 })
                 .collect(),
         };
-        let body = serde_json::to_vec(&body).expect("rows serialise");
+        let body = match serde_json::to_vec(&body) {
+            Ok(body) => body,
+            Err(err) => {
+                return Answer::PerRow(vec![
+                    Err(RowError::permanent(
+                        "UNSERIALISABLE",
+                        format!("the rows cannot be written as JSON: {err}"),
+                    ));
+                    rows.len()
+                ])
+            }
+        };
         let timestamp = crate::domain::timestamp::now().unix_timestamp();
         let mut digest = Sha256::new();
         for row in rows {
@@ -207,47 +238,126 @@ impl Webhook {
         if let Some(secret) = &self.secret {
             request = request.header("X-Resync-Signature", signature(secret, timestamp, &body));
         }
-        let response = match request.body(body).send().await {
+        let mut response = match request.body(body).send().await {
             Ok(response) => response,
             Err(err) => {
-                return Some(vec![
+                return Answer::PerRow(vec![
                     Err(http::transport_error(err, "the webhook"));
                     rows.len()
                 ]);
             }
         };
         let status = response.status();
-        if status.as_u16() == 413 && rows.len() > 1 {
-            return None;
+        if status.is_redirection() {
+            let error = http::redirect_error(status, response.headers(), "the webhook");
+            return Answer::PerRow(vec![Err(error); rows.len()]);
         }
         let retry_after = http::retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
-        if status.as_u16() == 200 || status.as_u16() == 207 {
-            if let Ok(parsed) = serde_json::from_str::<ResultsBody>(&text) {
-                return Some(per_row(rows, parsed.results));
-            }
+        if status.is_success() {
+            // Only a 2xx body is read (the status alone decides the others).
+            return Answer::PerRow(
+                match http::read_body(&mut response, http::MAX_ANSWER_BYTES).await {
+                    Ok(body) => success(status.as_u16(), &body, rows),
+                    // An answer not read whole says nothing reliable about any row.
+                    Err(err) => vec![Err(err.row_error("the webhook", status)); rows.len()],
+                },
+            );
         }
         let code = format!("HTTP_{}", status.as_u16());
-        let whole = if status.is_success() {
-            Ok(())
-        } else if status.as_u16() == 429 {
-            Err(RowError::rate_limited(
-                code,
-                "the webhook is rate limiting",
-                retry_after,
-            ))
-        } else if status.as_u16() == 408 || status.is_server_error() {
-            Err(
+        let whole = match status.as_u16() {
+            429 => RowError::rate_limited(code, "the webhook is rate limiting", retry_after),
+            408 => RowError::retryable(code, format!("the webhook answered {status}"))
+                .with_retry_after(retry_after),
+            _ if status.is_server_error() => {
                 RowError::retryable(code, format!("the webhook answered {status}"))
-                    .with_retry_after(retry_after),
-            )
-        } else {
-            Err(RowError::permanent(
+                    .with_retry_after(retry_after)
+            }
+            // Credentials: every row would be refused alike; not the rows' fault.
+            401 | 403 => RowError::permanent(
                 code,
-                format!("the webhook refused the request: {status}"),
-            ))
+                format!("the webhook refused the request's credentials: {status}"),
+            ),
+            413 => {
+                return Answer::Refused(RowError::permanent(
+                    code,
+                    format!("the webhook refused the request as too large: {status}"),
+                ))
+            }
+            _ if status.is_client_error() => {
+                return Answer::Refused(RowError::permanent(
+                    code,
+                    format!("the webhook refused the request: {status}"),
+                ))
+            }
+            _ => RowError::permanent(code, format!("the webhook answered {status}")),
         };
-        Some(vec![whole; rows.len()])
+        Answer::PerRow(vec![Err(whole); rows.len()])
+    }
+}
+
+/// The body of a 2xx answer as far as `results` goes: only the member is parsed here
+/// (any other members are the endpoint's business).
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default, borrow)]
+    results: Option<&'a serde_json::value::RawValue>,
+}
+
+/// Settles the rows of a 2xx answer (read whole): see the module's wire contract.
+fn success(status: u16, body: &[u8], rows: &[OutboundRow<'_>]) -> Vec<RowResult> {
+    let ambiguous = |what: &str| {
+        tracing::warn!(
+            status,
+            rows = rows.len(),
+            what,
+            "the webhook's results could not be read; retrying the request's rows"
+        );
+        vec![
+            Err(RowError::retryable(
+                "BAD_RESPONSE",
+                format!("the webhook answered {status} with {what}"),
+            ));
+            rows.len()
+        ]
+    };
+    let no_results = || {
+        if status == 207 {
+            // Multi-status promises per-row results.
+            ambiguous("a multi-status answer without results")
+        } else {
+            vec![Ok(()); rows.len()]
+        }
+    };
+    let looks_like_json = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| matches!(b, b'{' | b'['));
+    if !looks_like_json {
+        // Absent, or not JSON at all ("OK", an HTML page): the status decides.
+        return no_results();
+    }
+    let Ok(text) = std::str::from_utf8(body) else {
+        return ambiguous("a JSON body that is not UTF-8");
+    };
+    let envelope: Envelope<'_> = match serde_json::from_str(text) {
+        Ok(envelope) => envelope,
+        // Valid JSON, just not an object (`[]`): no results member. (An object whose
+        // shape is wrong can only name `results` twice: ambiguous.)
+        Err(err)
+            if err.classify() == serde_json::error::Category::Data
+                && text.trim_start().starts_with('[') =>
+        {
+            return no_results()
+        }
+        Err(err) if err.is_eof() => return ambiguous("truncated JSON"),
+        Err(_) => return ambiguous("malformed JSON"),
+    };
+    let Some(results) = envelope.results else {
+        return no_results();
+    };
+    match serde_json::from_str::<Vec<RowStatus<'_>>>(results.get()) {
+        Ok(results) => per_row(rows, results),
+        Err(_) => ambiguous("a results member that is not a list of row results"),
     }
 }
 
@@ -269,7 +379,8 @@ fn per_row(rows: &[OutboundRow<'_>], results: Vec<RowStatus<'_>>) -> Vec<RowResu
             .or_default()
             .push_back(result);
     }
-    rows.iter()
+    let settled: Vec<RowResult> = rows
+        .iter()
         .map(|row| {
             match by_key
                 .get_mut(row.key.as_str())
@@ -282,7 +393,18 @@ fn per_row(rows: &[OutboundRow<'_>], results: Vec<RowStatus<'_>>) -> Vec<RowResu
                 Some(result) => row_result(result),
             }
         })
-        .collect()
+        .collect();
+    // Results for keys the request did not send (or more results than copies sent)
+    // decide nothing: ignored, and counted in the log (their keys are not the sync's).
+    let unmatched: usize = by_key.values().map(VecDeque::len).sum();
+    if unmatched > 0 {
+        tracing::warn!(
+            unmatched,
+            rows = rows.len(),
+            "the webhook's results name keys the request did not send; ignored"
+        );
+    }
+    settled
 }
 
 fn row_result(result: RowStatus<'_>) -> RowResult {
@@ -292,8 +414,11 @@ fn row_result(result: RowStatus<'_>) -> RowResult {
             let code = result.code.unwrap_or_default().into_owned();
             let message = result.message.unwrap_or_default().into_owned();
             match status {
-                "retry" => Err(RowError::retryable(code, message)
-                    .with_retry_after(result.retry_after_secs.map(Duration::from_secs))),
+                "retry" => Err(RowError::retryable(code, message).with_retry_after(
+                    result
+                        .retry_after_secs
+                        .map(|secs| http::capped_wait(Duration::from_secs(secs))),
+                )),
                 "rejected" => Err(RowError::permanent(code, message)),
                 other => Err(RowError::retryable(
                     "UNKNOWN_STATUS",
@@ -309,7 +434,7 @@ impl Destination for Webhook {
         self.batch_size
     }
 
-    fn send<'a>(&'a self, rows: &'a [OutboundRow<'a>]) -> BoxFuture<'a, Vec<RowResult>> {
+    fn request<'a>(&'a self, rows: &'a [OutboundRow<'a>]) -> BoxFuture<'a, Answer> {
         Box::pin(self.post(rows))
     }
 }

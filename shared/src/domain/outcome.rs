@@ -71,6 +71,12 @@ pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
 /// `text` cut to at most `max` bytes, on a character boundary.
 fn bounded(text: impl Into<String>, max: usize) -> String {
     let mut text = text.into();
+    cut(&mut text, max);
+    text
+}
+
+/// Cuts `text` to at most `max` bytes, on a character boundary.
+fn cut(text: &mut String, max: usize) {
     if text.len() > max {
         let mut end = max;
         while !text.is_char_boundary(end) {
@@ -78,17 +84,31 @@ fn bounded(text: impl Into<String>, max: usize) -> String {
         }
         text.truncate(end);
     }
+}
+
+/// A message cut to at most `max` bytes that says so: the kept start, then
+/// `… [truncated from N bytes]` with the original length.
+fn bounded_message(text: impl Into<String>, max: usize) -> String {
+    let mut text = text.into();
+    if text.len() <= max {
+        return text;
+    }
+    let note = format!(" … [truncated from {} bytes]", text.len());
+    cut(&mut text, max.saturating_sub(note.len()));
+    text.push_str(&note);
+    cut(&mut text, max);
     text
 }
 
 impl RowError {
     /// An error of `class`; the code and message are cut to [`MAX_ERROR_CODE_BYTES`]
-    /// and [`MAX_ERROR_MESSAGE_BYTES`] (they come from the destination's answer).
+    /// and [`MAX_ERROR_MESSAGE_BYTES`] (they come from the destination's answer); a
+    /// message cut says so and keeps its original length.
     fn bounded(class: ErrorClass, code: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             class,
             code: bounded(code, MAX_ERROR_CODE_BYTES),
-            message: bounded(message, MAX_ERROR_MESSAGE_BYTES),
+            message: bounded_message(message, MAX_ERROR_MESSAGE_BYTES),
             retry_after: None,
         }
     }
@@ -219,14 +239,31 @@ mod tests {
     fn a_destinations_error_text_is_bounded_on_a_character_boundary() {
         let error = RowError::permanent("C".repeat(1000), "é".repeat(100_000));
         assert_eq!(error.code.len(), MAX_ERROR_CODE_BYTES);
-        assert_eq!(error.message.len(), MAX_ERROR_MESSAGE_BYTES);
+        assert!(error.message.len() <= MAX_ERROR_MESSAGE_BYTES);
         let odd = RowError::retryable("X", format!("a{}", "é".repeat(1000)));
-        assert_eq!(odd.message.len(), MAX_ERROR_MESSAGE_BYTES - 1);
+        assert!(odd.message.len() <= MAX_ERROR_MESSAGE_BYTES);
+        assert!(odd.message.starts_with("aé"));
         let short = RowError::rate_limited("HTTP_429", "slow down", None);
         assert_eq!(
             (short.code.as_str(), short.message.as_str()),
             ("HTTP_429", "slow down")
         );
+    }
+
+    /// Issue 13, item 11: a message cut to its bound did not say it was cut, nor how
+    /// long the destination's text was.
+    #[test]
+    fn a_cut_message_notes_its_original_length() {
+        let error = RowError::permanent("BAD", "x".repeat(200_000));
+        assert!(error.message.len() <= MAX_ERROR_MESSAGE_BYTES);
+        assert!(
+            error.message.ends_with(" … [truncated from 200000 bytes]"),
+            "{}",
+            &error.message[900..]
+        );
+        assert!(error.message.starts_with("xxxx"));
+        let exact = RowError::permanent("BAD", "y".repeat(MAX_ERROR_MESSAGE_BYTES));
+        assert_eq!(exact.message, "y".repeat(MAX_ERROR_MESSAGE_BYTES));
     }
 
     fn attempt(number: u32) -> Attempt {

@@ -146,7 +146,9 @@ impl RetryPolicy {
         } else {
             rng.gen_range(0..=ceiling)
         };
-        let floor = retry_after.map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+        let floor = retry_after.map_or(0, |d| {
+            d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
+        });
         Duration::from_secs(jittered.max(floor)).min(SQS_MAX_VISIBILITY)
     }
 }

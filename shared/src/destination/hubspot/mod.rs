@@ -36,7 +36,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{http, scalar_text, Destination, OutboundRow, SetupError};
+use super::{http, scalar_text, Answer, Destination, OutboundRow, SetupError};
 use crate::domain::outcome::{ErrorClass, RowError, RowResult};
 
 mod config;
@@ -192,35 +192,47 @@ impl Hubspot {
     }
 
     fn pause(&self, wait: Duration, policy: &str) {
-        let until = Instant::now() + wait;
-        let mut slot = self.paused_until.lock().expect("pause");
+        // A wait HubSpot asked for: capped, and added without overflow.
+        let now = Instant::now();
+        let wait = http::capped_wait(wait);
+        let until = now.checked_add(wait).unwrap_or(now);
+        let mut slot = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if slot.as_ref().is_none_or(|(current, _)| *current < until) {
             *slot = Some((until, policy.to_owned()));
         }
     }
 
     fn paused(&self) -> Option<(Duration, String)> {
-        let slot = self.paused_until.lock().expect("pause");
+        let slot = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (until, policy) = slot.as_ref()?;
         let now = Instant::now();
         (*until > now).then(|| (*until - now, policy.clone()))
     }
 
-    async fn upsert(&self, rows: &[OutboundRow<'_>]) -> Vec<RowResult> {
+    async fn upsert(&self, rows: &[OutboundRow<'_>]) -> Answer {
+        if let Err(error) = http::check_request_url(&self.url, "HubSpot") {
+            return Answer::PerRow(vec![Err(error); rows.len()]);
+        }
         if let Some((wait, policy)) = self.paused() {
-            return vec![
+            return Answer::PerRow(vec![
                 Err(RowError::rate_limited(
                     format!("RATE_LIMIT_{policy}"),
                     "waiting for HubSpot's rate-limit window to reset",
                     Some(wait),
                 ));
                 rows.len()
-            ];
+            ]);
         }
         let body = serde_json::json!({
             "inputs": rows.iter().map(|row| self.input(row)).collect::<Vec<_>>(),
         });
-        let response = match self
+        let mut response = match self
             .client
             .post(&self.url)
             .bearer_auth(&self.token)
@@ -229,10 +241,17 @@ impl Hubspot {
             .await
         {
             Ok(response) => response,
-            Err(err) => return vec![Err(http::transport_error(err, "HubSpot")); rows.len()],
+            Err(err) => {
+                return Answer::PerRow(vec![Err(http::transport_error(err, "HubSpot")); rows.len()])
+            }
         };
-        let status = response.status().as_u16();
+        let status_code = response.status();
+        let status = status_code.as_u16();
         let headers = response.headers().clone();
+        if status_code.is_redirection() {
+            let error = http::redirect_error(status_code, &headers, "HubSpot");
+            return Answer::PerRow(vec![Err(error); rows.len()]);
+        }
         let interval = http::header_u64(&headers, "x-hubspot-ratelimit-interval-milliseconds")
             .map(Duration::from_millis);
         if http::header_u64(&headers, "x-hubspot-ratelimit-remaining") == Some(0) {
@@ -241,22 +260,26 @@ impl Hubspot {
                 "TEN_SECONDLY_ROLLING",
             );
         }
-        let text = response.text().await.unwrap_or_default();
-        match status {
+        let text = match http::read_body(&mut response, http::MAX_ANSWER_BYTES).await {
+            Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+            Err(err) => {
+                return Answer::PerRow(vec![Err(err.row_error("HubSpot", status_code)); rows.len()])
+            }
+        };
+        Answer::PerRow(match status {
             200 | 201 | 207 => self.per_input(rows, &text),
             429 => {
                 let error: BatchError = serde_json::from_str(&text).unwrap_or_default();
                 let policy = error
                     .policy_name
                     .unwrap_or_else(|| "TEN_SECONDLY_ROLLING".into());
-                let wait =
-                    http::retry_after(&headers)
-                        .or(interval)
-                        .unwrap_or(match policy.as_str() {
-                            "SECONDLY" => Duration::from_secs(1),
-                            "DAILY" => Duration::from_secs(3600),
-                            _ => Duration::from_secs(10),
-                        });
+                let wait = http::capped_wait(http::retry_after(&headers).or(interval).unwrap_or(
+                    match policy.as_str() {
+                        "SECONDLY" => Duration::from_secs(1),
+                        "DAILY" => Duration::from_secs(3600),
+                        _ => Duration::from_secs(10),
+                    },
+                ));
                 tracing::warn!(policy = %policy, wait_ms = wait.as_millis() as u64, "HubSpot rate limit reached");
                 self.pause(wait, &policy);
                 vec![
@@ -270,19 +293,21 @@ impl Hubspot {
             }
             400 | 409 | 422 => {
                 let Ok(error) = serde_json::from_str::<BatchError>(&text) else {
-                    return vec![
-                        Err(RowError::permanent(
-                            format!("HTTP_{status}"),
-                            format!(
-                                "HubSpot refused the batch ({status}) with a body that is not JSON"
-                            ),
-                        ));
-                        rows.len()
-                    ];
+                    return Answer::Refused(RowError::permanent(
+                        format!("HTTP_{status}"),
+                        format!(
+                            "HubSpot refused the batch ({status}) with a body that is not JSON"
+                        ),
+                    ));
                 };
                 let named = context_ids(&error.context);
                 let any_named = rows.iter().any(|r| named.contains(r.key.as_str()));
                 let row_error = category_error(&error, None);
+                if !any_named {
+                    // One bad input refuses the batch and HubSpot does not say which:
+                    // split the request to find it (retryable categories are not split).
+                    return Answer::Refused(row_error);
+                }
                 rows.iter()
                     .map(|row| {
                         if !any_named || named.contains(row.key.as_str()) {
@@ -320,7 +345,7 @@ impl Hubspot {
                 ));
                 rows.len()
             ],
-        }
+        })
     }
 
     /// Settles each input of a 200/201/207 answer.
@@ -358,6 +383,20 @@ impl Hubspot {
             .filter_map(|r| r.get("properties")?.get(&self.id_property))
             .filter_map(scalar_text)
             .collect();
+        // Written records echoing ids the batch did not send decide nothing: ignored,
+        // counted in the log.
+        let sent: HashSet<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+        let foreign = echoed
+            .iter()
+            .filter(|id| !sent.contains(id.as_str()))
+            .count();
+        if foreign > 0 {
+            tracing::warn!(
+                foreign,
+                rows = rows.len(),
+                "HubSpot's answer names ids the batch did not send; ignored"
+            );
+        }
         let unnamed = rows
             .iter()
             .filter(|r| !errors.contains_key(r.key.as_str()))
@@ -393,7 +432,7 @@ impl Destination for Hubspot {
         self.batch_size
     }
 
-    fn send<'a>(&'a self, rows: &'a [OutboundRow<'a>]) -> BoxFuture<'a, Vec<RowResult>> {
+    fn request<'a>(&'a self, rows: &'a [OutboundRow<'a>]) -> BoxFuture<'a, Answer> {
         Box::pin(self.upsert(rows))
     }
 }

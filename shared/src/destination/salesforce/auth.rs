@@ -12,6 +12,9 @@ use crate::{
 
 use super::config::{SalesforceAuth, SalesforceFlow};
 
+/// The largest token answer read (an access token, an instance URL and a few ids).
+const TOKEN_ANSWER_BYTES: usize = 64 * 1024;
+
 /// Lifetime of a JWT bearer assertion (Salesforce accepts at most a few minutes).
 const ASSERTION_LIFETIME_SECS: i64 = 180;
 
@@ -179,8 +182,26 @@ impl Auth {
                     ),
                 )
             })?;
+        let mut response = response;
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
+        if status.is_redirection() {
+            return Err(crate::destination::http::redirect_error(
+                status,
+                response.headers(),
+                "the Salesforce token endpoint",
+            ));
+        }
+        // A token answer is small; a cut or oversized one is retried like an outage.
+        let text =
+            match crate::destination::http::read_body(&mut response, TOKEN_ANSWER_BYTES).await {
+                Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+                Err(err) => {
+                    return Err(RowError::retryable(
+                        "AUTH_UNAVAILABLE",
+                        format!("the Salesforce token endpoint's answer was unreadable: {err}"),
+                    ))
+                }
+            };
         if status.is_success() {
             let answer: TokenAnswer = serde_json::from_str(&text).map_err(|_| {
                 RowError::retryable(

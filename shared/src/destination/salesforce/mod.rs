@@ -42,8 +42,8 @@ use std::{
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
-use super::{http, scalar_text, Destination, OutboundRow, SetupError};
-use crate::domain::outcome::{ErrorClass, RowError, RowResult};
+use super::{http, scalar_text, Answer, Destination, OutboundRow, SetupError};
+use crate::domain::outcome::{ErrorClass, RowError};
 
 mod answer;
 mod auth;
@@ -81,7 +81,7 @@ pub struct Salesforce {
 }
 
 enum Attempt {
-    Done(Vec<RowResult>),
+    Done(Answer),
     StaleToken,
 }
 
@@ -127,7 +127,10 @@ impl Salesforce {
     }
 
     fn budget_exhausted(&self) -> Option<Duration> {
-        let usage = (*self.usage.lock().expect("usage"))?;
+        let usage = (*self
+            .usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))?;
         let over = usage.limit > 0 && usage.used as f64 >= self.budget_share * usage.limit as f64;
         let age = usage.read_at.elapsed();
         (over && age < BUDGET_RECHECK).then(|| BUDGET_RECHECK - age)
@@ -155,9 +158,9 @@ impl Salesforce {
         Value::Object(record)
     }
 
-    async fn upsert(&self, rows: &[OutboundRow<'_>]) -> Vec<RowResult> {
+    async fn upsert(&self, rows: &[OutboundRow<'_>]) -> Answer {
         if let Some(wait) = self.budget_exhausted() {
-            return vec![
+            return Answer::PerRow(vec![
                 Err(RowError::rate_limited(
                     "API_BUDGET_RESERVED",
                     format!(
@@ -167,31 +170,41 @@ impl Salesforce {
                     Some(wait),
                 ));
                 rows.len()
-            ];
+            ]);
         }
-        let body = serde_json::to_vec(&serde_json::json!({
+        let body = match serde_json::to_vec(&serde_json::json!({
             "allOrNone": false,
             "records": rows.iter().map(|row| self.record(row)).collect::<Vec<_>>(),
-        }))
-        .expect("records serialise");
+        })) {
+            Ok(body) => body,
+            Err(err) => {
+                return Answer::PerRow(vec![
+                    Err(RowError::permanent(
+                        "UNSERIALISABLE",
+                        format!("the records cannot be written as JSON: {err}"),
+                    ));
+                    rows.len()
+                ])
+            }
+        };
         let mut stale = None;
         for _ in 0..2 {
             let token = match self.auth.token(stale).await {
                 Ok(token) => token,
-                Err(error) => return vec![Err(error); rows.len()],
+                Err(error) => return Answer::PerRow(vec![Err(error); rows.len()]),
             };
             match self.call(&token, &body, rows.len()).await {
-                Attempt::Done(results) => return results,
+                Attempt::Done(answer) => return answer,
                 Attempt::StaleToken => stale = Some(token.generation),
             }
         }
-        vec![
+        Answer::PerRow(vec![
             Err(RowError::retryable(
                 "INVALID_SESSION_ID",
                 "Salesforce refused a freshly issued access token",
             ));
             rows.len()
-        ]
+        ])
     }
 
     async fn call(&self, token: &Token, body: &[u8], count: usize) -> Attempt {
@@ -199,7 +212,12 @@ impl Salesforce {
             "{}/services/data/v{}/composite/sobjects/{}/{}",
             token.instance_url, self.api_version, self.sobject, self.external_id_field
         );
-        let response = match self
+        // The instance URL comes from the token endpoint's answer: the HTTPS rule holds
+        // for it at every request, not only when the configuration loaded.
+        if let Err(error) = http::check_request_url(&url, "Salesforce's instance") {
+            return Attempt::Done(Answer::PerRow(vec![Err(error); count]));
+        }
+        let mut response = match self
             .client
             .patch(&url)
             .bearer_auth(&token.access_token)
@@ -211,33 +229,45 @@ impl Salesforce {
         {
             Ok(response) => response,
             Err(err) => {
-                return Attempt::Done(vec![Err(http::transport_error(err, "Salesforce")); count])
+                return Attempt::Done(Answer::PerRow(vec![
+                    Err(http::transport_error(
+                        err,
+                        "Salesforce"
+                    ));
+                    count
+                ]))
             }
         };
         let status = response.status();
+        // 300 is Salesforce's own answer to an ambiguous external ID; other 3xx are
+        // redirects, never followed.
+        if status.is_redirection() && status.as_u16() != 300 {
+            let error = http::redirect_error(status, response.headers(), "Salesforce");
+            return Attempt::Done(Answer::PerRow(vec![Err(error); count]));
+        }
         if let Some((used, limit)) = response
             .headers()
             .get("sforce-limit-info")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_limit_info)
         {
-            *self.usage.lock().expect("usage") = Some(ApiUsage {
+            *self
+                .usage
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ApiUsage {
                 used,
                 limit,
                 read_at: Instant::now(),
             });
         }
         let retry_after = http::retry_after(response.headers());
-        let text = match response.text().await {
-            Ok(text) => text,
-            Err(_) => {
-                return Attempt::Done(vec![
-                    Err(RowError::retryable(
-                        "BAD_RESPONSE",
-                        format!("Salesforce's {status} answer was cut off"),
-                    ));
+        let text = match http::read_body(&mut response, http::MAX_ANSWER_BYTES).await {
+            Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+            Err(err) => {
+                return Attempt::Done(Answer::PerRow(vec![
+                    Err(err.row_error("Salesforce", status));
                     count
-                ])
+                ]))
             }
         };
         let api_errors = serde_json::from_str::<Vec<ApiError>>(&text).ok();
@@ -253,7 +283,7 @@ impl Salesforce {
             return Attempt::StaleToken;
         }
         if status.as_u16() == 200 {
-            return Attempt::Done(per_record(&text, count));
+            return Attempt::Done(Answer::PerRow(per_record(&text, count)));
         }
         let whole = match (api_errors.as_ref().and_then(|e| e.first()), status.as_u16()) {
             (_, 300) => RowError::permanent(
@@ -267,7 +297,13 @@ impl Salesforce {
                 RowError::rate_limited(&error.error_code, &error.message, retry_after)
             }
             (Some(error), status) if status < 500 => {
-                row_error(&error.error_code, error.message.clone())
+                let whole = row_error(&error.error_code, error.message.clone());
+                if status != 403 && splittable(&error.error_code) {
+                    // A request error names no record: one record's value (malformed
+                    // JSON, a bad field value) refuses all of them. Split to find it.
+                    return Attempt::Done(Answer::Refused(whole));
+                }
+                whole
             }
             (_, status) if status >= 500 || status == 408 => RowError::retryable(
                 format!("HTTP_{status}"),
@@ -282,8 +318,23 @@ impl Salesforce {
                 ),
             ),
         };
-        Attempt::Done(vec![Err(whole); count])
+        Attempt::Done(Answer::PerRow(vec![Err(whole); count]))
     }
+}
+
+/// Whether a whole-request error may be caused by one record's content (and so is worth
+/// splitting the request for), rather than by the destination's setup, which every
+/// record would hit alike (access, an unknown sObject or field, the URL).
+fn splittable(code: &str) -> bool {
+    !(code.starts_with("INSUFFICIENT_ACCESS")
+        || matches!(
+            code,
+            "NOT_FOUND"
+                | "INVALID_TYPE"
+                | "INVALID_FIELD"
+                | "API_DISABLED_FOR_ORG"
+                | "API_CURRENTLY_DISABLED"
+        ))
 }
 
 impl Destination for Salesforce {
@@ -291,7 +342,7 @@ impl Destination for Salesforce {
         self.batch_size
     }
 
-    fn send<'a>(&'a self, rows: &'a [OutboundRow<'a>]) -> BoxFuture<'a, Vec<RowResult>> {
+    fn request<'a>(&'a self, rows: &'a [OutboundRow<'a>]) -> BoxFuture<'a, Answer> {
         Box::pin(self.upsert(rows))
     }
 
