@@ -21,7 +21,11 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use crate::{
-    domain::{ids::PrimaryKey, outcome::RowResult, row::RowFields},
+    domain::{
+        ids::PrimaryKey,
+        outcome::{RowError, RowResult},
+        row::{RowFields, UnmappableRow},
+    },
     secrets::{SecretError, SecretRef, SecretResolver},
 };
 
@@ -143,6 +147,61 @@ pub struct DestinationError {
     /// Why.
     #[source]
     pub source: SetupError,
+}
+
+/// Sends the rows a destination can map and fails the others alone.
+///
+/// `map` turns a row into what the destination sends for it; a row it cannot map (see
+/// [`UnmappableRow`]) gets a permanent `unmappable_row` error with the reason and is not
+/// sent, so one poison row never costs its request's other rows. `send` receives the
+/// mappable rows with their mapped form, in order, and answers one result per row; the
+/// results come back in the order of `rows`.
+pub(crate) async fn send_mappable<'r, T, F, Fut>(
+    rows: &[OutboundRow<'r>],
+    map: impl Fn(&OutboundRow<'r>) -> Result<T, UnmappableRow>,
+    send: F,
+) -> Vec<RowResult>
+where
+    F: FnOnce(Vec<OutboundRow<'r>>, Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = Vec<RowResult>>,
+{
+    let mut results: Vec<Option<RowResult>> = Vec::with_capacity(rows.len());
+    let mut mappable = Vec::with_capacity(rows.len());
+    let mut mapped = Vec::with_capacity(rows.len());
+    for row in rows {
+        match map(row) {
+            Ok(value) => {
+                results.push(None);
+                mappable.push(row.clone());
+                mapped.push(value);
+            }
+            Err(unmappable) => {
+                tracing::warn!(key = %row.key, "the destination cannot map the row; failing it alone");
+                results.push(Some(Err(RowError::permanent(
+                    UnmappableRow::CODE,
+                    unmappable.reason,
+                ))));
+            }
+        }
+    }
+    let sent = if mappable.is_empty() {
+        Vec::new()
+    } else {
+        send(mappable, mapped).await
+    };
+    let mut sent = sent.into_iter();
+    results
+        .into_iter()
+        .map(|slot| match slot {
+            Some(result) => result,
+            None => sent.next().unwrap_or_else(|| {
+                Err(RowError::retryable(
+                    "RESULT_COUNT_MISMATCH",
+                    "the destination gave no result for this row",
+                ))
+            }),
+        })
+        .collect()
 }
 
 /// The text of a JSON field value as a destination sends it as an identifier: strings

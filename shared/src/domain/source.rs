@@ -347,14 +347,19 @@ fn read_csv(
                     .zip(record.iter())
                     .map(|(name, value)| (name.to_owned(), Value::String(value.to_owned())))
                     .collect();
-                emit(match key_of(&fields, primary_key) {
-                    Ok(key) => Ok(SourceRow {
-                        key,
-                        fields: RowFields::from_map(&fields),
-                        line,
-                    }),
-                    Err(reason) => Err(reject(object, line, None, "missing_primary_key", reason)),
-                });
+                emit(
+                    match key_of(&fields, primary_key).and_then(|key| {
+                        let fields = RowFields::from_map(&fields).map_err(|err| {
+                            format!("the record cannot be written as JSON: {err}")
+                        })?;
+                        Ok((key, fields))
+                    }) {
+                        Ok((key, fields)) => Ok(SourceRow { key, fields, line }),
+                        Err(reason) => {
+                            Err(reject(object, line, None, "missing_primary_key", reason))
+                        }
+                    },
+                );
             }
             Err(err) => {
                 let line = err.position().map_or(line, |p| p.line());
@@ -522,7 +527,7 @@ mod tests {
         let (rows, rejected) = read_all(data, "b.csv");
         assert_eq!(rows.len(), 2);
         assert_eq!(
-            rows[1].fields.to_map()["name"],
+            rows[1].fields.to_map().unwrap()["name"],
             Value::String("Eve, Jr".into())
         );
         assert_eq!(rejected.len(), 1);

@@ -43,7 +43,10 @@ use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
 use super::{http, scalar_text, Destination, OutboundRow, SetupError};
-use crate::domain::outcome::{ErrorClass, RowError, RowResult};
+use crate::domain::{
+    outcome::{ErrorClass, RowError, RowResult},
+    row::UnmappableRow,
+};
 
 mod answer;
 mod auth;
@@ -133,7 +136,8 @@ impl Salesforce {
         (over && age < BUDGET_RECHECK).then(|| BUDGET_RECHECK - age)
     }
 
-    fn record(&self, row: &OutboundRow<'_>) -> Value {
+    /// One record of the request body; a row whose mapped fields cannot be read fails alone.
+    fn record(&self, row: &OutboundRow<'_>) -> Result<Value, UnmappableRow> {
         let mut record = Map::new();
         record.insert(
             "attributes".into(),
@@ -143,7 +147,9 @@ impl Salesforce {
             self.external_id_field.clone(),
             Value::String(row.key.as_str().to_owned()),
         );
-        let mut fields = row.fields.to_map();
+        let mut fields = row
+            .fields
+            .pick(&|column| self.fields.contains_key(column))?;
         for (column, field) in &self.fields {
             if field == &self.external_id_field {
                 continue;
@@ -152,10 +158,10 @@ impl Salesforce {
                 record.insert(field.clone(), value);
             }
         }
-        Value::Object(record)
+        Ok(Value::Object(record))
     }
 
-    async fn upsert(&self, rows: &[OutboundRow<'_>]) -> Vec<RowResult> {
+    async fn upsert(&self, rows: &[OutboundRow<'_>], records: Vec<Value>) -> Vec<RowResult> {
         if let Some(wait) = self.budget_exhausted() {
             return vec![
                 Err(RowError::rate_limited(
@@ -169,11 +175,12 @@ impl Salesforce {
                 rows.len()
             ];
         }
-        let body = serde_json::to_vec(&serde_json::json!({
+        let body = serde_json::json!({
             "allOrNone": false,
-            "records": rows.iter().map(|row| self.record(row)).collect::<Vec<_>>(),
-        }))
-        .expect("records serialise");
+            "records": records,
+        })
+        .to_string()
+        .into_bytes();
         let mut stale = None;
         for _ in 0..2 {
             let token = match self.auth.token(stale).await {
@@ -292,7 +299,11 @@ impl Destination for Salesforce {
     }
 
     fn send<'a>(&'a self, rows: &'a [OutboundRow<'a>]) -> BoxFuture<'a, Vec<RowResult>> {
-        Box::pin(self.upsert(rows))
+        Box::pin(super::send_mappable(
+            rows,
+            |row| self.record(row),
+            move |rows, records| async move { self.upsert(&rows, records).await },
+        ))
     }
 
     fn order_key(&self, row: &OutboundRow<'_>) -> Option<String> {
