@@ -121,6 +121,15 @@ pub(crate) fn field_of(text: &str, name: &str) -> Result<Option<Value>, serde_js
     one_field(text, name)
 }
 
+/// Validates `text` as one JSON object and returns the text of its field `name` exactly
+/// as written (the last occurrence), e.g. `7.50`, `1e2` or `"x "` with its quotes.
+pub(crate) fn raw_field_of<'t>(
+    text: &'t str,
+    name: &str,
+) -> Result<Option<&'t RawValue>, serde_json::Error> {
+    one_field(text, name)
+}
+
 fn one_field<'de, T: Deserialize<'de>>(
     text: &'de str,
     name: &str,
