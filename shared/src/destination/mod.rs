@@ -214,3 +214,59 @@ pub fn scalar_text(value: &Value) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13, item 1: rows a destination cannot map fail alone as `unmappable_row`;
+    /// the others are sent, and every result comes back in the order of the rows.
+    #[tokio::test]
+    async fn unmappable_rows_fail_alone_and_results_keep_the_rows_order() {
+        let keys: Vec<PrimaryKey> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|k| PrimaryKey::parse(*k).unwrap())
+            .collect();
+        let good = RowFields::from_text(r#"{"v": 1}"#).unwrap();
+        let poison = RowFields::from_text(r#"{"v": 1e400}"#).unwrap();
+        let rows: Vec<OutboundRow<'_>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| OutboundRow {
+                key,
+                idempotency_key: format!("r:{key}"),
+                fields: if i % 2 == 1 { &poison } else { &good },
+            })
+            .collect();
+        let results = send_mappable(
+            &rows,
+            |row| row.fields.pick(&|_| true),
+            |sent, mapped| async move {
+                assert_eq!(sent.len(), mapped.len());
+                sent.iter()
+                    .map(|row| {
+                        if row.key.as_str() == "c" {
+                            Err(RowError::retryable("LOCKED", "locked"))
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .collect()
+            },
+        )
+        .await;
+        let codes: Vec<Option<String>> = results
+            .iter()
+            .map(|r| r.as_ref().err().map(|e| e.code.clone()))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                None,
+                Some("unmappable_row".into()),
+                Some("LOCKED".into()),
+                Some("unmappable_row".into())
+            ]
+        );
+    }
+}
