@@ -217,3 +217,49 @@ pub async fn assert_poison_rows_failed_alone(
         assert_eq!(entry.attempts, 1, "a permanent failure is not retried");
     }
 }
+
+/// Issue 13, items 4, 5, 6 and 9, end to end: keys reach the destination as the source
+/// wrote them (integers beyond 64 bits, number spellings, whitespace kept), a byte order
+/// mark costs no row, and a CSV quote never closed is one rejection instead of a row
+/// that swallowed the records after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_reach_the_destination_as_the_source_wrote_them() {
+    let env = TestEnv::start().await;
+    let jsonl = concat!(
+        "\u{feff}{\"id\": 12345678901234567890123, \"v\": 1}\n",
+        "{\"id\": 12345678901234567890124, \"v\": 1}\n",
+        "{\"id\": 98765432109876543210987, \"v\": 1}\n",
+        "{\"id\": 7.50}\n",
+        "{\"id\": 1e2}\n",
+        "{\"id\": \"x\"}\n",
+        "{\"id\": \" x\"}\n",
+        "{\"id\": \"x \"}\n",
+        "{\"id\": \"x\\u00a0\"}\n",
+        "{\"id\": \"cr\\r\"}\n",
+    );
+    env.export("a.jsonl", jsonl.as_bytes().to_vec()).await;
+    env.export(
+        "b.csv",
+        b"id,email\nc-1,a@example.com\nc-2,\"open\nc-3,b@example.com\nc-4,c@example.com\n".to_vec(),
+    )
+    .await;
+    let counts = env.run().await.record.counts.unwrap();
+    assert_eq!((counts.planned, counts.delivered), (12, 11));
+    assert_eq!((counts.rejected, counts.failed), (1, 0));
+    let expected: std::collections::HashSet<String> = [
+        "12345678901234567890123",
+        "12345678901234567890124",
+        "98765432109876543210987",
+        "7.50",
+        "1e2",
+        "x",
+        " x",
+        "x ",
+        "x\u{a0}",
+        "cr\r",
+        "c-1",
+    ]
+    .map(str::to_owned)
+    .into();
+    assert_eq!(env.destination.stats().delivered_keys, expected);
+}
