@@ -179,6 +179,108 @@ syncs:
         );
     }
 
+    /// Issue 13, item 9: `primary_key: " id"` loaded, and then every row was rejected
+    /// (no row has a column named " id"). A key column with surrounding whitespace, or
+    /// an empty one, is refused at load, naming the field.
+    #[test]
+    fn a_primary_key_with_surrounding_whitespace_is_refused() {
+        for key in ["\" id\"", "\"id \"", "\"\\tid\"", "\"\"", "\"  \""] {
+            let text = GOOD.replace("primary_key: id", &format!("primary_key: {key}"));
+            let (field, message) = refused(&text);
+            assert_eq!(field, "syncs[0].primary_key", "{key}: {message}");
+        }
+        let text = GOOD.replace("primary_key: id", "primary_key: \"customer id\"");
+        assert!(
+            Config::from_yaml(&text).is_ok(),
+            "inner spaces are a column name"
+        );
+    }
+
+    /// Issue 13, item 9: a URL without a host (`https:///rows`) was accepted (the URL
+    /// parser reads it as host `rows`). It is refused, naming the field.
+    #[test]
+    fn a_url_without_a_host_is_refused() {
+        for url in [
+            "https:///rows",
+            "https:rows",
+            "https://",
+            "https://?q=1",
+            "https://#x",
+        ] {
+            let text = GOOD.replace("https://hooks.example.com/rows", url);
+            let (field, message) = refused(&text);
+            assert_eq!(field, "destinations[0].webhook.url", "{url}: {message}");
+            assert!(message.contains("host"), "{url}: {message}");
+        }
+    }
+
+    /// Issue 13, item 9: schedules were checked only for shape, so `cron(a b c d e f)`,
+    /// `rate(1 minutes)` and an overflowing rate loaded. They are validated as
+    /// EventBridge does, naming the field.
+    #[test]
+    fn schedules_are_validated_as_eventbridge_does() {
+        let refused_schedules = [
+            "cron(a b c d e f)",
+            "cron(0 * * * * *)",
+            "cron(0 * ? * ? *)",
+            "cron(60 * * * ? *)",
+            "cron(0 24 * * ? *)",
+            "cron(0 0 32 * ? *)",
+            "cron(0 0 0 * ? *)",
+            "cron(0 0 * 13 ? *)",
+            "cron(0 0 ? * 8 *)",
+            "cron(0 0 ? * 1 1969)",
+            "cron(0 0 * * ? 2200)",
+            "cron(0 0 ? * 3#1,6#3 *)",
+            "cron(0 0 ? * L# *)",
+            "cron(0/0 * * * ? *)",
+            "cron(0 0 * * ?)",
+            "cron(0 0 * * ? * *)",
+            "cron(0 0 W * ? *)",
+            "rate(1 minutes)",
+            "rate(5 minute)",
+            "rate(0 minutes)",
+            "rate(-5 minutes)",
+            "rate(1.5 hours)",
+            "rate(18446744073709551615 days)",
+            "rate(99999999999999999999999 minutes)",
+            "rate(15 minutes",
+            "rate(15 weeks)",
+            "rate(15)",
+        ];
+        for schedule in refused_schedules {
+            let text = GOOD.replace("rate(15 minutes)", &format!("\"{schedule}\""));
+            let (field, message) = refused(&text);
+            assert_eq!(field, "syncs[0].schedule", "{schedule}: {message}");
+        }
+        let accepted = [
+            "cron(0 10 * * ? *)",
+            "cron(15 12 * * ? *)",
+            "cron(0 18 ? * MON-FRI *)",
+            "cron(0 8 1 * ? *)",
+            "cron(0/15 * * * ? *)",
+            "cron(0/10 * ? * MON-FRI *)",
+            "cron(0/5 8-17 ? * MON-FRI *)",
+            "cron(0 9 ? * 2#1 *)",
+            "cron(0 0 L * ? *)",
+            "cron(0 0 3W * ? *)",
+            "cron(0 0 ? * 6L *)",
+            "cron(0,30 * * jan,FEB ? 2026-2030)",
+            "rate(1 minute)",
+            "rate(5 minutes)",
+            "rate(1 hour)",
+            "rate(2 hours)",
+            "rate(1 day)",
+            "rate(365 days)",
+        ];
+        for schedule in accepted {
+            let text = GOOD.replace("rate(15 minutes)", &format!("\"{schedule}\""));
+            if let Err(err) = Config::from_yaml(&text) {
+                panic!("{schedule} was refused: {err}");
+            }
+        }
+    }
+
     #[test]
     fn duplicate_ids_are_refused() {
         let text = GOOD.replace(

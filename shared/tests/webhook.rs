@@ -100,7 +100,8 @@ fn rows() -> (Vec<PrimaryKey>, resync_shared::RowFields) {
         .as_object()
         .unwrap()
         .clone()
-        .into();
+        .try_into()
+        .unwrap();
     (keys, fields)
 }
 

@@ -81,7 +81,12 @@ fn duplicate_body(run_id: &RunId, i: usize) -> String {
         generation: 0,
         sync_id: resync_shared::SyncId::parse("customers").unwrap(),
         key: PrimaryKey::parse(key(i)).unwrap(),
-        row: row(i, "v1").as_object().unwrap().clone().into(),
+        row: row(i, "v1")
+            .as_object()
+            .unwrap()
+            .clone()
+            .try_into()
+            .unwrap(),
         carried_over: false,
         first_failed_at: None,
         prior_attempts: 0,

@@ -2,7 +2,10 @@
 
 use resync_tests::Behaviour;
 
-use crate::helpers::{full_batches, key, scaled, EnvSettings, TestEnv, Vendor};
+use crate::{
+    helpers::{full_batches, key, scaled, EnvSettings, TestEnv, Vendor},
+    source_rows::{assert_poison_rows_failed_alone, poison_export},
+};
 
 /// Issue 4 — the FAQ scenario with HubSpot: 1,000 rows, 400 refused with validation
 /// errors in a 207 multi-status answer → the next run sends only those 400.
@@ -58,4 +61,32 @@ async fn hubspot_only_failed_rows_are_retried_next_run() {
     assert_eq!(stats.received_after_written, 0);
     assert_eq!(stats.malformed_calls + stats.unauthorized_calls, 0);
     assert!(env.index().await.is_empty());
+}
+
+/// Issue 13, item 1: a row accepted at planning whose mapped value has no parsed form
+/// (`"\ud800"`, `1e400`, 200-deep nesting) panicked the HubSpot mapping in
+/// `RowFields::to_map`, so its batch was never delivered and the run never closed. Each
+/// such row now fails alone as `unmappable_row`; its neighbours are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_rows_it_cannot_map_fail_alone_and_the_run_closes() {
+    let env = TestEnv::with(EnvSettings {
+        max_attempts: 2,
+        vendor: Vendor::Hubspot,
+        concurrency: 1,
+        options: full_batches(),
+        ..EnvSettings::default()
+    })
+    .await;
+    let ordinary = 20;
+    let (export, poisoned) = poison_export(ordinary);
+    env.export("poison.jsonl", export).await;
+    let run = env.run().await;
+    assert_poison_rows_failed_alone(&env, run, ordinary, &poisoned).await;
+    let stats = env.hubspot.as_ref().unwrap().stats();
+    assert_eq!(stats.written.len(), ordinary + 1);
+    assert!(
+        poisoned.iter().all(|k| !stats.ids[0].contains(k)),
+        "never sent"
+    );
+    assert_eq!(stats.malformed_calls, 0);
 }

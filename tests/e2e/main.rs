@@ -10,6 +10,8 @@
 //!   emulator's fault plan) never costs a row;
 //! - `dead_letters`: rows that keep crashing their invocation, failed from the
 //!   dead-letter queue;
+//! - `corpus`: the bad-input corpus of `tests/corpus/` (sources and configurations
+//!   with their expected outcomes);
 //! - `source_rows`: bad lines, duplicate keys, too-large and wide rows, new rows merged
 //!   with failed keys;
 //! - `runs`: overlapping starts, the close on the last row, the settled report, close
@@ -33,6 +35,7 @@ mod helpers;
 
 mod at_least_once;
 mod aws_faults;
+mod corpus;
 mod crash_points;
 mod dead_letters;
 mod destination_answers;

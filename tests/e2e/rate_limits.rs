@@ -240,7 +240,12 @@ async fn a_copy_that_comes_back_after_the_last_attempt_is_not_sent_again() {
         run_id: run_id.clone(),
         sync_id: env.sync.clone(),
         key: PrimaryKey::parse(key(1)).unwrap(),
-        row: row(1, "v1").as_object().unwrap().clone().into(),
+        row: row(1, "v1")
+            .as_object()
+            .unwrap()
+            .clone()
+            .try_into()
+            .unwrap(),
         carried_over: false,
         first_failed_at: None,
         prior_attempts: 0,

@@ -6,9 +6,12 @@ use std::collections::HashSet;
 use resync::local::LocalOptions;
 use resync_tests::Behaviour;
 
-use crate::helpers::{
-    assert_locked_at_the_threshold, full_batches, key, remote, row, scaled, EnvSettings, TestEnv,
-    Vendor,
+use crate::{
+    helpers::{
+        assert_locked_at_the_threshold, full_batches, key, remote, row, scaled, EnvSettings,
+        TestEnv, Vendor,
+    },
+    source_rows::{assert_poison_rows_failed_alone, poison_export},
 };
 
 /// Issue 4 — the seed scenario with Salesforce as the destination: 5 records locked
@@ -182,4 +185,35 @@ async fn salesforce_rows_of_one_account_share_a_call() {
         calls_per_account.values().all(|&n| n == 1),
         "every account in exactly one call: {calls_per_account:?}"
     );
+}
+
+/// Issue 13, item 1: a row accepted at planning whose mapped value has no parsed form
+/// (`"\ud800"`, `1e400`, 200-deep nesting) panicked the Salesforce mapping in
+/// `RowFields::to_map`, so its batch was never delivered and the run never closed. Each
+/// such row now fails alone as `unmappable_row`; its neighbours are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salesforce_rows_it_cannot_map_fail_alone_and_the_run_closes() {
+    let env = TestEnv::with(EnvSettings {
+        max_attempts: 2,
+        vendor: Vendor::Salesforce {
+            jwt: false,
+            parent_field: false,
+        },
+        concurrency: 1,
+        options: full_batches(),
+        ..EnvSettings::default()
+    })
+    .await;
+    let ordinary = 20;
+    let (export, poisoned) = poison_export(ordinary);
+    env.export("poison.jsonl", export).await;
+    let run = env.run().await;
+    assert_poison_rows_failed_alone(&env, run, ordinary, &poisoned).await;
+    let stats = env.salesforce.as_ref().unwrap().stats();
+    assert_eq!(stats.written.len(), ordinary + 1);
+    assert!(
+        poisoned.iter().all(|k| !stats.ids[0].contains(k)),
+        "never sent"
+    );
+    assert_eq!(stats.malformed_calls, 0);
 }

@@ -156,3 +156,110 @@ async fn next_run_merges_new_rows_with_failed_keys_once_each() {
     assert_eq!(sent, &expected);
     assert!(env.index().await.is_empty());
 }
+
+/// Rows that are valid JSON text but whose values no parsed JSON value can hold: a lone
+/// surrogate escape, a number beyond `f64`, nesting 200 levels deep, each in a field the
+/// vendor destinations map (`email`), plus one such value in a field they do not map,
+/// among ordinary rows. Returns the export and the keys a mapping destination must fail.
+pub fn poison_export(ordinary: usize) -> (Vec<u8>, Vec<String>) {
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let poison_values = [r#""\ud800""#.to_owned(), "1e400".to_owned(), deep];
+    let mut jsonl = String::new();
+    let mut poisoned = Vec::new();
+    for i in 0..ordinary {
+        jsonl.push_str(&format!("{}\n", row(i, "v1")));
+        if i % 7 == 3 && poisoned.len() < poison_values.len() {
+            let poison_key = key(1_000 + i);
+            jsonl.push_str(&format!(
+                "{{\"id\": \"{poison_key}\", \"email\": {}, \"version\": \"v1\"}}\n",
+                poison_values[poisoned.len()]
+            ));
+            poisoned.push(poison_key);
+        }
+    }
+    // Poison in a column no destination maps: the row is mappable and delivered.
+    jsonl.push_str(&format!(
+        "{{\"id\": \"{}\", \"email\": \"ok@example.com\", \"version\": \"v1\", \"notes\": 1e400}}\n",
+        key(2_000)
+    ));
+    (jsonl.into_bytes(), poisoned)
+}
+
+/// Asserts the outcome of a run of [`poison_export`]: the poison rows failed alone as
+/// `unmappable_row` with a reason and no value, every other row delivered, the run closed.
+pub async fn assert_poison_rows_failed_alone(
+    env: &TestEnv,
+    run: resync::local::LocalRun,
+    ordinary: usize,
+    poisoned: &[String],
+) {
+    let counts = run.record.counts.unwrap();
+    assert_eq!(counts.planned, (ordinary + poisoned.len() + 1) as u64);
+    assert_eq!(
+        (counts.delivered, counts.failed, counts.rejected),
+        (ordinary as u64 + 1, poisoned.len() as u64, 0)
+    );
+    let index = env.index().await;
+    let failed: std::collections::HashSet<String> =
+        index.iter().map(|e| e.key.to_string()).collect();
+    assert_eq!(failed, poisoned.iter().cloned().collect());
+    for entry in &index {
+        assert_eq!(
+            (entry.error_class.as_str(), entry.error_code.as_str()),
+            ("permanent", "unmappable_row"),
+            "{entry:?}"
+        );
+        assert!(
+            entry.error_message.contains("field 'email'"),
+            "{}",
+            entry.error_message
+        );
+        assert_eq!(entry.attempts, 1, "a permanent failure is not retried");
+    }
+}
+
+/// Issue 13, items 4, 5, 6 and 9, end to end: keys reach the destination as the source
+/// wrote them (integers beyond 64 bits, number spellings, whitespace kept), a byte order
+/// mark costs no row, and a CSV quote never closed is one rejection instead of a row
+/// that swallowed the records after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_reach_the_destination_as_the_source_wrote_them() {
+    let env = TestEnv::start().await;
+    let jsonl = concat!(
+        "\u{feff}{\"id\": 12345678901234567890123, \"v\": 1}\n",
+        "{\"id\": 12345678901234567890124, \"v\": 1}\n",
+        "{\"id\": 98765432109876543210987, \"v\": 1}\n",
+        "{\"id\": 7.50}\n",
+        "{\"id\": 1e2}\n",
+        "{\"id\": \"x\"}\n",
+        "{\"id\": \" x\"}\n",
+        "{\"id\": \"x \"}\n",
+        "{\"id\": \"x\\u00a0\"}\n",
+        "{\"id\": \"cr\\r\"}\n",
+    );
+    env.export("a.jsonl", jsonl.as_bytes().to_vec()).await;
+    env.export(
+        "b.csv",
+        b"id,email\nc-1,a@example.com\nc-2,\"open\nc-3,b@example.com\nc-4,c@example.com\n".to_vec(),
+    )
+    .await;
+    let counts = env.run().await.record.counts.unwrap();
+    assert_eq!((counts.planned, counts.delivered), (12, 11));
+    assert_eq!((counts.rejected, counts.failed), (1, 0));
+    let expected: std::collections::HashSet<String> = [
+        "12345678901234567890123",
+        "12345678901234567890124",
+        "98765432109876543210987",
+        "7.50",
+        "1e2",
+        "x",
+        " x",
+        "x ",
+        "x\u{a0}",
+        "cr\r",
+        "c-1",
+    ]
+    .map(str::to_owned)
+    .into();
+    assert_eq!(env.destination.stats().delivered_keys, expected);
+}

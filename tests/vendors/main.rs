@@ -89,7 +89,8 @@ impl Rows {
                         .as_object()
                         .unwrap()
                         .clone()
-                        .into()
+                        .try_into()
+                        .unwrap()
                 })
                 .collect(),
         }

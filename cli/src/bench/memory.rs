@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use resync_shared::{
     config::Config,
     domain::{ledger::FailedRow, outcome::RowError},
-    PrimaryKey, RunId, SyncId,
+    PrimaryKey, RowFields, RunId, SyncId,
 };
 
 use super::{
@@ -62,11 +62,11 @@ async fn prepare(bench: &Bench, options: &BenchOptions) -> anyhow::Result<()> {
                 prior_attempts: 0,
                 carried_over: false,
                 first_failed_at: None,
-                payload: serde_json::json!({"id": key("memory", index), "email": "x@example.com", "plan": "pro", "mrr": 1})
-                    .as_object()
-                    .expect("object")
-                    .clone()
-                    .into(),
+                payload: RowFields::from_text(
+                    serde_json::json!({"id": key("memory", index), "email": "x@example.com", "plan": "pro", "mrr": 1})
+                        .to_string(),
+                )
+                .expect("an object"),
             }
         })
         .collect();

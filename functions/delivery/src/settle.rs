@@ -249,7 +249,7 @@ mod tests {
                 generation: 0,
                 sync_id: SyncId::parse("s").unwrap(),
                 key: PrimaryKey::parse(key).unwrap(),
-                row: row.into(),
+                row: row.try_into().unwrap(),
                 carried_over: false,
                 first_failed_at: None,
                 prior_attempts: 0,

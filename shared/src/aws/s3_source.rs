@@ -17,6 +17,42 @@ pub type RowStream = mpsc::Receiver<Vec<Result<SourceRow, Rejection>>>;
 /// Rows per chunk of a [`RowStream`].
 pub const CHUNK_ROWS: usize = 256;
 
+/// Bytes of row text after which a chunk is handed over before it has [`CHUNK_ROWS`]
+/// rows: with rows of up to a line's cap (1 MiB), chunks counted in rows alone could hold
+/// 256 MiB each. With it, the chunks in flight (the channel's 4, the one being filled,
+/// the one being planned) hold about 6 × (4 MiB + one row) at most.
+pub const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// Gathers an object's rows and rejections into chunks bounded by rows and by bytes.
+#[derive(Debug, Default)]
+struct Chunker {
+    chunk: Vec<Result<SourceRow, Rejection>>,
+    bytes: usize,
+}
+
+impl Chunker {
+    /// Adds one event; returns a full chunk to hand over.
+    fn push(
+        &mut self,
+        event: Result<SourceRow, Rejection>,
+    ) -> Option<Vec<Result<SourceRow, Rejection>>> {
+        self.bytes = self.bytes.saturating_add(match &event {
+            Ok(row) => row.fields.len(),
+            Err(rejection) => rejection.reason.len() + rejection.object.len(),
+        });
+        self.chunk.push(event);
+        (self.chunk.len() >= CHUNK_ROWS || self.bytes >= CHUNK_BYTES).then(|| {
+            self.bytes = 0;
+            std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_ROWS))
+        })
+    }
+
+    /// The last, partial chunk.
+    fn finish(self) -> Option<Vec<Result<SourceRow, Rejection>>> {
+        (!self.chunk.is_empty()).then_some(self.chunk)
+    }
+}
+
 /// S3 adapter for sources.
 #[derive(Debug, Clone)]
 pub struct S3Source {
@@ -134,20 +170,53 @@ impl S3Source {
         let object = object.to_owned();
         let primary_key = primary_key.to_owned();
         let handle = tokio::task::spawn_blocking(move || {
-            let mut chunk = Vec::with_capacity(CHUNK_ROWS);
+            let mut chunker = Chunker::default();
             let read = read_object(reader, &object, encoding, &primary_key, &mut |event| {
-                chunk.push(event);
-                if chunk.len() == CHUNK_ROWS {
+                if let Some(full) = chunker.push(event) {
                     // A closed receiver means the reader gave up; nothing more to do.
-                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS));
                     let _ = tx.blocking_send(full);
                 }
             });
-            if !chunk.is_empty() {
-                let _ = tx.blocking_send(chunk);
+            if let Some(last) = chunker.finish() {
+                let _ = tx.blocking_send(last);
             }
             read
         });
         Ok((rx, handle))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PrimaryKey, RowFields};
+
+    fn row(bytes: usize) -> Result<SourceRow, Rejection> {
+        let text = format!("{{\"n\":\"{}\"}}", "x".repeat(bytes.saturating_sub(8)));
+        Ok(SourceRow {
+            key: PrimaryKey::parse("k").unwrap(),
+            fields: RowFields::from_text(text).unwrap(),
+            line: 1,
+        })
+    }
+
+    /// Issue 13, item 3: chunks of wide rows are handed over by bytes, not only by
+    /// rows, so the rows in flight between the parser and the planner stay bounded.
+    #[test]
+    fn chunks_are_bounded_by_bytes_as_well_as_rows() {
+        let mut chunker = Chunker::default();
+        let mut chunks = Vec::new();
+        for _ in 0..20 {
+            if let Some(full) = chunker.push(row(1024 * 1024)) {
+                chunks.push(full.len());
+            }
+        }
+        chunks.extend(chunker.finish().map(|last| last.len()));
+        assert_eq!(chunks, [4, 4, 4, 4, 4]);
+        let mut chunker = Chunker::default();
+        let small: Vec<usize> = (0..300)
+            .filter_map(|_| chunker.push(row(100)).map(|c| c.len()))
+            .collect();
+        assert_eq!(small, [CHUNK_ROWS]);
     }
 }

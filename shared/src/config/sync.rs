@@ -102,6 +102,15 @@ pub(super) fn validate_syncs(
         if s.primary_key.trim().is_empty() {
             return Err(invalid(format!("{at}.primary_key"), "must name a column"));
         }
+        if s.primary_key.trim() != s.primary_key {
+            return Err(invalid(
+                format!("{at}.primary_key"),
+                format!(
+                    "'{}' has whitespace around the column name; keys are read from the column named exactly so (no row would have it)",
+                    s.primary_key.escape_debug()
+                ),
+            ));
+        }
         if s.source.prefix.starts_with('/') {
             return Err(invalid(
                 format!("{at}.source.prefix"),

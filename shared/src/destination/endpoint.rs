@@ -4,9 +4,17 @@
 
 use std::net::IpAddr;
 
-/// Accepts `https://` URLs, and `http://` only for loopback hosts (local tries).
+/// Accepts `https://` URLs, and `http://` only for loopback hosts (local tries). The
+/// host must be written: `https:///rows` and `https:rows` are refused (the URL parser
+/// would read them as host `rows`).
 pub fn check_endpoint_url(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("'{url}' is not a URL: {e}"))?;
+    let authority = url.split_once("://").map(|(_, rest)| rest);
+    let host_written = authority
+        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with(['/', '?', '#', '@', ':']));
+    if !host_written || parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("'{url}' has no host; expected scheme://host/path"));
+    }
     match parsed.scheme() {
         "https" => Ok(()),
         "http" => {
@@ -42,5 +50,7 @@ mod tests {
         assert!(check_endpoint_url("http://example.com/x").is_err());
         assert!(check_endpoint_url("ftp://example.com/x").is_err());
         assert!(check_endpoint_url("not a url").is_err());
+        assert!(check_endpoint_url("https:///rows").is_err());
+        assert!(check_endpoint_url("https:rows").is_err());
     }
 }

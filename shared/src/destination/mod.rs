@@ -27,7 +27,7 @@ use crate::{
     domain::{
         ids::PrimaryKey,
         outcome::{RowError, RowResult},
-        row::RowFields,
+        row::{RowFields, UnmappableRow},
     },
     secrets::{SecretError, SecretRef, SecretResolver},
 };
@@ -173,6 +173,68 @@ pub struct DestinationError {
     pub source: SetupError,
 }
 
+/// Sends the rows a destination can map and fails the others alone.
+///
+/// `map` turns a row into what the destination sends for it; a row it cannot map (see
+/// [`UnmappableRow`]) gets a permanent `unmappable_row` error with the reason and is not
+/// sent, so one poison row never costs its request's other rows. `send` receives the
+/// mappable rows with their mapped form, in order, and answers for them; per-row
+/// results come back in the order of `rows`. A whole-request refusal of the mappable
+/// rows is passed on as it is: bisecting then isolates the bad rows, and a part holding
+/// only unmappable rows costs no request.
+pub(crate) async fn send_mappable<'r, T, F, Fut>(
+    rows: &[OutboundRow<'r>],
+    map: impl Fn(&OutboundRow<'r>) -> Result<T, UnmappableRow>,
+    send: F,
+) -> Answer
+where
+    F: FnOnce(Vec<OutboundRow<'r>>, Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = Answer>,
+{
+    let mut results: Vec<Option<RowResult>> = Vec::with_capacity(rows.len());
+    let mut mappable = Vec::with_capacity(rows.len());
+    let mut mapped = Vec::with_capacity(rows.len());
+    for row in rows {
+        match map(row) {
+            Ok(value) => {
+                results.push(None);
+                mappable.push(row.clone());
+                mapped.push(value);
+            }
+            Err(unmappable) => {
+                tracing::warn!(key = %row.key, "the destination cannot map the row; failing it alone");
+                results.push(Some(Err(RowError::permanent(
+                    UnmappableRow::CODE,
+                    unmappable.reason,
+                ))));
+            }
+        }
+    }
+    let sent = if mappable.is_empty() {
+        Vec::new()
+    } else {
+        match send(mappable, mapped).await {
+            Answer::PerRow(sent) => sent,
+            refused @ Answer::Refused(_) => return refused,
+        }
+    };
+    let mut sent = sent.into_iter();
+    Answer::PerRow(
+        results
+            .into_iter()
+            .map(|slot| match slot {
+                Some(result) => result,
+                None => sent.next().unwrap_or_else(|| {
+                    Err(RowError::retryable(
+                        "RESULT_COUNT_MISMATCH",
+                        "the destination gave no result for this row",
+                    ))
+                }),
+            })
+            .collect(),
+    )
+}
+
 /// The text of a JSON field value as a destination sends it as an identifier: strings
 /// as they are, numbers and booleans in their JSON form; `None` for null, arrays and objects.
 pub fn scalar_text(value: &Value) -> Option<String> {
@@ -181,5 +243,66 @@ pub fn scalar_text(value: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13, item 1: rows a destination cannot map fail alone as `unmappable_row`;
+    /// the others are sent, and every result comes back in the order of the rows.
+    #[tokio::test]
+    async fn unmappable_rows_fail_alone_and_results_keep_the_rows_order() {
+        let keys: Vec<PrimaryKey> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|k| PrimaryKey::parse(*k).unwrap())
+            .collect();
+        let good = RowFields::from_text(r#"{"v": 1}"#).unwrap();
+        let poison = RowFields::from_text(r#"{"v": 1e400}"#).unwrap();
+        let rows: Vec<OutboundRow<'_>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| OutboundRow {
+                key,
+                idempotency_key: format!("r:{key}"),
+                fields: if i % 2 == 1 { &poison } else { &good },
+            })
+            .collect();
+        let answer = send_mappable(
+            &rows,
+            |row| row.fields.pick(&|_| true),
+            |sent, mapped| async move {
+                assert_eq!(sent.len(), mapped.len());
+                Answer::PerRow(
+                    sent.iter()
+                        .map(|row| {
+                            if row.key.as_str() == "c" {
+                                Err(RowError::retryable("LOCKED", "locked"))
+                            } else {
+                                Ok(())
+                            }
+                        })
+                        .collect(),
+                )
+            },
+        )
+        .await;
+        let Answer::PerRow(results) = answer else {
+            panic!("per-row answers stay per row");
+        };
+        let codes: Vec<Option<String>> = results
+            .iter()
+            .map(|r| r.as_ref().err().map(|e| e.code.clone()))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                None,
+                Some("unmappable_row".into()),
+                Some("LOCKED".into()),
+                Some("unmappable_row".into())
+            ]
+        );
     }
 }

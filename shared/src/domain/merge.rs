@@ -162,7 +162,12 @@ mod tests {
     fn row(k: &str, v: i64) -> SourceRow {
         SourceRow {
             key: key(k),
-            fields: json!({"id": k, "v": v}).as_object().unwrap().clone().into(),
+            fields: json!({"id": k, "v": v})
+                .as_object()
+                .unwrap()
+                .clone()
+                .try_into()
+                .unwrap(),
             line: 0,
         }
     }
@@ -191,7 +196,7 @@ mod tests {
         let Planned::Enqueue(planned) = planner.plan(source[0].clone(), "o") else {
             panic!("expected enqueue")
         };
-        assert_eq!(planned.fields.to_map()["v"], json!(2));
+        assert_eq!(planned.fields.to_map().unwrap()["v"], json!(2));
         assert_eq!(
             planned.carried.unwrap().first_failed_at,
             "2026-11-01T00:00:00Z"
@@ -212,7 +217,7 @@ mod tests {
         let (leftovers, _) = planner.leftovers();
         assert_eq!(leftovers.len(), 1);
         assert_eq!(leftovers[0].key.as_str(), "b");
-        assert_eq!(leftovers[0].fields.to_map()["v"], json!(7));
+        assert_eq!(leftovers[0].fields.to_map().unwrap()["v"], json!(7));
     }
 
     #[test]

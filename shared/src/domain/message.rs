@@ -82,7 +82,8 @@ mod tests {
                 .as_object()
                 .unwrap()
                 .clone()
-                .into(),
+                .try_into()
+                .unwrap(),
             carried_over: false,
             first_failed_at: None,
             prior_attempts: 0,

@@ -43,10 +43,9 @@ impl RowFields {
         }
     }
 
-    /// The fields of a parsed map.
-    pub fn from_map(fields: &Map<String, Value>) -> Self {
-        let text = serde_json::to_string(fields).expect("a JSON map serialises");
-        Self(RawValue::from_string(text).expect("serde_json writes valid JSON"))
+    /// The fields of a parsed map (e.g. a CSV record's cells).
+    pub fn from_map(fields: &Map<String, Value>) -> Result<Self, serde_json::Error> {
+        serde_json::value::to_raw_value(fields).map(Self)
     }
 
     /// The JSON text.
@@ -59,9 +58,29 @@ impl RowFields {
         &self.0
     }
 
-    /// Parses the fields (for destinations that map them).
-    pub fn to_map(&self) -> Map<String, Value> {
-        serde_json::from_str(self.0.get()).expect("RowFields always holds a JSON object")
+    /// Parses every field (for destinations that map them).
+    ///
+    /// Fallible on purpose: planning validates a row as JSON text without building its
+    /// values, so text that is valid JSON but has no `serde_json::Value` (a lone surrogate
+    /// escape such as `"\ud800"`, a number beyond `f64` such as `1e400`, nesting deeper
+    /// than 128 levels) is accepted and forwarded verbatim by the webhook; a destination
+    /// that maps fields fails such a row alone (see [`UnmappableRow`]).
+    pub fn to_map(&self) -> Result<Map<String, Value>, UnmappableRow> {
+        serde_json::from_str(self.0.get()).map_err(|err| UnmappableRow {
+            reason: format!("the row's fields cannot be read as JSON values: {err}"),
+        })
+    }
+
+    /// Parses only the fields whose names `wanted` accepts (the last occurrence of each,
+    /// as a parsed map keeps it); the others are skipped unread, so a value that no
+    /// `serde_json::Value` can hold fails the row only where a destination maps it.
+    pub fn pick(&self, wanted: &dyn Fn(&str) -> bool) -> Result<Map<String, Value>, UnmappableRow> {
+        let mut de = serde_json::Deserializer::from_str(self.0.get());
+        let picked = serde::de::DeserializeSeed::deserialize(Picked { wanted }, &mut de)
+            .and_then(|picked| de.end().map(|()| picked));
+        picked.map_err(|err| UnmappableRow {
+            reason: format!("the row's mapped fields cannot be read as JSON values: {err}"),
+        })
     }
 
     /// One field's value (the last occurrence, as a parsed map keeps it), read without
@@ -81,30 +100,68 @@ impl RowFields {
     }
 }
 
+/// Why a destination could not map a row's fields: the row is valid JSON text, but a
+/// value it maps has no parsed form. The row fails alone, permanently, with code
+/// [`UnmappableRow::CODE`]; the rest of its request is sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct UnmappableRow {
+    /// What could not be read (positions and kinds, never values).
+    pub reason: String,
+}
+
+impl UnmappableRow {
+    /// The error code a row that a destination cannot map fails with.
+    pub const CODE: &'static str = "unmappable_row";
+}
+
 /// Validates `text` as one JSON object and returns the value of its field `name` (the
 /// last occurrence, as a parsed map keeps it), allocating nothing for the other fields.
 pub(crate) fn field_of(text: &str, name: &str) -> Result<Option<Value>, serde_json::Error> {
+    one_field(text, name)
+}
+
+/// Validates `text` as one JSON object and returns the text of its field `name` exactly
+/// as written (the last occurrence), e.g. `7.50`, `1e2` or `"x "` with its quotes.
+pub(crate) fn raw_field_of<'t>(
+    text: &'t str,
+    name: &str,
+) -> Result<Option<&'t RawValue>, serde_json::Error> {
+    one_field(text, name)
+}
+
+fn one_field<'de, T: Deserialize<'de>>(
+    text: &'de str,
+    name: &str,
+) -> Result<Option<T>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let value = serde::de::DeserializeSeed::deserialize(OneField { name }, &mut de)?;
+    let value = serde::de::DeserializeSeed::deserialize(
+        OneField {
+            name,
+            value: std::marker::PhantomData,
+        },
+        &mut de,
+    )?;
     de.end()?;
     Ok(value)
 }
 
 /// Deserialises a JSON object into the value of one field, skipping every other field.
-struct OneField<'a> {
+struct OneField<'a, T> {
     name: &'a str,
+    value: std::marker::PhantomData<T>,
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for OneField<'_> {
-    type Value = Option<Value>;
+impl<'de, T: Deserialize<'de>> serde::de::DeserializeSeed<'de> for OneField<'_, T> {
+    type Value = Option<T>;
 
     fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
         de.deserialize_map(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for OneField<'_> {
-    type Value = Option<Value>;
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for OneField<'_, T> {
+    type Value = Option<T>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
@@ -114,12 +171,48 @@ impl<'de> serde::de::Visitor<'de> for OneField<'_> {
         let mut found = None;
         while let Some(is_it) = map.next_key_seed(FieldIs(self.name))? {
             if is_it {
-                found = Some(map.next_value::<Value>()?);
+                found = Some(map.next_value::<T>()?);
             } else {
                 map.next_value::<serde::de::IgnoredAny>()?;
             }
         }
         Ok(found)
+    }
+}
+
+/// Deserialises a JSON object into the fields a predicate names, skipping the others.
+struct Picked<'a> {
+    wanted: &'a dyn Fn(&str) -> bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Picked<'_> {
+    type Value = Map<String, Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Picked<'_> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut picked = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if (self.wanted)(&name) {
+                let value = map
+                    .next_value::<Value>()
+                    .map_err(|err| A::Error::custom(format_args!("field '{name}': {err}")))?;
+                picked.insert(name, value);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(picked)
     }
 }
 
@@ -159,10 +252,17 @@ impl<'de> Deserialize<'de> for RowFields {
     }
 }
 
-/// Two rows are equal when their fields are, whatever the spelling of the text.
+/// Two rows are equal when their fields are, whatever the spelling of the text (rows
+/// whose values have no parsed form are equal only when their texts are).
 impl PartialEq for RowFields {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str() || self.to_map() == other.to_map()
+        if self.as_str() == other.as_str() {
+            return true;
+        }
+        match (self.to_map(), other.to_map()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
     }
 }
 
@@ -173,8 +273,10 @@ impl fmt::Debug for RowFields {
     }
 }
 
-impl From<Map<String, Value>> for RowFields {
-    fn from(fields: Map<String, Value>) -> Self {
+impl TryFrom<Map<String, Value>> for RowFields {
+    type Error = serde_json::Error;
+
+    fn try_from(fields: Map<String, Value>) -> Result<Self, Self::Error> {
         Self::from_map(&fields)
     }
 }
@@ -199,7 +301,7 @@ mod tests {
         assert_eq!(body, "{\"row\":{\"b\": 1.50, \"a\":\"x\"}}");
         let back: Body = serde_json::from_str(&body).unwrap();
         assert_eq!(back.row.as_str(), fields.as_str());
-        assert_eq!(back.row.to_map()["a"], json!("x"));
+        assert_eq!(back.row.to_map().unwrap()["a"], json!("x"));
     }
 
     #[test]
@@ -224,7 +326,7 @@ mod tests {
         assert_eq!(fields.field("parent"), Some(json!("A2")));
         assert_eq!(
             fields.field("parent"),
-            fields.to_map().get("parent").cloned()
+            fields.to_map().unwrap().get("parent").cloned()
         );
         assert_eq!(fields.field("a"), Some(json!({"x": [1]})));
         assert_eq!(fields.field("missing"), None);
@@ -233,7 +335,8 @@ mod tests {
     #[test]
     fn equality_is_by_fields_and_debug_hides_values() {
         let a = RowFields::from_text("{\"a\": 1, \"b\": \"secret\"}").unwrap();
-        let b = RowFields::from(json!({"b": "secret", "a": 1}).as_object().unwrap().clone());
+        let b = RowFields::try_from(json!({"b": "secret", "a": 1}).as_object().unwrap().clone())
+            .unwrap();
         assert_eq!(a, b);
         assert_ne!(
             a,

@@ -37,7 +37,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{http, scalar_text, Answer, Destination, OutboundRow, SetupError};
-use crate::domain::outcome::{ErrorClass, RowError, RowResult};
+use crate::domain::{
+    outcome::{ErrorClass, RowError, RowResult},
+    row::UnmappableRow,
+};
 
 mod config;
 
@@ -168,9 +171,12 @@ impl Hubspot {
         })
     }
 
-    fn input(&self, row: &OutboundRow<'_>) -> Value {
+    /// One input of the request body; a row whose mapped fields cannot be read fails alone.
+    fn input(&self, row: &OutboundRow<'_>) -> Result<Value, UnmappableRow> {
         let mut properties = Map::new();
-        let fields = row.fields.to_map();
+        let fields = row
+            .fields
+            .pick(&|column| self.fields.contains_key(column))?;
         for (column, property) in &self.fields {
             if let Some(value) = fields.get(column) {
                 // HubSpot property values are strings; null clears a property.
@@ -184,11 +190,11 @@ impl Hubspot {
                 properties.insert(property.clone(), value);
             }
         }
-        serde_json::json!({
+        Ok(serde_json::json!({
             "id": row.key.as_str(),
             "idProperty": self.id_property,
             "properties": properties,
-        })
+        }))
     }
 
     fn pause(&self, wait: Duration, policy: &str) {
@@ -215,7 +221,7 @@ impl Hubspot {
         (*until > now).then(|| (*until - now, policy.clone()))
     }
 
-    async fn upsert(&self, rows: &[OutboundRow<'_>]) -> Answer {
+    async fn upsert(&self, rows: &[OutboundRow<'_>], inputs: Vec<Value>) -> Answer {
         if let Err(error) = http::check_request_url(&self.url, "HubSpot") {
             return Answer::PerRow(vec![Err(error); rows.len()]);
         }
@@ -230,7 +236,7 @@ impl Hubspot {
             ]);
         }
         let body = serde_json::json!({
-            "inputs": rows.iter().map(|row| self.input(row)).collect::<Vec<_>>(),
+            "inputs": inputs,
         });
         let mut response = match self
             .client
@@ -433,7 +439,11 @@ impl Destination for Hubspot {
     }
 
     fn request<'a>(&'a self, rows: &'a [OutboundRow<'a>]) -> BoxFuture<'a, Answer> {
-        Box::pin(self.upsert(rows))
+        Box::pin(super::send_mappable(
+            rows,
+            |row| self.input(row),
+            move |rows, inputs| async move { self.upsert(&rows, inputs).await },
+        ))
     }
 }
 

@@ -43,7 +43,10 @@ use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
 use super::{http, scalar_text, Answer, Destination, OutboundRow, SetupError};
-use crate::domain::outcome::{ErrorClass, RowError};
+use crate::domain::{
+    outcome::{ErrorClass, RowError},
+    row::UnmappableRow,
+};
 
 mod answer;
 mod auth;
@@ -136,7 +139,8 @@ impl Salesforce {
         (over && age < BUDGET_RECHECK).then(|| BUDGET_RECHECK - age)
     }
 
-    fn record(&self, row: &OutboundRow<'_>) -> Value {
+    /// One record of the request body; a row whose mapped fields cannot be read fails alone.
+    fn record(&self, row: &OutboundRow<'_>) -> Result<Value, UnmappableRow> {
         let mut record = Map::new();
         record.insert(
             "attributes".into(),
@@ -146,7 +150,9 @@ impl Salesforce {
             self.external_id_field.clone(),
             Value::String(row.key.as_str().to_owned()),
         );
-        let mut fields = row.fields.to_map();
+        let mut fields = row
+            .fields
+            .pick(&|column| self.fields.contains_key(column))?;
         for (column, field) in &self.fields {
             if field == &self.external_id_field {
                 continue;
@@ -155,10 +161,10 @@ impl Salesforce {
                 record.insert(field.clone(), value);
             }
         }
-        Value::Object(record)
+        Ok(Value::Object(record))
     }
 
-    async fn upsert(&self, rows: &[OutboundRow<'_>]) -> Answer {
+    async fn upsert(&self, rows: &[OutboundRow<'_>], records: Vec<Value>) -> Answer {
         if let Some(wait) = self.budget_exhausted() {
             return Answer::PerRow(vec![
                 Err(RowError::rate_limited(
@@ -174,7 +180,7 @@ impl Salesforce {
         }
         let body = match serde_json::to_vec(&serde_json::json!({
             "allOrNone": false,
-            "records": rows.iter().map(|row| self.record(row)).collect::<Vec<_>>(),
+            "records": records,
         })) {
             Ok(body) => body,
             Err(err) => {
@@ -343,7 +349,11 @@ impl Destination for Salesforce {
     }
 
     fn request<'a>(&'a self, rows: &'a [OutboundRow<'a>]) -> BoxFuture<'a, Answer> {
-        Box::pin(self.upsert(rows))
+        Box::pin(super::send_mappable(
+            rows,
+            |row| self.record(row),
+            move |rows, records| async move { self.upsert(&rows, records).await },
+        ))
     }
 
     fn order_key(&self, row: &OutboundRow<'_>) -> Option<String> {
