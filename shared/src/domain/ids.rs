@@ -157,7 +157,10 @@ fn short_digest(text: &str) -> String {
     hex::encode(&hash[..4])
 }
 
-/// The value of a sync's primary key for one row, as text.
+/// The value of a sync's primary key for one row, as text: exactly the text the source
+/// wrote (a string's characters, never trimmed; a number's literal JSON text such as
+/// `7.50` or `12345678901234567890123`), so two rows share a key only when their sources
+/// wrote the same text (see `domain::source`, "Keys").
 ///
 /// Keys are stored as DynamoDB sort keys (at most 1,024 bytes) and may appear in logs;
 /// they are the only part of a row that ever does.
