@@ -67,6 +67,9 @@ pub struct ChaosReport {
     pub wrongly_delivered: u64,
     /// Whether the index was exact after every run (I2).
     pub index_exact: bool,
+    /// Keys a re-planned run kept in the index although an earlier planning attempt's
+    /// copy was delivered (README, Known limits; delivered again by the next run).
+    pub kept_after_replan: u64,
     /// Rows re-sent after a delivered answer without a reason (I3).
     pub resent_after_delivery: u64,
     /// The most attempts of one key in one run (I4), against [`THRESHOLD`].
@@ -396,6 +399,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         wrongly_delivered: findings.wrongly_delivered,
         index_exact: findings.index_exact,
         resent_after_delivery: findings.resent_after_delivery,
+        kept_after_replan: findings.kept_after_replan,
         max_attempts_seen: findings.max_attempts_seen,
         threshold: THRESHOLD,
         overlapping_runs: findings.overlapping_runs,
@@ -438,6 +442,11 @@ pub fn table(report: &ChaosReport) -> String {
         report.wrongly_delivered.to_string(),
     );
     line(&mut out, "index exact (I2)", report.index_exact.to_string());
+    line(
+        &mut out,
+        "kept after a re-plan",
+        report.kept_after_replan.to_string(),
+    );
     line(
         &mut out,
         "re-sent after delivery (I3)",
