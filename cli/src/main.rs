@@ -160,6 +160,25 @@ enum Command {
         #[arg(long, default_value = "resync")]
         stack: String,
     },
+    /// List a run's rejections: exact counts by reason code and the stored sample (the
+    /// first 100 of each code, with object, line, code, reason and key).
+    Rejections {
+        /// The sync configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The sync.
+        #[arg(long)]
+        sync: String,
+        /// The run (default: the open run, else the last closed one).
+        #[arg(long)]
+        run: Option<String>,
+        /// Name prefix of the stack's resources.
+        #[arg(long, default_value = "resync")]
+        stack: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// List a sync's failed rows with their last error (keys and errors only).
     Failed {
         /// The sync configuration file.
@@ -280,6 +299,23 @@ async fn main() -> anyhow::Result<()> {
                 resync::local::provision(&sdk, &config, &stack, &LocalOptions::default()).await?;
             print_stack(&endpoint, &resources);
         }
+        Command::Rejections {
+            config,
+            sync,
+            run,
+            stack,
+            json,
+        } => {
+            let sync = configured_sync(&config, sync)?;
+            let run = run.map(resync_shared::RunId::parse).transpose()?;
+            let sdk = resync::aws::from_env().await;
+            let report = resync::operator::rejections(&sdk, &stack, &sync, run).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", resync::operator::rejections_table(&report));
+            }
+        }
         Command::Failed {
             config,
             sync,
@@ -303,6 +339,17 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The sync named on the command line, which the configuration must hold.
+fn configured_sync(config: &std::path::Path, sync: String) -> anyhow::Result<SyncId> {
+    let config = Config::load(config)?;
+    let sync = SyncId::parse(sync)?;
+    anyhow::ensure!(
+        config.sync(&sync).is_some(),
+        "no sync '{sync}' in the configuration"
+    );
+    Ok(sync)
 }
 
 /// `resync emulator`: the embedded emulator on a fixed port with a provisioned stack.

@@ -10,10 +10,9 @@
 //! earlier attempt put on the queue are dropped by delivery and its ledger items and
 //! rejections are not counted, so the run is tallied from this attempt's plan alone.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
-use futures::{stream::FuturesUnordered, StreamExt};
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use resync_shared::{
     aws::{
@@ -29,19 +28,22 @@ use resync_shared::{
     domain::{
         ids::{IdError, RunId, SyncId},
         ledger::RecordedRejection,
-        merge::{CarriedEntry, DuplicateFinder, Planned, PlannedRow, RunPlanner},
-        message::RowMessage,
+        merge::{DuplicateFinder, Planned, RunPlanner},
         run::{Acquired, PlanSummary, RunStatus},
         source::{encoding_for, Rejection, SourceReadError},
         timestamp,
     },
     resources::Resources,
-    DestinationId, PrimaryKey,
+    DestinationId,
 };
 use serde::{Deserialize, Serialize};
 
-/// How many `SendMessageBatch` calls are in flight at once.
-pub const SEND_CONCURRENCY: usize = 16;
+mod record;
+mod send;
+
+use record::Recorder;
+use send::Sender;
+pub use send::SEND_CONCURRENCY;
 
 /// The `detail` of the scheduling event: the rule's input names the sync.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -331,11 +333,11 @@ async fn plan(
         .source
         .new_objects(&bucket, &sync.source.prefix, cursor.as_deref())
         .await?;
-    let mut rejections: Vec<RecordedRejection> = Vec::new();
+    let mut rejections = Recorder::new(&deps.runs, run_id, generation);
     let mut readable = Vec::new();
     for object in &objects {
         match encoding_for(object, sync.source.format) {
-            Some(encoding) => readable.push((object.clone(), encoding)),
+            Some(encoding) => readable.push((Arc::<str>::from(object.as_str()), encoding)),
             None => rejections.push(RecordedRejection {
                 rejection: Rejection {
                     key: None,
@@ -360,7 +362,8 @@ async fn plan(
             .await?;
     }
 
-    // Pass 2: plan and enqueue.
+    // Pass 2: plan and enqueue; rejections are counted, sampled and written out chunk
+    // by chunk as they come.
     let index = deps.index.load_for_planning(&sync.id).await?;
     let mut planner = RunPlanner::new(index, finder.duplicates());
     let mut sender = Sender::new(&queue, run_id, generation, &sync.id, &deps.crash_points);
@@ -373,7 +376,9 @@ async fn plan(
             for event in chunk {
                 match event {
                     Ok(row) => match planner.plan(row, object) {
-                        Planned::Enqueue(planned) => sender.push(planned, &mut rejections).await?,
+                        Planned::Enqueue(planned) => {
+                            sender.push(planned, &mut rejections.log).await?
+                        }
                         Planned::Reject(rejection, carried) => rejections.push(RecordedRejection {
                             rejection,
                             first_failed_at: carried.as_ref().map(|c| c.first_failed_at.clone()),
@@ -389,23 +394,24 @@ async fn plan(
                     }),
                 }
             }
+            rejections.flush().await?;
         }
         join(reader).await?;
     }
     let (leftovers, waiting) = planner.leftovers();
     for planned in leftovers {
-        sender.push(planned, &mut rejections).await?;
+        sender.push(planned, &mut rejections.log).await?;
+        rejections.flush().await?;
     }
-    let (enqueued, carried_over) = sender.finish(&mut rejections).await?;
+    let (enqueued, carried_over) = sender.finish(&mut rejections.log).await?;
+    let (rejected, rejected_by_code) = rejections.finish().await?;
 
-    deps.runs
-        .record_rejections(run_id, generation, &rejections)
-        .await?;
     let cursor_after = objects.last().cloned().or(cursor);
     let plan = PlanSummary {
         generation,
         enqueued,
-        rejected: rejections.len() as u64,
+        rejected,
+        rejected_by_code: Some(&rejected_by_code),
         carried_over,
         waiting: waiting as u64,
         source_objects: objects.len() as u64,
@@ -435,7 +441,7 @@ async fn plan(
         sync = %sync.id,
         run = %run_id,
         enqueued,
-        rejected = rejections.len(),
+        rejected,
         carried_over,
         waiting,
         objects = objects.len(),
@@ -445,7 +451,7 @@ async fn plan(
         sync_id: sync.id.clone(),
         run_id: run_id.clone(),
         enqueued,
-        rejected: rejections.len() as u64,
+        rejected,
         carried_over,
         source_objects: objects.len() as u64,
     })
@@ -457,221 +463,6 @@ async fn join(
     match reader.await {
         Ok(result) => Ok(result?),
         Err(join) => std::panic::resume_unwind(join.into_panic()),
-    }
-}
-
-impl Drop for Sender<'_> {
-    /// Planning that stops early (an error) cancels the sends still in flight, as it
-    /// would by dropping their futures.
-    fn drop(&mut self) {
-        for task in self.in_flight.iter() {
-            task.abort();
-        }
-    }
-}
-
-/// A send task's result; a panic in it is the caller's panic.
-fn joined(done: Result<BatchResult, tokio::task::JoinError>) -> BatchResult {
-    match done {
-        Ok(result) => result,
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
-    }
-}
-
-/// One queued row, kept until SQS has accepted it.
-struct Pending {
-    key: PrimaryKey,
-    carried: Option<CarriedEntry>,
-    message: RowMessage,
-}
-
-/// Why a row of a batch did not reach the queue.
-enum NotSent {
-    /// Its message is larger than the queue accepts.
-    TooLarge { bytes: usize },
-    /// SQS refused the entry.
-    Refused(resync_shared::aws::queue::Unsent),
-}
-
-type BatchResult = Result<(Vec<Pending>, Vec<(usize, NotSent)>), AwsError>;
-
-/// Sends rows in batches of 10 with bounded concurrency; refused rows become rejections.
-struct Sender<'a> {
-    queue: &'a WorkQueue,
-    run_id: &'a RunId,
-    generation: u32,
-    sync_id: &'a SyncId,
-    crash_points: &'a CrashPoints,
-    batch: Vec<Pending>,
-    in_flight: FuturesUnordered<tokio::task::JoinHandle<BatchResult>>,
-    enqueued: u64,
-    carried_over: u64,
-}
-
-impl<'a> Sender<'a> {
-    fn new(
-        queue: &'a WorkQueue,
-        run_id: &'a RunId,
-        generation: u32,
-        sync_id: &'a SyncId,
-        crash_points: &'a CrashPoints,
-    ) -> Self {
-        Self {
-            queue,
-            run_id,
-            generation,
-            sync_id,
-            crash_points,
-            batch: Vec::with_capacity(10),
-            in_flight: FuturesUnordered::new(),
-            enqueued: 0,
-            carried_over: 0,
-        }
-    }
-
-    async fn push(
-        &mut self,
-        planned: PlannedRow,
-        rejections: &mut Vec<RecordedRejection>,
-    ) -> Result<(), SyncStartError> {
-        let message = RowMessage {
-            run_id: self.run_id.clone(),
-            generation: self.generation,
-            sync_id: self.sync_id.clone(),
-            key: planned.key.clone(),
-            row: planned.fields,
-            carried_over: planned.carried.is_some(),
-            first_failed_at: planned.carried.as_ref().map(|c| c.first_failed_at.clone()),
-            prior_attempts: planned.carried.as_ref().map_or(0, |c| c.attempts),
-            attempts_before: 0,
-            rate_limit_deferrals: 0,
-        };
-        self.batch.push(Pending {
-            key: planned.key,
-            carried: planned.carried,
-            message,
-        });
-        if self.batch.len() == 10 {
-            self.flush(rejections).await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(
-        &mut self,
-        rejections: &mut Vec<RecordedRejection>,
-    ) -> Result<(), SyncStartError> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut self.batch);
-        let queue = self.queue.clone();
-        // Each request is its own task: the SDK's per-request work (serialising,
-        // signing, parsing the answer) runs beside the parsing of the next rows where
-        // the machine has more than one core.
-        self.in_flight.push(tokio::spawn(async move {
-            let max = queue.max_message_bytes();
-            let mut bodies = Vec::with_capacity(batch.len());
-            let mut positions = Vec::with_capacity(batch.len());
-            let mut not_sent = Vec::new();
-            for (i, pending) in batch.iter().enumerate() {
-                let body = pending.message.to_body();
-                if body.len() > max {
-                    not_sent.push((i, NotSent::TooLarge { bytes: body.len() }));
-                } else {
-                    positions.push(i);
-                    bodies.push(body);
-                }
-            }
-            if !bodies.is_empty() {
-                for unsent in queue.send_batch(&bodies).await? {
-                    not_sent.push((positions[unsent.index], NotSent::Refused(unsent)));
-                }
-            }
-            Ok((batch, not_sent))
-        }));
-        while self.in_flight.len() >= SEND_CONCURRENCY {
-            let done = self.in_flight.next().await.expect("in flight");
-            self.settle(joined(done)?, rejections)?;
-            self.crash_points.reached(CrashPoint::SyncStartMidSend)?;
-        }
-        Ok(())
-    }
-
-    /// Counts a finished batch's rows and turns those that could not be queued into
-    /// rejections. An entry SQS refused on its own side (still failing after the
-    /// retries) ends the planning attempt instead: the run is abandoned and planned
-    /// again, so no row is rejected for SQS's sake and no stored payload is lost.
-    fn settle(
-        &mut self,
-        (batch, not_sent): (Vec<Pending>, Vec<(usize, NotSent)>),
-        rejections: &mut Vec<RecordedRejection>,
-    ) -> Result<(), AwsError> {
-        if let Some((_, NotSent::Refused(unsent))) = not_sent
-            .iter()
-            .find(|(_, n)| matches!(n, NotSent::Refused(u) if !u.sender_fault))
-        {
-            return Err(AwsError::response(
-                "SQS.SendMessageBatch",
-                format!(
-                    "SQS did not take a row after retries ({} {}); the run is planned again",
-                    unsent.code, unsent.message
-                ),
-            ));
-        }
-        let mut not_sent_at: HashMap<usize, NotSent> = not_sent.into_iter().collect();
-        for (i, pending) in batch.into_iter().enumerate() {
-            let (code, reason, payload) = match not_sent_at.remove(&i) {
-                None => {
-                    self.enqueued += 1;
-                    self.carried_over += u64::from(pending.carried.is_some());
-                    continue;
-                }
-                Some(NotSent::TooLarge { bytes }) => (
-                    "row_too_large",
-                    format!(
-                        "the row is {bytes} bytes as a message, larger than the queue's maximum message size of {} bytes",
-                        self.queue.max_message_bytes()
-                    ),
-                    None,
-                ),
-                // SQS blames the message itself (e.g. characters it does not take): the
-                // row is rejected with the reason, and its payload is kept in the index
-                // so a carried key is not left waiting for a re-export.
-                Some(NotSent::Refused(unsent)) => (
-                    "enqueue_refused",
-                    format!("SQS refused the row: {} {}", unsent.code, unsent.message),
-                    Some(pending.message.row.clone()),
-                ),
-            };
-            rejections.push(RecordedRejection {
-                rejection: Rejection {
-                    key: Some(pending.key),
-                    object: String::new(),
-                    line: 0,
-                    code: code.into(),
-                    reason,
-                },
-                first_failed_at: pending.carried.as_ref().map(|c| c.first_failed_at.clone()),
-                in_index: pending.carried.is_some(),
-                payload,
-            });
-        }
-        Ok(())
-    }
-
-    async fn finish(
-        mut self,
-        rejections: &mut Vec<RecordedRejection>,
-    ) -> Result<(u64, u64), SyncStartError> {
-        self.flush(rejections).await?;
-        while let Some(done) = self.in_flight.next().await {
-            self.settle(joined(done)?, rejections)?;
-            if !self.in_flight.is_empty() {
-                self.crash_points.reached(CrashPoint::SyncStartMidSend)?;
-            }
-        }
-        Ok((self.enqueued, self.carried_over))
     }
 }
 

@@ -18,6 +18,7 @@
 use std::{
     collections::{HashMap, HashSet},
     hash::{Hash, Hasher},
+    sync::Arc,
 };
 
 use crate::domain::{ids::PrimaryKey, row::RowFields, source::Rejection, source::SourceRow};
@@ -44,6 +45,18 @@ pub struct PlannedRow {
     pub fields: RowFields,
     /// The index entry it carries over, if any.
     pub carried: Option<CarriedEntry>,
+    /// Where this run read it (`None`: retried from its stored payload), so a row that
+    /// cannot be queued is rejected with its object and line.
+    pub origin: Option<RowOrigin>,
+}
+
+/// The source object and line a planned row was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowOrigin {
+    /// The S3 object (shared by its rows).
+    pub object: Arc<str>,
+    /// The row's 1-based line.
+    pub line: u64,
 }
 
 /// A 64-bit hash of a key, the same for both passes (`DefaultHasher::new` uses fixed keys).
@@ -99,7 +112,7 @@ impl RunPlanner {
     }
 
     /// Plans one source row read from `object` at `line`.
-    pub fn plan(&mut self, row: SourceRow, object: &str) -> Planned {
+    pub fn plan(&mut self, row: SourceRow, object: &Arc<str>) -> Planned {
         let line = row.line;
         if self.duplicates.contains(&key_hash(row.key.as_str())) {
             // The rejection replaces the key's index entry, so it must not be carried too.
@@ -107,7 +120,7 @@ impl RunPlanner {
             return Planned::Reject(
                 Rejection {
                     key: Some(row.key),
-                    object: object.to_owned(),
+                    object: object.to_string(),
                     line,
                     code: "non_unique_primary_key".into(),
                     reason:
@@ -122,6 +135,10 @@ impl RunPlanner {
             key: row.key,
             fields: row.fields,
             carried,
+            origin: Some(RowOrigin {
+                object: object.clone(),
+                line,
+            }),
         })
     }
 
@@ -137,6 +154,7 @@ impl RunPlanner {
                     key,
                     fields,
                     carried: Some(entry),
+                    origin: None,
                 }),
                 Some(Err(err)) => {
                     tracing::error!(key = %key, error = %err, "unreadable stored payload; the key waits for the source");
@@ -188,7 +206,7 @@ mod tests {
     fn the_source_values_win_over_a_stored_payload() {
         let source = vec![row("a", 2)];
         let mut planner = planner(vec![("a", carried(1))], &source);
-        let Planned::Enqueue(planned) = planner.plan(source[0].clone(), "o") else {
+        let Planned::Enqueue(planned) = planner.plan(source[0].clone(), &"o".into()) else {
             panic!("expected enqueue")
         };
         assert_eq!(planned.fields.to_map()["v"], json!(2));
@@ -206,7 +224,7 @@ mod tests {
         let source = vec![row("a", 1)];
         let mut planner = planner(vec![("b", carried(7))], &source);
         assert!(matches!(
-            planner.plan(source[0].clone(), "o"),
+            planner.plan(source[0].clone(), &"o".into()),
             Planned::Enqueue(PlannedRow { carried: None, .. })
         ));
         let (leftovers, _) = planner.leftovers();
@@ -225,7 +243,7 @@ mod tests {
             .map(|(i, r)| {
                 let mut r = r.clone();
                 r.line = i as u64 + 1;
-                planner.plan(r, "o")
+                planner.plan(r, &"o".into())
             })
             .collect();
         let rejected: Vec<u64> = outcomes
@@ -245,12 +263,12 @@ mod tests {
     fn a_duplicate_key_in_the_index_is_not_also_carried_over() {
         let source = vec![row("a", 1), row("a", 2)];
         let mut planner = planner(vec![("a", carried(0))], &source);
-        let Planned::Reject(_, Some(entry)) = planner.plan(source[0].clone(), "o") else {
+        let Planned::Reject(_, Some(entry)) = planner.plan(source[0].clone(), &"o".into()) else {
             panic!("expected a rejection carrying the index entry")
         };
         assert_eq!(entry.first_failed_at, "2026-11-01T00:00:00Z");
         assert!(matches!(
-            planner.plan(source[1].clone(), "o"),
+            planner.plan(source[1].clone(), &"o".into()),
             Planned::Reject(_, None)
         ));
         let (leftovers, waiting) = planner.leftovers();

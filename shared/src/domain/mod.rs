@@ -18,6 +18,8 @@
 //!   defer a rate-limited row, fail it).
 //! - [`ledger`]: run accounting — the ledger item of one delivery invocation and the
 //!   tally that closes a run with exact counts.
+//! - [`rejections`]: a run's rejections in bounded memory — exact counts by code, a
+//!   sample of the first of each code, keyed rejections handed out in chunks.
 //! - [`run`]: a run's life (status, record, plan) and the sync's lock and cursor.
 //! - [`timestamp`]: timestamps as resync stores and prints them.
 
@@ -26,6 +28,7 @@ pub mod ledger;
 pub mod merge;
 pub mod message;
 pub mod outcome;
+pub mod rejections;
 pub mod retry;
 pub mod row;
 pub mod run;

@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 use super::{
     ids::{RunId, SyncId},
     ledger::RunCounts,
+    rejections::RejectionCounts,
 };
 
 /// Where a run is.
@@ -70,6 +71,8 @@ pub struct RunRecord {
     pub enqueued: u64,
     /// Rows rejected before the queue.
     pub rejected: u64,
+    /// The rejected rows by reason code (exact; they add up to `rejected`).
+    pub rejected_by_code: RejectionCounts,
     /// Rows carried over from the index.
     pub carried_over: u64,
     /// Index keys that wait for the source (no payload to retry with).
@@ -99,6 +102,8 @@ pub struct PlanSummary<'a> {
     pub enqueued: u64,
     /// Rows rejected before the queue.
     pub rejected: u64,
+    /// The rejected rows by reason code (exact).
+    pub rejected_by_code: Option<&'a RejectionCounts>,
     /// Enqueued rows carried over from the failed-row index.
     pub carried_over: u64,
     /// Index keys that wait for the source (no payload to retry with).
@@ -118,6 +123,8 @@ pub struct SyncState {
     pub open_since: Option<OffsetDateTime>,
     /// The last source object consumed by a closed run.
     pub cursor: Option<String>,
+    /// The last run that closed.
+    pub last_run: Option<RunId>,
 }
 
 /// What taking a sync's lock found.

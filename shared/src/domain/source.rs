@@ -43,12 +43,14 @@ pub struct SourceRow {
 pub struct Rejection {
     /// The row's key when it had a usable one.
     pub key: Option<PrimaryKey>,
-    /// The S3 object key it came from.
+    /// The S3 object key it came from (a row retried from its stored payload, read
+    /// from no object this run: `(failed-row index)`).
     pub object: String,
     /// Its 1-based line number in the object (CSV: the record's first line).
     pub line: u64,
     /// Machine-readable reason: `malformed_line`, `missing_primary_key`,
-    /// `non_unique_primary_key`, `row_too_large`, `unreadable_object`.
+    /// `primary_key_too_long`, `non_unique_primary_key`, `row_too_large`,
+    /// `enqueue_refused`, `unknown_format`, `unreadable_object`.
     pub code: String,
     /// Human-readable reason (never the row's values).
     pub reason: String,
@@ -215,27 +217,62 @@ fn reject(
 
 /// Extracts the primary key from a row's fields.
 pub fn key_of(fields: &Map<String, Value>, primary_key: &str) -> Result<PrimaryKey, String> {
-    key_from(fields.get(primary_key), primary_key)
+    key_from(fields.get(primary_key), primary_key).map_err(|(_, reason)| reason)
 }
 
-/// The primary key from the key field's value (`None`: the row has no such field).
-fn key_from(value: Option<&Value>, primary_key: &str) -> Result<PrimaryKey, String> {
+/// Bytes of a too-long key shown in its rejection's reason.
+pub const KEY_PREFIX_BYTES: usize = 64;
+
+/// The primary key from the key field's value (`None`: the row has no such field), or
+/// the rejection's code and reason: `missing_primary_key`, or `primary_key_too_long`
+/// for a key longer than an index key may be (the reason shows its first
+/// [`KEY_PREFIX_BYTES`] bytes and says it is not kept in the index).
+fn key_from(
+    value: Option<&Value>,
+    primary_key: &str,
+) -> Result<PrimaryKey, (&'static str, String)> {
     let text = match value {
         None | Some(Value::Null) => {
-            return Err(format!(
-                "the row has no value for primary key '{primary_key}'"
+            return Err((
+                "missing_primary_key",
+                format!("the row has no value for primary key '{primary_key}'"),
             ))
         }
         Some(Value::String(s)) => s.trim().to_owned(),
         Some(Value::Number(n)) => n.to_string(),
         Some(other) => {
-            return Err(format!(
-                "primary key '{primary_key}' must be a string or a number, not {}",
-                json_type(other)
+            return Err((
+                "missing_primary_key",
+                format!(
+                    "primary key '{primary_key}' must be a string or a number, not {}",
+                    json_type(other)
+                ),
             ))
         }
     };
-    PrimaryKey::parse(text).map_err(|err| format!("primary key '{primary_key}': {err}"))
+    if text.len() > PrimaryKey::MAX_BYTES {
+        return Err(("primary_key_too_long", too_long(primary_key, &text)));
+    }
+    PrimaryKey::parse(text).map_err(|err| {
+        (
+            "missing_primary_key",
+            format!("primary key '{primary_key}': {err}"),
+        )
+    })
+}
+
+/// The reason of a `primary_key_too_long` rejection.
+fn too_long(primary_key: &str, key: &str) -> String {
+    let mut end = KEY_PREFIX_BYTES.min(key.len());
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "primary key '{primary_key}' is {} bytes, longer than the {} bytes a key may have; it starts {:?}… and is not kept in the failed-row index (no index key can hold it)",
+        key.len(),
+        PrimaryKey::MAX_BYTES,
+        &key[..end]
+    )
 }
 
 fn json_type(value: &Value) -> &'static str {
@@ -298,7 +335,7 @@ fn read_jsonl(
             };
         emit(match key_from(key_value.as_ref(), primary_key) {
             Ok(key) => Ok(SourceRow { key, fields, line }),
-            Err(reason) => Err(reject(object, line, None, "missing_primary_key", reason)),
+            Err((code, reason)) => Err(reject(object, line, None, code, reason)),
         });
     }
 }
@@ -347,13 +384,13 @@ fn read_csv(
                     .zip(record.iter())
                     .map(|(name, value)| (name.to_owned(), Value::String(value.to_owned())))
                     .collect();
-                emit(match key_of(&fields, primary_key) {
+                emit(match key_from(fields.get(primary_key), primary_key) {
                     Ok(key) => Ok(SourceRow {
                         key,
                         fields: RowFields::from_map(&fields),
                         line,
                     }),
-                    Err(reason) => Err(reject(object, line, None, "missing_primary_key", reason)),
+                    Err((code, reason)) => Err(reject(object, line, None, code, reason)),
                 });
             }
             Err(err) => {
@@ -552,6 +589,46 @@ mod tests {
         assert!(rows.len() < 1000);
         assert_eq!(rejected.len(), 1);
         assert_eq!(rejected[0].code, "unreadable_object");
+    }
+
+    /// Issue 13, item 8: a key longer than 1,024 bytes was rejected as a missing key,
+    /// with no sign of which key it was. It has its own code and shows the key's start.
+    #[test]
+    fn a_key_too_long_for_the_index_is_rejected_as_such_with_its_start() {
+        let long = format!("acct-{}", "é".repeat(600));
+        let data = format!(
+            "{}\n{}\n",
+            serde_json::json!({"id": long}),
+            serde_json::json!({"id": "ok"})
+        );
+        let (rows, rejected) = read_all(data.as_bytes(), "k.jsonl");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rejected.len(), 1);
+        let rejection = &rejected[0];
+        assert_eq!(
+            (
+                rejection.code.as_str(),
+                rejection.line,
+                rejection.key.is_none()
+            ),
+            ("primary_key_too_long", 1, true)
+        );
+        assert!(
+            rejection.reason.contains("\"acct-éé"),
+            "{}",
+            rejection.reason
+        );
+        assert!(
+            rejection.reason.contains("1205 bytes"),
+            "{}",
+            rejection.reason
+        );
+        assert!(rejection
+            .reason
+            .contains("not kept in the failed-row index"));
+        let csv = format!("id,v\n{long},1\n");
+        let (_, rejected) = read_all(csv.as_bytes(), "k.csv");
+        assert_eq!(rejected[0].code, "primary_key_too_long");
     }
 
     #[test]

@@ -78,6 +78,7 @@ impl RunStore {
             open_run: get_s(&item, "open_run").and_then(|r| RunId::parse(r).ok()),
             open_since: get_s(&item, "open_since").and_then(|t| timestamp::parse_rfc3339(&t)),
             cursor: get_s(&item, "cursor"),
+            last_run: get_s(&item, "last_run").and_then(|r| RunId::parse(r).ok()),
         })
     }
 
@@ -166,7 +167,7 @@ impl RunStore {
             .key("sk", s(run_sk(run)))
             .update_expression(
                 "SET #status = :planning, planning_since = :now, #generation = if_not_exists(#generation, :zero) + :one \
-                 REMOVE enqueued, rejected, carried_over, waiting, cursor_after, source_objects, settled_hint, abandon_reason, closed_at, close_claim, close_claimed_at",
+                 REMOVE enqueued, rejected, rejected_by_code, carried_over, waiting, cursor_after, source_objects, settled_hint, abandon_reason, closed_at, close_claim, close_claimed_at",
             )
             .condition_expression("#status IN (:planning, :abandoned)")
             .expression_attribute_names("#status", "status")
@@ -274,6 +275,18 @@ impl RunStore {
             .expression_attribute_values(":waiting", n(plan.waiting))
             .expression_attribute_values(":objects", n(plan.source_objects));
         let mut expression = "SET #status = :delivering, enqueued = :enqueued, rejected = :rejected, carried_over = :carried, waiting = :waiting, source_objects = :objects".to_owned();
+        if let Some(codes) = plan.rejected_by_code {
+            expression.push_str(", rejected_by_code = :by_code");
+            update = update.expression_attribute_values(
+                ":by_code",
+                aws_sdk_dynamodb::types::AttributeValue::M(
+                    codes
+                        .iter()
+                        .map(|(code, count)| (code.clone(), n(count)))
+                        .collect(),
+                ),
+            );
+        }
         if let Some(cursor) = plan.cursor_after {
             expression.push_str(", cursor_after = :cursor");
             update = update.expression_attribute_values(":cursor", s(cursor));

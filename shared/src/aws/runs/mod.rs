@@ -7,9 +7,12 @@
 //!   (`generation`)
 //! - `run#{run}` / `batch#{id}` — one delivery invocation's [`BatchLedger`] (which
 //!   names its attempt; `batch#{id}#{part}` when it takes several items)
-//! - `run#{run}` / `reject#{n}` — rejections recorded by sync-start's first planning
-//!   attempt; `reject#{attempt}#{n}` by a later one (each with `generation`), in items
-//!   of at most 400 KB
+//! - `run#{run}` / `reject#{n}` — keyed rejections written by sync-start's first
+//!   planning attempt as it plans, chunk by chunk; `reject#{attempt}#{n}` by a later
+//!   one (each with `generation`), in items of at most 400 KB
+//! - `run#{run}` / `sample#{attempt}#{n}` — the sample of the attempt's rejections
+//!   (the first 100 of each code; the exact counts are the run record's
+//!   `rejected_by_code`)
 //! - `sync#{sync}` / `report#{run}` — a closed run's report not sent yet
 //!
 //! - [`lock`]: the sync's lock, opening and planning a run, abandoning it.
@@ -299,6 +302,18 @@ fn parse_run(item: &Item, sync: &SyncId, run: &RunId) -> RunRecord {
         generation: get_n(item, "generation"),
         enqueued: get_n(item, "enqueued"),
         rejected: get_n(item, "rejected"),
+        rejected_by_code: item
+            .get("rejected_by_code")
+            .and_then(|v| v.as_m().ok())
+            .map(|codes| {
+                codes
+                    .iter()
+                    .filter_map(|(code, count)| {
+                        Some((code.clone(), count.as_n().ok()?.parse().ok()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         carried_over: get_n(item, "carried_over"),
         waiting: get_n(item, "waiting"),
         cursor_after: get_s(item, "cursor_after"),
