@@ -179,6 +179,44 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Skip a pending source object (one the sync could not read whole) so that runs
+    /// stop reading it and alerting on it; records who skipped it, when and why. A new
+    /// upload of the object under the same name is read again.
+    SkipObject {
+        /// The sync configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The sync.
+        #[arg(long)]
+        sync: String,
+        /// The object's S3 key (as `resync objects` and the alert name it).
+        #[arg(long)]
+        object: String,
+        /// Why it is skipped (kept with the skip).
+        #[arg(long)]
+        reason: String,
+        /// Who skips it (default: the caller's AWS identity, or the OS user locally).
+        #[arg(long)]
+        by: Option<String>,
+        /// Name prefix of the stack's resources.
+        #[arg(long, default_value = "resync")]
+        stack: String,
+    },
+    /// List a sync's pending and skipped source objects (one JSON object a line).
+    Objects {
+        /// The sync configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The sync.
+        #[arg(long)]
+        sync: String,
+        /// Also the objects read within the lookback window.
+        #[arg(long)]
+        all: bool,
+        /// Name prefix of the stack's resources.
+        #[arg(long, default_value = "resync")]
+        stack: String,
+    },
     /// List a sync's failed rows with their last error (keys and errors only).
     Failed {
         /// The sync configuration file.
@@ -314,6 +352,32 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 print!("{}", resync::operator::rejections_table(&report));
+            }
+        }
+        Command::SkipObject {
+            config,
+            sync,
+            object,
+            reason,
+            by,
+            stack,
+        } => {
+            let sync = configured_sync(&config, sync)?;
+            let sdk = resync::aws::from_env().await;
+            let by = resync::operator::caller(&sdk, by).await;
+            resync::operator::skip_object(&sdk, &stack, &sync, &object, &by, &reason).await?;
+            println!("skipped {object} for sync {sync} (by {by})");
+        }
+        Command::Objects {
+            config,
+            sync,
+            all,
+            stack,
+        } => {
+            let sync = configured_sync(&config, sync)?;
+            let sdk = resync::aws::from_env().await;
+            for object in resync::operator::objects(&sdk, &stack, &sync, all).await? {
+                println!("{}", serde_json::to_string(&object)?);
             }
         }
         Command::Failed {

@@ -1,5 +1,6 @@
 //! Operator commands that read or change what a sync stored: `resync rejections` (a
-//! run's rejections: exact counts by reason and the stored sample).
+//! run's rejections: exact counts by reason and the stored sample), `resync objects`
+//! (pending and skipped source objects) and `resync skip-object`.
 
 use resync_shared::{
     aws::runs::RunStore,
@@ -90,4 +91,66 @@ pub fn rejections_table(report: &RunRejections) -> String {
         );
     }
     out
+}
+
+/// Who is calling, for the record of a skip: `by` when given; otherwise the caller's
+/// AWS identity (STS `GetCallerIdentity`, which needs no permission) against AWS, or
+/// the OS user against an emulator (`AWS_ENDPOINT_URL`).
+pub async fn caller(sdk: &aws_config::SdkConfig, by: Option<String>) -> String {
+    if let Some(by) = by.filter(|b| !b.trim().is_empty()) {
+        return by;
+    }
+    let os_user = || {
+        std::env::var("USER")
+            .or_else(|_| std::env::var("USERNAME"))
+            .map(|user| format!("os-user:{user}"))
+            .unwrap_or_else(|_| "unknown".to_owned())
+    };
+    if sdk.endpoint_url().is_some() {
+        return os_user();
+    }
+    match aws_sdk_sts::Client::new(sdk)
+        .get_caller_identity()
+        .send()
+        .await
+    {
+        Ok(identity) => identity.arn.unwrap_or_else(os_user),
+        Err(_) => os_user(),
+    }
+}
+
+/// Skips a pending source object of `sync`: recorded with who, when and why; the sync
+/// no longer reads that version of it.
+pub async fn skip_object(
+    sdk: &aws_config::SdkConfig,
+    stack: &str,
+    sync: &SyncId,
+    object: &str,
+    by: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let resources = Resources::for_stack(stack);
+    let runs = RunStore::new(aws_sdk_dynamodb::Client::new(sdk), &resources.runs_table);
+    runs.skip_object(sync, object, by, reason).await?;
+    Ok(())
+}
+
+/// The source objects `sync` keeps a record of: pending and skipped ones, and with
+/// `all` the ones read within the lookback window too.
+pub async fn objects(
+    sdk: &aws_config::SdkConfig,
+    stack: &str,
+    sync: &SyncId,
+    all: bool,
+) -> anyhow::Result<Vec<resync_shared::aws::runs::StoredObject>> {
+    let resources = Resources::for_stack(stack);
+    let runs = RunStore::new(aws_sdk_dynamodb::Client::new(sdk), &resources.runs_table);
+    let mut objects: Vec<_> = runs
+        .objects(sync)
+        .await?
+        .into_iter()
+        .filter(|o| all || o.status != "read")
+        .collect();
+    objects.sort_by(|a, b| a.object.cmp(&b.object));
+    Ok(objects)
 }

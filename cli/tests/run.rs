@@ -441,3 +441,82 @@ async fn rejections_lists_a_runs_rejections_with_where_they_came_from() {
         "{text}"
     );
 }
+
+/// Issue 13, item 7: an object resync could not read whole stays pending until it is
+/// read or an operator skips it explicitly. `resync objects` lists it; `resync
+/// skip-object` skips it, recording who (the OS user against an emulator, or `--by`),
+/// when and why; the next run neither reads it nor counts it pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_object_records_who_skipped_a_pending_object() {
+    let stack = Stack::start().await;
+    let runtime = stack.runtime().await;
+    let sync = SyncId::parse("customers").unwrap();
+    let object = "exports/customers/unload.parquet";
+    resync::aws::s3_client(&runtime.sdk)
+        .put_object()
+        .bucket(&runtime.resources.source_bucket)
+        .key(object)
+        .body(b"PAR1".to_vec().into())
+        .send()
+        .await
+        .expect("export");
+    let run = runtime.run_sync(&sync, &|_| {}).await.expect("the run");
+    assert_eq!(run.record.pending_objects, 1);
+
+    let listed = stack
+        .resync(&stack.endpoint, &["objects", "--sync", "customers"])
+        .await;
+    let listed = json_lines(&listed);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["object"], object);
+    assert_eq!(listed[0]["status"], "pending");
+    assert_eq!(listed[0]["code"], "unknown_format");
+
+    let skipped = stack
+        .resync(
+            &stack.endpoint,
+            &[
+                "skip-object",
+                "--sync",
+                "customers",
+                "--object",
+                object,
+                "--reason",
+                "not an export",
+            ],
+        )
+        .await;
+    assert!(
+        skipped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&skipped.stderr)
+    );
+    let again = stack
+        .resync(
+            &stack.endpoint,
+            &[
+                "skip-object",
+                "--sync",
+                "customers",
+                "--object",
+                "exports/customers/none.jsonl",
+                "--reason",
+                "x",
+            ],
+        )
+        .await;
+    assert!(!again.status.success(), "only a pending object is skipped");
+
+    let listed = stack
+        .resync(&stack.endpoint, &["objects", "--sync", "customers"])
+        .await;
+    let listed = json_lines(&listed);
+    assert_eq!(listed[0]["status"], "skipped");
+    assert_eq!(listed[0]["skip_reason"], "not an export");
+    let by = listed[0]["skipped_by"].as_str().unwrap();
+    assert!(by.starts_with("os-user:") || by == "unknown", "{by}");
+    assert!(listed[0]["skipped_at"].is_string());
+    let next = runtime.run_sync(&sync, &|_| {}).await.expect("the run");
+    assert_eq!(next.record.pending_objects, 0);
+    assert_eq!(next.record.counts.unwrap().planned, 0);
+}

@@ -496,6 +496,27 @@ async fn close(
             })
             .await?;
     }
+    // The objects the run tried become read (or stay pending) only now that it closes.
+    let outcomes = deps
+        .runs
+        .object_outcomes(&record.run_id, record.generation)
+        .await?;
+    deps.runs
+        .apply_object_outcomes(&sync.id, &record.run_id, &outcomes)
+        .await?;
+    if let Some(watermark) = record.watermark_after {
+        // Records of read objects that leave the window with this close are not needed
+        // any more: an object that old is taken as read (best effort; sync-start
+        // ignores them anyway).
+        let window_start = watermark.saturating_sub(sync.source.lookback_ms());
+        if let Err(err) = deps
+            .runs
+            .forget_objects_before(&sync.id, window_start)
+            .await
+        {
+            tracing::warn!(sync = %sync.id, error = %err, "could not delete the records of objects older than the lookback window; the next close tries again");
+        }
+    }
     deps.crash_points
         .reached(CrashPoint::FinalizerAfterIndexWrites)?;
     let index = deps.index.summary(&sync.id).await?;

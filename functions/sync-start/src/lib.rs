@@ -1,7 +1,8 @@
 //! sync-start: opens a run of one sync when its EventBridge schedule fires.
 //!
-//! It refuses to overlap a run that is still open, reads the objects that arrived
-//! after the sync's cursor, merges their rows with the sync's failed-row index (each
+//! It refuses to overlap a run that is still open, reads the objects its source
+//! cursor says are new (or pending, or re-uploaded: see
+//! `resync_shared::domain::cursor`), merges their rows with the sync's failed-row index (each
 //! key once, source values win, failed keys absent from the source come from their
 //! stored payload), enqueues one row per SQS message and records the plan.
 //!
@@ -19,7 +20,7 @@ use resync_shared::{
         index::FailedRowIndex,
         queue::{QueueDirectory, WorkQueue},
         report::{Reporter, SettledNotice, Severity},
-        runs::{PlanNotRecorded, RunStore},
+        runs::RunStore,
         s3_source::{ObjectReadError, S3Source},
         AwsError,
     },
@@ -27,10 +28,8 @@ use resync_shared::{
     crash_points::{CrashPoint, CrashPoints, InjectedCrash},
     domain::{
         ids::{IdError, RunId, SyncId},
-        ledger::RecordedRejection,
-        merge::{DuplicateFinder, Planned, RunPlanner},
-        run::{Acquired, PlanSummary, RunStatus},
-        source::{encoding_for, Rejection, SourceReadError},
+        run::{Acquired, RunStatus},
+        source::SourceReadError,
         timestamp,
     },
     resources::Resources,
@@ -38,11 +37,10 @@ use resync_shared::{
 };
 use serde::{Deserialize, Serialize};
 
+mod plan;
 mod record;
 mod send;
 
-use record::Recorder;
-use send::Sender;
 pub use send::SEND_CONCURRENCY;
 
 /// The `detail` of the scheduling event: the rule's input names the sync.
@@ -70,6 +68,9 @@ pub enum SyncStartOutcome {
         carried_over: u64,
         /// Source objects read.
         source_objects: u64,
+        /// Source objects not read whole: they stay pending, read again every run (a
+        /// critical alert says so) until read whole or skipped by an operator.
+        pending_objects: u64,
     },
     /// This run was already planned (a retried or duplicate invocation, or a late one
     /// after the run closed), or another invocation of the same event recorded its
@@ -257,7 +258,13 @@ async fn start(
                 open_run,
             });
         }
-        Acquired::Acquired { cursor } => cursor,
+        Acquired::Acquired {
+            cursor,
+            watermark_ms,
+        } => plan::Start {
+            legacy_after: cursor,
+            watermark_ms,
+        },
     };
     deps.crash_points
         .reached(CrashPoint::SyncStartAfterAcquire)?;
@@ -289,7 +296,7 @@ async fn start(
     // This invocation's planning attempt: a later one (a duplicate or retried
     // invocation of the same event) replaces it, and then nothing of this one counts.
     let generation = record.generation;
-    match plan(deps, sync, run_id, generation, cursor).await {
+    match plan::plan(deps, sync, run_id, generation, cursor).await {
         Ok(outcome) => Ok(outcome),
         // A dead invocation abandons nothing: its retry resumes the planning.
         Err(err @ SyncStartError::Crashed(_)) => Err(err),
@@ -310,159 +317,6 @@ async fn start(
             }
             Err(err)
         }
-    }
-}
-
-/// Plans attempt `generation` of the run: reads the source after `cursor`, merges it
-/// with the failed-row index, enqueues the rows and records the rejections and the plan.
-async fn plan(
-    deps: &SyncStart,
-    sync: &SyncConfig,
-    run_id: &RunId,
-    generation: u32,
-    cursor: Option<String>,
-) -> Result<SyncStartOutcome, SyncStartError> {
-    let queue = deps.queue(&sync.destination).await?;
-    let bucket = sync
-        .source
-        .bucket
-        .clone()
-        .unwrap_or_else(|| deps.resources.source_bucket.clone());
-
-    let objects = deps
-        .source
-        .new_objects(&bucket, &sync.source.prefix, cursor.as_deref())
-        .await?;
-    let mut rejections = Recorder::new(&deps.runs, run_id, generation);
-    let mut readable = Vec::new();
-    for object in &objects {
-        match encoding_for(object, sync.source.format) {
-            Some(encoding) => readable.push((Arc::<str>::from(object.as_str()), encoding)),
-            None => rejections.push(RecordedRejection {
-                rejection: Rejection {
-                    key: None,
-                    object: object.clone(),
-                    line: 0,
-                    code: "unknown_format".into(),
-                    reason: "the object's name does not say its format (.jsonl, .ndjson, .json, .csv, optionally .gz); set the sync's source.format".into(),
-                },
-                first_failed_at: None,
-                in_index: false,
-                payload: None,
-            }),
-        }
-    }
-
-    // Pass 1: find keys that occur more than once in this run's source.
-    let mut finder = DuplicateFinder::default();
-    for (object, encoding) in &readable {
-        finder = deps
-            .source
-            .observe_keys(&bucket, object, *encoding, &sync.primary_key, finder)
-            .await?;
-    }
-
-    // Pass 2: plan and enqueue; rejections are counted, sampled and written out chunk
-    // by chunk as they come.
-    let index = deps.index.load_for_planning(&sync.id).await?;
-    let mut planner = RunPlanner::new(index, finder.duplicates());
-    let mut sender = Sender::new(&queue, run_id, generation, &sync.id, &deps.crash_points);
-    for (object, encoding) in &readable {
-        let (mut rows, reader) = deps
-            .source
-            .stream(&bucket, object, *encoding, &sync.primary_key)
-            .await?;
-        while let Some(chunk) = rows.recv().await {
-            for event in chunk {
-                match event {
-                    Ok(row) => match planner.plan(row, object) {
-                        Planned::Enqueue(planned) => {
-                            sender.push(planned, &mut rejections.log).await?
-                        }
-                        Planned::Reject(rejection, carried) => rejections.push(RecordedRejection {
-                            rejection,
-                            first_failed_at: carried.as_ref().map(|c| c.first_failed_at.clone()),
-                            in_index: carried.is_some(),
-                            payload: None,
-                        }),
-                    },
-                    Err(rejection) => rejections.push(RecordedRejection {
-                        rejection,
-                        first_failed_at: None,
-                        in_index: false,
-                        payload: None,
-                    }),
-                }
-            }
-            rejections.flush().await?;
-        }
-        join(reader).await?;
-    }
-    let (leftovers, waiting) = planner.leftovers();
-    for planned in leftovers {
-        sender.push(planned, &mut rejections.log).await?;
-        rejections.flush().await?;
-    }
-    let (enqueued, carried_over) = sender.finish(&mut rejections.log).await?;
-    let (rejected, rejected_by_code) = rejections.finish().await?;
-
-    let cursor_after = objects.last().cloned().or(cursor);
-    let plan = PlanSummary {
-        generation,
-        enqueued,
-        rejected,
-        rejected_by_code: Some(&rejected_by_code),
-        carried_over,
-        waiting: waiting as u64,
-        source_objects: objects.len() as u64,
-        cursor_after: cursor_after.as_deref(),
-    };
-    let settled = match deps.runs.mark_planned(&sync.id, run_id, &plan).await {
-        Ok(settled) => settled,
-        Err(PlanNotRecorded::NotPlanning) => {
-            // Another invocation of the same event (a duplicate, or Lambda's retry)
-            // recorded its plan first or planned the run again, or the run was
-            // abandoned: this one's plan does not count (delivery drops its rows), and
-            // abandoning now would abandon the other's run.
-            tracing::warn!(sync = %sync.id, run = %run_id, generation, enqueued, "the run was planned by another invocation of its event; this plan is not recorded and its rows are dropped");
-            return Ok(SyncStartOutcome::AlreadyPlanned {
-                sync_id: sync.id.clone(),
-                run_id: run_id.clone(),
-            });
-        }
-        Err(PlanNotRecorded::Aws(err)) => return Err(err.into()),
-    };
-    deps.crash_points
-        .reached(CrashPoint::SyncStartAfterMarkPlanned)?;
-    if settled {
-        deps.notice.send(&sync.id, run_id).await;
-    }
-    tracing::info!(
-        sync = %sync.id,
-        run = %run_id,
-        enqueued,
-        rejected,
-        carried_over,
-        waiting,
-        objects = objects.len(),
-        "run planned"
-    );
-    Ok(SyncStartOutcome::Started {
-        sync_id: sync.id.clone(),
-        run_id: run_id.clone(),
-        enqueued,
-        rejected,
-        carried_over,
-        source_objects: objects.len() as u64,
-    })
-}
-
-async fn join(
-    reader: tokio::task::JoinHandle<Result<(), SourceReadError>>,
-) -> Result<(), SyncStartError> {
-    match reader.await {
-        Ok(result) => Ok(result?),
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
     }
 }
 

@@ -2,6 +2,8 @@
 //! values and tested in isolation; the adapters (`crate::aws`, `crate::destination`)
 //! carry the results to the services.
 //!
+//! - [`cursor`]: the source cursor — a `LastModified` watermark with a lookback window
+//!   and per-object records (read, pending, skipped) — and which objects a run reads.
 //! - [`ids`]: newtypes for the identifiers that cross process boundaries
 //!   (`SyncId`, `RunId`, `PrimaryKey`, `DestinationId`), validated once at the edge.
 //! - [`row`]: a row's fields as the JSON object text they arrived in (validated once,
@@ -23,6 +25,7 @@
 //! - [`run`]: a run's life (status, record, plan) and the sync's lock and cursor.
 //! - [`timestamp`]: timestamps as resync stores and prints them.
 
+pub mod cursor;
 pub mod ids;
 pub mod ledger;
 pub mod merge;

@@ -40,7 +40,7 @@ fn part_sk(batch_id: &str, part: Option<usize>) -> String {
 }
 
 /// Bytes left for the text attribute of `item` (which holds it empty).
-fn text_budget(item: &Item) -> usize {
+pub(super) fn text_budget(item: &Item) -> usize {
     MAX_ITEM_BYTES.saturating_sub(item_size(item))
 }
 
@@ -247,7 +247,7 @@ impl RunStore {
     }
 
     /// Puts an item, refusing one larger than DynamoDB takes before sending it.
-    async fn put(&self, operation: &'static str, item: Item) -> Result<(), AwsError> {
+    pub(super) async fn put(&self, operation: &'static str, item: Item) -> Result<(), AwsError> {
         check_item_size(operation, &item)?;
         self.client
             .put_item()
@@ -261,7 +261,7 @@ impl RunStore {
 
     /// A paged query of the items of a run's partition whose sort key begins with
     /// `prefix` (strongly consistent).
-    fn run_items(
+    pub(super) fn run_items(
         &self,
         run: &RunId,
         prefix: &str,

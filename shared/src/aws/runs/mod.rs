@@ -2,7 +2,12 @@
 //! source cursor), run records with their counts, and the batch ledger items.
 //!
 //! Key layout (one table, `pk`/`sk` strings):
-//! - `sync#{sync}` / `state` — `open_run`, `open_since`, `cursor`
+//! - `sync#{sync}` / `state` — `open_run`, `open_since`, `watermark` (the source
+//!   cursor, see [`crate::domain::cursor`]; `cursor`, a name, before watermarks),
+//!   `last_run`
+//! - `sync#{sync}` / `object#{hash}` — the record of one source object (read,
+//!   pending or skipped)
+//! - `run#{run}` / `source#{attempt}#{n}` — the objects a planning attempt tried
 //! - `sync#{sync}` / `run#{run}` — the run record, with its planning attempt
 //!   (`generation`)
 //! - `run#{run}` / `batch#{id}` — one delivery invocation's [`BatchLedger`] (which
@@ -17,6 +22,7 @@
 //!
 //! - [`lock`]: the sync's lock, opening and planning a run, abandoning it.
 //! - [`ledger`]: delivery's ledger items and sync-start's rejections.
+//! - [`objects`]: the source cursor's object records, a run's object outcomes, skips.
 //! - [`close`]: the close claim and the closing transaction.
 //! - [`reports`]: closed runs' reports waiting to be sent.
 //!
@@ -46,11 +52,14 @@ use crate::{
 mod close;
 mod ledger;
 mod lock;
+mod objects;
 pub mod reports;
 
 pub use reports::{PendingReport, ReportPart};
 
+pub use ledger::RejectionChunks;
 pub use lock::PlanNotRecorded;
+pub use objects::{SkipRefused, StoredObject};
 
 /// DynamoDB adapter for the runs table.
 #[derive(Debug, Clone)]
@@ -317,6 +326,10 @@ fn parse_run(item: &Item, sync: &SyncId, run: &RunId) -> RunRecord {
         carried_over: get_n(item, "carried_over"),
         waiting: get_n(item, "waiting"),
         cursor_after: get_s(item, "cursor_after"),
+        watermark_after: item
+            .contains_key("watermark_after")
+            .then(|| get_n(item, "watermark_after")),
+        pending_objects: get_n(item, "pending_objects"),
         source_objects: get_n(item, "source_objects"),
         settled_hint: get_n(item, "settled_hint"),
         counts,
