@@ -311,3 +311,40 @@ async fn an_object_cut_off_mid_read_stays_pending_and_is_read_whole_later() {
     let delivered = env.destination.stats().delivered_keys;
     assert!((0..rows + 10).all(|i| delivered.contains(&key(i))));
 }
+
+/// A sync last run with a name cursor (before watermarks): the objects that cursor
+/// passed were read, and they are not read again — neither by the first run with a
+/// watermark nor by the next one — while objects after it are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_objects_a_name_cursor_passed_are_not_read_again() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let env = TestEnv::start().await;
+    env.export_rows("0001.jsonl.gz", 0..5).await;
+    env.export_rows("0002.jsonl.gz", 5..8).await;
+    aws_sdk_dynamodb::Client::new(&env.runtime.sdk)
+        .put_item()
+        .table_name(&env.runtime.resources.runs_table)
+        .item("pk", AttributeValue::S(format!("sync#{}", env.sync)))
+        .item("sk", AttributeValue::S("state".into()))
+        .item(
+            "cursor",
+            AttributeValue::S("exports/customers/0001.jsonl.gz".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let first = env.run().await.record.counts.unwrap();
+    assert_eq!((first.planned, first.delivered), (3, 3));
+    env.destination.next_run();
+    let second = env.run().await.record.counts.unwrap();
+    assert_eq!(second.planned, 0, "nothing read again");
+    assert!(env
+        .runtime
+        .runs()
+        .state(&env.sync)
+        .await
+        .unwrap()
+        .watermark_ms
+        .is_some());
+}

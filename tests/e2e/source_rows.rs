@@ -244,3 +244,42 @@ async fn keyed_rejections_reach_the_index_chunk_by_chunk() {
         .iter()
         .all(|e| e.error_code == "non_unique_primary_key" && e.error_class == "rejected"));
 }
+
+/// Issue 13, item 8: a row too large for a queue message was rejected with object ""
+/// and line 0 (in the index and the run's rejections). It keeps the object and line it
+/// was read from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_too_large_for_a_message_keeps_its_object_and_line() {
+    let env = TestEnv::start().await;
+    let mut jsonl = String::new();
+    for i in 0..6 {
+        if i == 4 {
+            jsonl.push_str(&format!(
+                "{}\n",
+                serde_json::json!({"id": key(i), "notes": "x".repeat(300_000)})
+            ));
+        } else {
+            jsonl.push_str(&format!("{}\n", row(i, "v1")));
+        }
+    }
+    env.export("big.jsonl", jsonl.into_bytes()).await;
+
+    let run = env.run().await;
+
+    let index = env.index().await;
+    assert_eq!(index.len(), 1);
+    assert_eq!(index[0].error_code, "row_too_large");
+    assert!(
+        index[0]
+            .error_message
+            .ends_with("(exports/customers/big.jsonl line 5)"),
+        "{}",
+        index[0].error_message
+    );
+    let stored = env.stored_rejections(&run.record.run_id).await;
+    for entry in stored.chunk_entries.iter().chain(&stored.sample_entries) {
+        assert_eq!(entry["object"], "exports/customers/big.jsonl");
+        assert_eq!(entry["line"], 5);
+    }
+    assert!(!stored.chunk_entries.is_empty());
+}

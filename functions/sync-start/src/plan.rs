@@ -144,9 +144,33 @@ pub(crate) async fn plan(
         }
     }
     let source_objects = candidates.len() as u64;
+    // A sync's first run with a watermark, after runs that kept a name cursor: the
+    // objects that cursor passed were read by those runs. They count towards the
+    // watermark, and those within its window are recorded as read, or the next run
+    // would take them for new.
+    let presumed: Vec<&ListedObject> = if cursor.watermark_ms.is_none()
+        && cursor.legacy_after.is_some()
+    {
+        listed
+            .iter()
+            .filter(|o| !cursor.records.contains_key(&o.name) && cursor.decide(o) == Decision::Skip)
+            .collect()
+    } else {
+        Vec::new()
+    };
     // Every object this run tries counts, read whole or not (one not read whole is
     // kept pending by its record, whatever the watermark).
-    let watermark_after = cursor.watermark_after(candidates);
+    let watermark_after =
+        cursor.watermark_after(candidates.iter().copied().chain(presumed.iter().copied()));
+    if let Some(watermark) = watermark_after {
+        let window_start = watermark.saturating_sub(sync.source.lookback_ms());
+        outcomes.extend(
+            presumed
+                .iter()
+                .filter(|o| o.last_modified_ms >= window_start)
+                .map(|o| outcome(o, None, 0)),
+        );
+    }
 
     // Pass 1: find keys that occur more than once in this run's source. An object that
     // cannot be read here is not read in pass 2 either.
