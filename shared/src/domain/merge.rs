@@ -67,25 +67,51 @@ pub fn key_hash(key: &str) -> u64 {
 }
 
 /// First pass: collects every key's hash; duplicates are equal neighbours once sorted.
-/// 8 bytes a row (a hash map of counts would take 2–3 times that).
+/// 8 bytes a *distinct* key (a hash map of counts would take 2–3 times that): whenever
+/// the list doubles, it is sorted, the hashes seen more than once move to the
+/// duplicates, and each hash is kept once — so a source that repeats keys (one line
+/// exported a million times) holds one hash, not one per row.
 #[derive(Debug, Default)]
 pub struct DuplicateFinder {
     hashes: Vec<u64>,
+    repeated: HashSet<u64>,
+    compact_at: usize,
 }
+
+/// Hashes collected before the first compaction.
+const FIRST_COMPACTION: usize = 1 << 20;
 
 impl DuplicateFinder {
     /// Notes one occurrence.
     pub fn observe(&mut self, key: &str) {
         self.hashes.push(key_hash(key));
+        if self.hashes.len() >= self.compact_at.max(FIRST_COMPACTION) {
+            self.compact();
+            self.compact_at = self.hashes.len().saturating_mul(2);
+        }
+    }
+
+    /// Sorts, moves repeated hashes to `repeated`, keeps each hash once.
+    fn compact(&mut self) {
+        self.hashes.sort_unstable();
+        for pair in self.hashes.windows(2) {
+            if pair[0] == pair[1] {
+                self.repeated.insert(pair[0]);
+            }
+        }
+        self.hashes.dedup();
+    }
+
+    /// Hashes held right now (at most one per distinct key after a compaction, plus
+    /// those observed since).
+    pub fn held(&self) -> usize {
+        self.hashes.len() + self.repeated.len()
     }
 
     /// The hashes of keys seen more than once.
     pub fn duplicates(mut self) -> HashSet<u64> {
-        self.hashes.sort_unstable();
-        self.hashes
-            .windows(2)
-            .filter_map(|pair| (pair[0] == pair[1]).then_some(pair[0]))
-            .collect()
+        self.compact();
+        self.repeated
     }
 }
 
@@ -286,6 +312,26 @@ mod tests {
         let (leftovers, waiting) = planner.leftovers();
         assert!(leftovers.is_empty());
         assert_eq!(waiting, 1);
+    }
+
+    /// Issue 13, item 2: a source repeating one line (7 MB of gzip expanding to 2 GB)
+    /// held 8 bytes per row in the first pass. It holds one hash per distinct key.
+    #[test]
+    fn a_repeated_key_is_held_once_however_often_it_occurs() {
+        let mut finder = DuplicateFinder::default();
+        for _ in 0..3_000_000 {
+            finder.observe("same");
+        }
+        for i in 0..10 {
+            finder.observe(&format!("k{i}"));
+        }
+        finder.observe("k3");
+        assert!(finder.held() < FIRST_COMPACTION + 20, "{}", finder.held());
+        let duplicates = finder.duplicates();
+        assert_eq!(
+            duplicates,
+            [key_hash("same"), key_hash("k3")].into_iter().collect()
+        );
     }
 
     #[test]

@@ -14,13 +14,16 @@
 //! - **Keyed rejections** must reach the failed-row index (invariant I2), so each one
 //!   goes into the current chunk; a chunk is sealed at [`CHUNK_BYTES`] of JSON and the
 //!   caller writes it out (the runs table's `reject#` items) before reading on. At most
-//!   one chunk is held, so memory does not grow with the rows rejected.
+//!   one chunk is held, so memory does not grow with the rows rejected. A key already in
+//!   the chunk replaces its entry (the index keeps one entry per key, the latest): an
+//!   export repeating one keyed line a million times stores one entry, not a million.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
+    ids::PrimaryKey,
     ledger::{json_len, RecordedRejection},
     source::Rejection,
 };
@@ -61,6 +64,8 @@ pub struct RejectionLog {
     counts: RejectionCounts,
     sample: BTreeMap<String, Vec<SampledRejection>>,
     chunk: Vec<RecordedRejection>,
+    /// Where each key of the chunk is in it, and its entry's JSON length.
+    chunk_keys: HashMap<PrimaryKey, (usize, usize)>,
     chunk_bytes: usize,
     sealed: Vec<Vec<RecordedRejection>>,
     total: u64,
@@ -92,7 +97,29 @@ impl RejectionLog {
                     rejection,
                 });
         }
-        if recorded.rejection.key.is_none() {
+        let Some(key) = recorded.rejection.key.clone() else {
+            return;
+        };
+        if let Some(&(at, earlier_len)) = self.chunk_keys.get(&key) {
+            // The key is in the chunk already (every copy of a non-unique key is
+            // rejected): the index keeps one entry per key, the latest, so the chunk
+            // does too, with the key's earlier index entry if a copy carried it.
+            let earlier = &self.chunk[at];
+            let merged = RecordedRejection {
+                first_failed_at: recorded
+                    .first_failed_at
+                    .clone()
+                    .or_else(|| earlier.first_failed_at.clone()),
+                in_index: recorded.in_index || earlier.in_index,
+                ..recorded
+            };
+            let merged_len = json_len(&merged);
+            self.chunk_bytes = self
+                .chunk_bytes
+                .saturating_sub(earlier_len)
+                .saturating_add(merged_len);
+            self.chunk[at] = merged;
+            self.chunk_keys.insert(key, (at, merged_len));
             return;
         }
         let len = json_len(&recorded);
@@ -107,12 +134,14 @@ impl RejectionLog {
         } else {
             self.chunk_bytes.saturating_add(len).saturating_add(1)
         };
+        self.chunk_keys.insert(key, (self.chunk.len(), len));
         self.chunk.push(recorded);
     }
 
     fn seal(&mut self) {
         if !self.chunk.is_empty() {
             self.sealed.push(std::mem::take(&mut self.chunk));
+            self.chunk_keys.clear();
             self.chunk_bytes = 0;
         }
     }
@@ -169,7 +198,6 @@ pub fn truncate(text: &mut String, max: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::ids::PrimaryKey;
 
     fn rejection(key: Option<&str>, code: &str, line: u64) -> RecordedRejection {
         RecordedRejection {
@@ -187,20 +215,20 @@ mod tests {
     }
 
     /// Issue 13, item 2: every rejected row was held in sync-start (and again in the
-    /// finalizer). A million keyless rejections leave exact counts, a sample of 100
+    /// finalizer). 200,000 keyless rejections leave exact counts, a sample of 100
     /// and nothing per row.
     #[test]
     fn keyless_rejections_are_counted_and_sampled_only() {
         let mut log = RejectionLog::default();
-        for line in 1..=1_000_000 {
+        for line in 1..=200_000 {
             log.push(rejection(None, "missing_primary_key", line));
             assert_eq!(log.held(), 0);
         }
         log.push(rejection(None, "malformed_line", 7));
-        assert_eq!(log.total(), 1_000_001);
+        assert_eq!(log.total(), 200_001);
         let (chunks, counts, sample) = log.finish();
         assert!(chunks.is_empty());
-        assert_eq!(counts["missing_primary_key"], 1_000_000);
+        assert_eq!(counts["missing_primary_key"], 200_000);
         assert_eq!(counts["malformed_line"], 1);
         assert_eq!(sample.len(), SAMPLE_PER_CODE + 1);
         let lines: Vec<u64> = sample
@@ -241,6 +269,35 @@ mod tests {
         assert_eq!(sample.len(), SAMPLE_PER_CODE);
         assert!(sample.iter().all(|s| s.indexed));
         assert!(most_held < 200, "held {most_held} rejections at once");
+    }
+
+    /// Issue 13, item 2: one keyed line repeated (every copy a non-unique key) stored
+    /// one rejection per row. The chunk keeps one entry per key, the latest, with the
+    /// index entry an earlier copy carried.
+    #[test]
+    fn a_repeated_key_is_one_entry_of_its_chunk() {
+        let mut log = RejectionLog::default();
+        let mut carried = rejection(Some("same"), "non_unique_primary_key", 1);
+        carried.first_failed_at = Some("2026-11-01T00:00:00Z".into());
+        carried.in_index = true;
+        log.push(carried);
+        for line in 2..=50_000 {
+            log.push(rejection(Some("same"), "non_unique_primary_key", line));
+            assert!(log.take_sealed().is_empty());
+        }
+        let (chunks, counts, _) = log.finish();
+        assert_eq!(counts["non_unique_primary_key"], 50_000);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].len(), 1);
+        let kept = &chunks[0][0];
+        assert_eq!(kept.rejection.line, 50_000, "the latest copy");
+        assert_eq!(
+            kept.first_failed_at.as_deref(),
+            Some("2026-11-01T00:00:00Z")
+        );
+        assert!(kept.in_index);
+        let bytes = serde_json::to_string(&chunks[0]).unwrap().len();
+        assert!(bytes < 4_000, "{bytes}");
     }
 
     #[test]
