@@ -562,6 +562,7 @@ fn print_record(sync: &SyncId, record: &RunRecord, resumed: bool, json: bool) {
             line.extend(counts);
         }
         line["failed_index_size"] = failed_index_size.into();
+        line["pending_objects"] = record.pending_objects.into();
         println!("{line}");
     } else if record.status == RunStatus::Closed {
         println!(
@@ -577,6 +578,12 @@ fn print_record(sync: &SyncId, record: &RunRecord, resumed: bool, json: bool) {
             counts.recovered,
             failed_index_size
         );
+        if record.pending_objects > 0 {
+            println!(
+                "  {} source objects not read whole stay pending (resync objects --sync {sync}; resync skip-object)",
+                record.pending_objects
+            );
+        }
     } else {
         println!(
             "run {}{}: {} (it never finished planning; its rows are planned again by the next run)",

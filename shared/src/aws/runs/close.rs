@@ -106,8 +106,10 @@ impl RunStore {
             sets.push("#cursor = :cursor");
         }
         if let Some(watermark) = record.watermark_after {
-            state_update = state_update.expression_attribute_values(":watermark", n(watermark));
-            sets.push("watermark = :watermark");
+            state_update = state_update
+                .expression_attribute_values(":watermark", n(watermark))
+                .expression_attribute_names("#watermark", "watermark");
+            sets.push("#watermark = :watermark");
         }
         let state_expression = format!("SET {} REMOVE open_run, open_since", sets.join(", "));
         let state_update = state_update

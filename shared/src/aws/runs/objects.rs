@@ -160,8 +160,9 @@ impl RunStore {
                 .table_name(&self.table)
                 .key("pk", s(sync_pk(sync)))
                 .key("sk", s(object_sk(&object.object)))
-                .condition_expression("#status = :read AND etag = :etag")
+                .condition_expression("#status = :read AND #etag = :etag")
                 .expression_attribute_names("#status", "status")
+                .expression_attribute_names("#etag", "etag")
                 .expression_attribute_values(":read", s(ObjectStatus::Read.as_str()))
                 .expression_attribute_values(":etag", s(&object.etag))
                 .send()
@@ -269,16 +270,17 @@ impl RunStore {
                 .key("pk", s(sync_pk(sync)))
                 .key("sk", s(object_sk(&outcome.name)))
                 .update_expression(
-                    "SET #object = :object, etag = :etag, last_modified = :modified, #status = :pending, \
+                    "SET #object = :object, #etag = :etag, last_modified = :modified, #status = :pending, \
                      planned_through = :through, #code = :code, #reason = :reason, run_id = :run, updated_at = :now \
                      REMOVE skipped_by, skipped_at, skip_reason",
                 )
                 .condition_expression(
-                    "attribute_not_exists(sk) OR #status <> :skipped OR etag <> :etag",
+                    "attribute_not_exists(sk) OR #status <> :skipped OR #etag <> :etag",
                 )
                 .expression_attribute_names("#object", "object")
                 .expression_attribute_names("#status", "status")
                 .expression_attribute_names("#code", "code")
+                .expression_attribute_names("#etag", "etag")
                 .expression_attribute_names("#reason", "reason")
                 .expression_attribute_values(":object", s(&outcome.name))
                 .expression_attribute_values(":etag", s(&outcome.etag))
