@@ -10,6 +10,7 @@
 //! - [`demo`]: `resync demo`, a whole sync run twice against rows kept locked.
 //! - [`destination_server`]: a local webhook destination, the demo's and the tests'.
 //! - [`local`]: provisioning, pollers, finalizer and scheduler: [`local::LocalRuntime`].
+//! - [`operator`]: operator commands on what a sync stored (`resync rejections`).
 
 pub mod aws;
 pub mod bench;
@@ -17,3 +18,4 @@ pub mod chaos;
 pub mod demo;
 pub mod destination_server;
 pub mod local;
+pub mod operator;

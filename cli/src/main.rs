@@ -160,6 +160,63 @@ enum Command {
         #[arg(long, default_value = "resync")]
         stack: String,
     },
+    /// List a run's rejections: exact counts by reason code and the stored sample (the
+    /// first 100 of each code, with object, line, code, reason and key).
+    Rejections {
+        /// The sync configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The sync.
+        #[arg(long)]
+        sync: String,
+        /// The run (default: the open run, else the last closed one).
+        #[arg(long)]
+        run: Option<String>,
+        /// Name prefix of the stack's resources.
+        #[arg(long, default_value = "resync")]
+        stack: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Skip a pending source object (one the sync could not read whole) so that runs
+    /// stop reading it and alerting on it; records who skipped it, when and why. A new
+    /// upload of the object under the same name is read again.
+    SkipObject {
+        /// The sync configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The sync.
+        #[arg(long)]
+        sync: String,
+        /// The object's S3 key (as `resync objects` and the alert name it).
+        #[arg(long)]
+        object: String,
+        /// Why it is skipped (kept with the skip).
+        #[arg(long)]
+        reason: String,
+        /// Who skips it (default: the caller's AWS identity, or the OS user locally).
+        #[arg(long)]
+        by: Option<String>,
+        /// Name prefix of the stack's resources.
+        #[arg(long, default_value = "resync")]
+        stack: String,
+    },
+    /// List a sync's pending and skipped source objects (one JSON object a line).
+    Objects {
+        /// The sync configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The sync.
+        #[arg(long)]
+        sync: String,
+        /// Also the objects read within the lookback window.
+        #[arg(long)]
+        all: bool,
+        /// Name prefix of the stack's resources.
+        #[arg(long, default_value = "resync")]
+        stack: String,
+    },
     /// List a sync's failed rows with their last error (keys and errors only).
     Failed {
         /// The sync configuration file.
@@ -280,6 +337,49 @@ async fn main() -> anyhow::Result<()> {
                 resync::local::provision(&sdk, &config, &stack, &LocalOptions::default()).await?;
             print_stack(&endpoint, &resources);
         }
+        Command::Rejections {
+            config,
+            sync,
+            run,
+            stack,
+            json,
+        } => {
+            let sync = configured_sync(&config, sync)?;
+            let run = run.map(resync_shared::RunId::parse).transpose()?;
+            let sdk = resync::aws::from_env().await;
+            let report = resync::operator::rejections(&sdk, &stack, &sync, run).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", resync::operator::rejections_table(&report));
+            }
+        }
+        Command::SkipObject {
+            config,
+            sync,
+            object,
+            reason,
+            by,
+            stack,
+        } => {
+            let sync = configured_sync(&config, sync)?;
+            let sdk = resync::aws::from_env().await;
+            let by = resync::operator::caller(&sdk, by).await;
+            resync::operator::skip_object(&sdk, &stack, &sync, &object, &by, &reason).await?;
+            println!("skipped {object} for sync {sync} (by {by})");
+        }
+        Command::Objects {
+            config,
+            sync,
+            all,
+            stack,
+        } => {
+            let sync = configured_sync(&config, sync)?;
+            let sdk = resync::aws::from_env().await;
+            for object in resync::operator::objects(&sdk, &stack, &sync, all).await? {
+                println!("{}", serde_json::to_string(&object)?);
+            }
+        }
         Command::Failed {
             config,
             sync,
@@ -303,6 +403,17 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The sync named on the command line, which the configuration must hold.
+fn configured_sync(config: &std::path::Path, sync: String) -> anyhow::Result<SyncId> {
+    let config = Config::load(config)?;
+    let sync = SyncId::parse(sync)?;
+    anyhow::ensure!(
+        config.sync(&sync).is_some(),
+        "no sync '{sync}' in the configuration"
+    );
+    Ok(sync)
 }
 
 /// `resync emulator`: the embedded emulator on a fixed port with a provisioned stack.
@@ -451,6 +562,7 @@ fn print_record(sync: &SyncId, record: &RunRecord, resumed: bool, json: bool) {
             line.extend(counts);
         }
         line["failed_index_size"] = failed_index_size.into();
+        line["pending_objects"] = record.pending_objects.into();
         println!("{line}");
     } else if record.status == RunStatus::Closed {
         println!(
@@ -466,6 +578,12 @@ fn print_record(sync: &SyncId, record: &RunRecord, resumed: bool, json: bool) {
             counts.recovered,
             failed_index_size
         );
+        if record.pending_objects > 0 {
+            println!(
+                "  {} source objects not read whole stay pending (resync objects --sync {sync}; resync skip-object)",
+                record.pending_objects
+            );
+        }
     } else {
         println!(
             "run {}{}: {} (it never finished planning; its rows are planned again by the next run)",

@@ -356,3 +356,167 @@ async fn forward(
     response.headers_mut().extend(headers);
     response
 }
+
+/// Issue 13, item 8: rejections lost where they came from (a row too large for a
+/// message was stored with object "" and line 0; a key too long for the index was a
+/// "missing key"), and keyless rejections could be seen only by reading DynamoDB.
+/// `resync rejections` lists a run's rejections: exact counts by code and the sample,
+/// each with its object, line, code and reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_lists_a_runs_rejections_with_where_they_came_from() {
+    let stack = Stack::start().await;
+    let runtime = stack.runtime().await;
+    let sync = SyncId::parse("customers").unwrap();
+    let lines = [
+        serde_json::json!({"id": "a-1", "n": 1}).to_string(),
+        "{\"id\": \"a-2\", ".to_owned(),
+        serde_json::json!({"customer": "a-3"}).to_string(),
+        serde_json::json!({"id": "x".repeat(1100)}).to_string(),
+        serde_json::json!({"id": "a-5", "notes": "n".repeat(300_000)}).to_string(),
+        serde_json::json!({"id": "a-6"}).to_string(),
+    ];
+    resync::aws::s3_client(&runtime.sdk)
+        .put_object()
+        .bucket(&runtime.resources.source_bucket)
+        .key("exports/customers/batch.jsonl")
+        .body(format!("{}\n", lines.join("\n")).into_bytes().into())
+        .send()
+        .await
+        .expect("export");
+    let run = runtime.run_sync(&sync, &|_| {}).await.expect("the run");
+    assert_eq!(run.record.counts.unwrap().rejected, 4);
+
+    let output = stack
+        .resync(
+            &stack.endpoint,
+            &["rejections", "--sync", "customers", "--json"],
+        )
+        .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = &json_lines(&output)[0];
+    assert_eq!(report["run_id"], run.record.run_id.as_str());
+    assert_eq!(report["rejected"], 4);
+    assert_eq!(
+        report["by_code"],
+        serde_json::json!({"malformed_line": 1, "missing_primary_key": 1, "primary_key_too_long": 1, "row_too_large": 1})
+    );
+    let sample = report["sample"].as_array().unwrap();
+    let by_line: std::collections::BTreeMap<u64, &serde_json::Value> = sample
+        .iter()
+        .map(|s| (s["line"].as_u64().unwrap(), s))
+        .collect();
+    assert_eq!(by_line.keys().copied().collect::<Vec<_>>(), [2, 3, 4, 5]);
+    for entry in sample {
+        assert_eq!(entry["object"], "exports/customers/batch.jsonl", "{entry}");
+        assert!(!entry["reason"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(by_line[&4]["code"], "primary_key_too_long");
+    assert_eq!(by_line[&4]["indexed"], false);
+    assert!(by_line[&4]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("not kept in the failed-row index"));
+    assert_eq!(by_line[&5]["code"], "row_too_large");
+    assert_eq!(by_line[&5]["key"], "a-5");
+    assert_eq!(by_line[&5]["indexed"], true);
+    let index = runtime.index().entries(&sync).await.unwrap();
+    assert_eq!(index.len(), 1);
+    assert!(
+        index[0].error_message.contains("batch.jsonl line 5"),
+        "{}",
+        index[0].error_message
+    );
+
+    let text = stack
+        .resync(&stack.endpoint, &["rejections", "--sync", "customers"])
+        .await;
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("4 rejected"), "{text}");
+    assert!(
+        text.contains("row_too_large exports/customers/batch.jsonl line 5"),
+        "{text}"
+    );
+}
+
+/// Issue 13, item 7: an object resync could not read whole stays pending until it is
+/// read or an operator skips it explicitly. `resync objects` lists it; `resync
+/// skip-object` skips it, recording who (the OS user against an emulator, or `--by`),
+/// when and why; the next run neither reads it nor counts it pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_object_records_who_skipped_a_pending_object() {
+    let stack = Stack::start().await;
+    let runtime = stack.runtime().await;
+    let sync = SyncId::parse("customers").unwrap();
+    let object = "exports/customers/unload.parquet";
+    resync::aws::s3_client(&runtime.sdk)
+        .put_object()
+        .bucket(&runtime.resources.source_bucket)
+        .key(object)
+        .body(b"PAR1".to_vec().into())
+        .send()
+        .await
+        .expect("export");
+    let run = runtime.run_sync(&sync, &|_| {}).await.expect("the run");
+    assert_eq!(run.record.pending_objects, 1);
+
+    let listed = stack
+        .resync(&stack.endpoint, &["objects", "--sync", "customers"])
+        .await;
+    let listed = json_lines(&listed);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["object"], object);
+    assert_eq!(listed[0]["status"], "pending");
+    assert_eq!(listed[0]["code"], "unknown_format");
+
+    let skipped = stack
+        .resync(
+            &stack.endpoint,
+            &[
+                "skip-object",
+                "--sync",
+                "customers",
+                "--object",
+                object,
+                "--reason",
+                "not an export",
+            ],
+        )
+        .await;
+    assert!(
+        skipped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&skipped.stderr)
+    );
+    let again = stack
+        .resync(
+            &stack.endpoint,
+            &[
+                "skip-object",
+                "--sync",
+                "customers",
+                "--object",
+                "exports/customers/none.jsonl",
+                "--reason",
+                "x",
+            ],
+        )
+        .await;
+    assert!(!again.status.success(), "only a pending object is skipped");
+
+    let listed = stack
+        .resync(&stack.endpoint, &["objects", "--sync", "customers"])
+        .await;
+    let listed = json_lines(&listed);
+    assert_eq!(listed[0]["status"], "skipped");
+    assert_eq!(listed[0]["skip_reason"], "not an export");
+    let by = listed[0]["skipped_by"].as_str().unwrap();
+    assert!(by.starts_with("os-user:") || by == "unknown", "{by}");
+    assert!(listed[0]["skipped_at"].is_string());
+    let next = runtime.run_sync(&sync, &|_| {}).await.expect("the run");
+    assert_eq!(next.record.pending_objects, 0);
+    assert_eq!(next.record.counts.unwrap().planned, 0);
+}

@@ -190,7 +190,7 @@ export class Resync extends Construct {
       statements: [
         new iam.PolicyStatement({
           sid: 'RunsTable',
-          actions: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem'],
+          actions: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:Query'],
           resources: [this.runsTable.tableArn],
         }),
         new iam.PolicyStatement({ sid: 'FailedRowIndex', actions: ['dynamodb:Query'], resources: [this.failedRowsTable.tableArn] }),

@@ -600,17 +600,17 @@ fn removing_a_used_action_from_a_role_is_caught() {
 fn an_unobserved_action_or_resource_is_caught() {
     assert_named(
         &edited(
-            "Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:UpdateItem]\n                Resource: !GetAtt RunsTable.Arn\n              - Sid: FailedRowIndex",
-            "Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:UpdateItem, dynamodb:DeleteItem]\n                Resource: !GetAtt RunsTable.Arn\n              - Sid: FailedRowIndex",
+            "Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:UpdateItem, dynamodb:Query]\n                Resource: !GetAtt RunsTable.Arn\n              - Sid: FailedRowIndex",
+            "Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:UpdateItem, dynamodb:Query, dynamodb:DeleteItem]\n                Resource: !GetAtt RunsTable.Arn\n              - Sid: FailedRowIndex",
         ),
         "SyncStartFunction: IAM actions beyond the observed calls (least privilege; tests/deploy/observed-calls.json): dynamodb:DeleteItem on runs-table",
     );
     assert_named(
         &edited(
-            "Action: [dynamodb:Query]\n                Resource: !GetAtt FailedRowsTable.Arn",
-            "Action: [dynamodb:Query]\n                Resource: [!GetAtt FailedRowsTable.Arn, !GetAtt RunsTable.Arn]",
+            "Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:UpdateItem, dynamodb:Query]\n                Resource: !GetAtt RunsTable.Arn",
+            "Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:UpdateItem, dynamodb:Query]\n                Resource: [!GetAtt RunsTable.Arn, !GetAtt FailedRowsTable.Arn]",
         ),
-        "dynamodb:Query on runs-table",
+        "dynamodb:GetItem on failed-rows-table",
     );
 }
 

@@ -41,7 +41,7 @@ async fn facts(
     index_before: HashSet<String>,
 ) -> RunFacts {
     let run = env.run().await;
-    let (ledger, _) = env
+    let ledger = env
         .runtime
         .runs()
         .ledger(&run.record.run_id, run.record.generation)

@@ -666,3 +666,40 @@ pub async fn finalize_with(
     };
     resync_finalizer::handler(finalizer, resync::local::lambda_invocation(event)).await
 }
+
+/// What a run's partition of the runs table holds of its rejections, read raw: the
+/// entries of its `reject#` chunks (keyed rejections, for the index) and of its
+/// `sample#` items (the detailed sample), whatever their planning attempt.
+#[derive(Debug, Default)]
+pub struct StoredRejections {
+    pub chunk_entries: Vec<serde_json::Value>,
+    pub sample_entries: Vec<serde_json::Value>,
+}
+
+impl TestEnv {
+    pub async fn stored_rejections(&self, run: &RunId) -> StoredRejections {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let mut stored = StoredRejections::default();
+        let mut pages = aws_sdk_dynamodb::Client::new(&self.runtime.sdk)
+            .query()
+            .table_name(&self.runtime.resources.runs_table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", AttributeValue::S(format!("run#{run}")))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.expect("the run's items");
+            let entries = |name: &str| -> Vec<serde_json::Value> {
+                item.get(name)
+                    .and_then(|v| v.as_s().ok())
+                    .map(|body| serde_json::from_str(body).expect("a JSON array"))
+                    .unwrap_or_default()
+            };
+            stored.chunk_entries.extend(entries("rejections"));
+            stored.sample_entries.extend(entries("sample"));
+        }
+        stored
+    }
+}

@@ -74,7 +74,7 @@ async fn a_ledger_in_several_items_reports_the_run_settled_once() {
         .unwrap();
 
     assert_eq!((first, retried), (true, false), "reported settled once");
-    let (items, _) = runs.ledger(&run, 0).await.unwrap();
+    let items = runs.ledger(&run, 0).await.unwrap();
     assert!(items.len() > 1, "{} ledger items", items.len());
     let keys: std::collections::HashSet<_> = items.iter().flat_map(|i| &i.delivered).collect();
     assert_eq!(keys.len(), rows);

@@ -14,6 +14,8 @@
 //!   with their expected outcomes);
 //! - `source_rows`: bad lines, duplicate keys, too-large and wide rows, new rows merged
 //!   with failed keys;
+//! - `source_objects`: the source cursor — pending objects retried until read whole or
+//!   skipped, re-uploads and late arrivals read;
 //! - `runs`: overlapping starts, the close on the last row, the settled report, close
 //!   claims and two finalizers, the local scheduler, a run that cannot run, locks left
 //!   by runs that are not open, a run planned again, a resumed planning;
@@ -47,4 +49,5 @@ mod runs;
 mod salesforce;
 mod secrets;
 mod seed;
+mod source_objects;
 mod source_rows;

@@ -126,7 +126,7 @@ async fn a_clean_run_costs_at_most_a_twentieth_of_a_write_unit_per_row() {
     let run = env.run().await;
     let counts = run.record.counts.unwrap();
     assert_eq!(counts.delivered, rows as u64);
-    let (batches, _) = env
+    let batches = env
         .runtime
         .runs()
         .ledger(&run.record.run_id, run.record.generation)

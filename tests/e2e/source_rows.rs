@@ -1,6 +1,8 @@
 //! What the source exports hold: bad lines, duplicate keys, rows too large for a
 //! message, wide rows, and new rows merged with the failed keys of the last run.
 
+use std::io::Write;
+
 use resync::destination_server::RowBehaviour;
 
 use crate::helpers::{key, row, EnvSettings, TestEnv};
@@ -262,4 +264,131 @@ async fn keys_reach_the_destination_as_the_source_wrote_them() {
     .map(str::to_owned)
     .into();
     assert_eq!(env.destination.stats().delivered_keys, expected);
+}
+
+/// Issue 13, item 2: every rejected row was held in memory by sync-start (and again by
+/// the finalizer) and stored in the run's ledger: an export whose every row is rejected
+/// (its key column renamed) grew both functions' memory with the export until they
+/// were killed. Now the run keeps exact counts by reason and the first 100 rejections
+/// of each reason, and stores nothing per keyless rejected row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_whose_every_row_is_rejected_keeps_counts_and_a_bounded_sample() {
+    let rows = crate::helpers::scaled(20_000, 2_000);
+    let env = TestEnv::start().await;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    for i in 0..rows {
+        // The warehouse renamed `id` to `customer_id`.
+        writeln!(
+            encoder,
+            "{}",
+            serde_json::json!({"customer_id": key(i), "email": format!("c{i}@example.com")})
+        )
+        .unwrap();
+    }
+    env.export("renamed.jsonl.gz", encoder.finish().unwrap())
+        .await;
+
+    let run = env.run().await;
+
+    let counts = run.record.counts.unwrap();
+    assert_eq!(
+        (counts.rejected, counts.planned),
+        (rows as u64, rows as u64)
+    );
+    let stored = env.stored_rejections(&run.record.run_id).await;
+    assert!(
+        stored.chunk_entries.is_empty(),
+        "{} keyless rejections stored for the index",
+        stored.chunk_entries.len()
+    );
+    assert_eq!(
+        stored.sample_entries.len(),
+        100,
+        "the first 100 are sampled"
+    );
+    let lines: Vec<u64> = stored
+        .sample_entries
+        .iter()
+        .map(|e| e["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, (1..=100).collect::<Vec<u64>>());
+    assert!(stored
+        .sample_entries
+        .iter()
+        .all(|e| e["code"] == "missing_primary_key"
+            && e["object"] == "exports/customers/renamed.jsonl.gz"));
+    assert_eq!(
+        run.record.rejected_by_code,
+        [("missing_primary_key".to_owned(), rows as u64)].into()
+    );
+    assert!(env.index().await.is_empty());
+}
+
+/// Issue 13, item 2: keyed rejections still reach the failed-row index (I2), though
+/// neither sync-start nor the finalizer holds them all: sync-start writes them out in
+/// chunks as it plans, the finalizer writes each chunk into the index in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_rejections_reach_the_index_chunk_by_chunk() {
+    let keys = crate::helpers::scaled(1_500, 300);
+    let env = TestEnv::start().await;
+    let long = |i: usize| format!("{}-{i:06}", "k".repeat(200));
+    let mut jsonl = String::new();
+    for i in (0..keys).chain(0..keys) {
+        jsonl.push_str(&format!("{}\n", serde_json::json!({"id": long(i), "v": 1})));
+    }
+    env.export("twice.jsonl", jsonl.into_bytes()).await;
+
+    let run = env.run().await;
+
+    let counts = run.record.counts.unwrap();
+    assert_eq!(counts.rejected, 2 * keys as u64);
+    let stored = env.stored_rejections(&run.record.run_id).await;
+    // Each copy is stored, or one entry for both when they share a chunk.
+    let entries = stored.chunk_entries.len();
+    assert!(entries >= keys && entries <= 2 * keys, "{entries}");
+    assert_eq!(stored.sample_entries.len(), 100);
+    let index = env.index().await;
+    assert_eq!(index.len(), keys, "each rejected key once in the index");
+    assert!(index
+        .iter()
+        .all(|e| e.error_code == "non_unique_primary_key" && e.error_class == "rejected"));
+}
+
+/// Issue 13, item 8: a row too large for a queue message was rejected with object ""
+/// and line 0 (in the index and the run's rejections). It keeps the object and line it
+/// was read from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_too_large_for_a_message_keeps_its_object_and_line() {
+    let env = TestEnv::start().await;
+    let mut jsonl = String::new();
+    for i in 0..6 {
+        if i == 4 {
+            jsonl.push_str(&format!(
+                "{}\n",
+                serde_json::json!({"id": key(i), "notes": "x".repeat(300_000)})
+            ));
+        } else {
+            jsonl.push_str(&format!("{}\n", row(i, "v1")));
+        }
+    }
+    env.export("big.jsonl", jsonl.into_bytes()).await;
+
+    let run = env.run().await;
+
+    let index = env.index().await;
+    assert_eq!(index.len(), 1);
+    assert_eq!(index[0].error_code, "row_too_large");
+    assert!(
+        index[0]
+            .error_message
+            .ends_with("(exports/customers/big.jsonl line 5)"),
+        "{}",
+        index[0].error_message
+    );
+    let stored = env.stored_rejections(&run.record.run_id).await;
+    for entry in stored.chunk_entries.iter().chain(&stored.sample_entries) {
+        assert_eq!(entry["object"], "exports/customers/big.jsonl");
+        assert_eq!(entry["line"], 5);
+    }
+    assert!(!stored.chunk_entries.is_empty());
 }

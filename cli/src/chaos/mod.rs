@@ -327,7 +327,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
                 record.run_id
             ));
         }
-        let (ledger, _) = runtime
+        let ledger = runtime
             .runs()
             .ledger(&record.run_id, record.generation)
             .await?;

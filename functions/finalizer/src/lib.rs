@@ -399,7 +399,7 @@ async fn finalize_sync(
 
     // The current planning attempt's items only: an earlier attempt's keys (a plan made
     // again from a moved cursor or a new export holds other rows) say nothing of these.
-    let (batches, rejections) = deps.runs.ledger(&run_id, record.generation).await?;
+    let batches = deps.runs.ledger(&run_id, record.generation).await?;
     // Pre-sized for the run (bounded: the record is data, not a promise).
     let mut tally = RunTally::with_capacity(record.enqueued.min(1 << 22) as usize);
     for batch in batches {
@@ -422,7 +422,7 @@ async fn finalize_sync(
     if !claimed {
         return Ok(in_flight(tally.settled() as u64, record.enqueued));
     }
-    close(deps, sync, &record, &tally, &rejections, invocation).await
+    close(deps, sync, &record, &tally, invocation).await
 }
 
 /// Releases a lock that names a run which is not open (if it still does), and says so
@@ -477,39 +477,58 @@ async fn close(
     sync: &SyncConfig,
     record: &RunRecord,
     tally: &RunTally,
-    rejections: &[resync_shared::domain::ledger::RecordedRejection],
     invocation: &str,
 ) -> Result<SyncReport, FinalizerError> {
     let failures = tally.failures();
-    let keyed_rejections: Vec<_> = rejections
-        .iter()
-        .filter(|r| r.rejection.key.is_some())
-        .collect();
     let recovered: Vec<_> = tally.recovered_keys().collect();
     deps.index
-        .apply_run(
-            &sync.id,
-            &record.run_id,
-            &failures,
-            &keyed_rejections,
-            &recovered,
-        )
+        .apply_run(&sync.id, &record.run_id, &failures, &[], &recovered)
         .await?;
+    // The keyed rejections, one stored chunk at a time (after the deletes, so they win
+    // over them; a failure of the same key wins over its rejection).
+    let mut chunks = deps
+        .runs
+        .rejection_chunks(&record.run_id, record.generation);
+    while let Some(chunk) = chunks.next().await? {
+        deps.index
+            .apply_rejections(&sync.id, &record.run_id, &chunk, &|key| {
+                tally.failed_in_run(key)
+            })
+            .await?;
+    }
+    // The objects the run tried become read (or stay pending) only now that it closes.
+    let outcomes = deps
+        .runs
+        .object_outcomes(&record.run_id, record.generation)
+        .await?;
+    deps.runs
+        .apply_object_outcomes(&sync.id, &record.run_id, &outcomes)
+        .await?;
+    if let Some(watermark) = record.watermark_after {
+        // Records of read objects that leave the window with this close are not needed
+        // any more: an object that old is taken as read (best effort; sync-start
+        // ignores them anyway).
+        let window_start = watermark.saturating_sub(sync.source.lookback_ms());
+        if let Err(err) = deps
+            .runs
+            .forget_objects_before(&sync.id, window_start)
+            .await
+        {
+            tracing::warn!(sync = %sync.id, error = %err, "could not delete the records of objects older than the lookback window; the next close tries again");
+        }
+    }
     deps.crash_points
         .reached(CrashPoint::FinalizerAfterIndexWrites)?;
     let index = deps.index.summary(&sync.id).await?;
-    let counts = tally.counts(
-        record.enqueued,
-        rejections.len() as u64,
-        record.carried_over,
-    );
+    let counts = tally.counts(record.enqueued, record.rejected, record.carried_over);
 
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for failure in &failures {
         *errors.entry(failure.error.code.clone()).or_default() += 1;
     }
-    for rejection in rejections {
-        *errors.entry(rejection.rejection.code.clone()).or_default() += 1;
+    for (code, count) in &record.rejected_by_code {
+        let entry = errors.entry(code.clone()).or_default();
+        *entry = entry.saturating_add(*count);
     }
     let mut top_errors: Vec<(String, u64)> = errors.into_iter().collect();
     top_errors.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));

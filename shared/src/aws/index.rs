@@ -179,7 +179,9 @@ impl FailedRowIndex {
     /// lists: a failure wins over a rejection (it holds the payload the next run
     /// retries with, and the error of the row's latest attempt), and either wins over a
     /// delete (I2: the index is the old one less the delivered keys, plus the run's
-    /// failed and rejected keys).
+    /// failed and rejected keys). Deletes are sent first, so that rejections written
+    /// after this call ([`FailedRowIndex::apply_rejections`], chunk by chunk) win over
+    /// them too.
     pub async fn apply_run(
         &self,
         sync: &SyncId,
@@ -191,7 +193,7 @@ impl FailedRowIndex {
         let now = timestamp::rfc3339(timestamp::now());
         let mut written: HashSet<&PrimaryKey> =
             HashSet::with_capacity(failures.len() + rejections.len() + recovered.len());
-        let mut requests = Vec::with_capacity(failures.len() + rejections.len() + recovered.len());
+        let mut puts = Vec::with_capacity(failures.len() + rejections.len());
         for row in failures {
             if !written.insert(&row.key) {
                 continue;
@@ -206,7 +208,7 @@ impl FailedRowIndex {
                 s(row.first_failed_at.clone().unwrap_or_else(|| now.clone())),
             );
             item.insert("payload".into(), s(row.payload.as_str()));
-            requests.push(put(item)?);
+            puts.push(put(item)?);
         }
         for rejection in rejections {
             let Some(key) = &rejection.rejection.key else {
@@ -216,31 +218,9 @@ impl FailedRowIndex {
             if !written.insert(key) {
                 continue;
             }
-            let mut item = base_item(sync, key, run, &now);
-            item.insert("error_class".into(), s(ErrorClass::Rejected.as_str()));
-            item.insert("error_code".into(), s(&rejection.rejection.code));
-            item.insert(
-                "error_message".into(),
-                s(format!(
-                    "{} ({} line {})",
-                    rejection.rejection.reason,
-                    rejection.rejection.object,
-                    rejection.rejection.line
-                )),
-            );
-            item.insert("attempts".into(), n(0));
-            item.insert(
-                "first_failed_at".into(),
-                s(rejection
-                    .first_failed_at
-                    .clone()
-                    .unwrap_or_else(|| now.clone())),
-            );
-            if let Some(payload) = &rejection.payload {
-                item.insert("payload".into(), s(payload.as_str()));
-            }
-            requests.push(put(item)?);
+            puts.push(put(rejection_item(sync, key, run, &now, rejection))?);
         }
+        let mut requests = Vec::with_capacity(puts.len() + recovered.len());
         for key in recovered {
             if !written.insert(key) {
                 continue;
@@ -251,6 +231,38 @@ impl FailedRowIndex {
                 .build()
                 .map_err(|e| AwsError::response("DynamoDB.BatchWriteItem", e.to_string()))?;
             requests.push(WriteRequest::builder().delete_request(delete).build());
+        }
+        requests.extend(puts);
+        for chunk in requests.chunks(MAX_BATCH_WRITE_ITEMS) {
+            self.batch_write(chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one chunk of a closed run's keyed rejections into the index, after
+    /// [`FailedRowIndex::apply_run`] wrote its failures and deletes: a key that
+    /// `failed` says failed in the run is left to its failure (which wins), and a key
+    /// twice in the chunk (every copy of a non-unique key is rejected) is written once.
+    /// A key in two chunks is written twice, the later winning, with the same entry.
+    /// Idempotent, like `apply_run`.
+    pub async fn apply_rejections(
+        &self,
+        sync: &SyncId,
+        run: &RunId,
+        rejections: &[RecordedRejection],
+        failed: &dyn Fn(&PrimaryKey) -> bool,
+    ) -> Result<(), AwsError> {
+        let now = timestamp::rfc3339(timestamp::now());
+        let mut written: HashSet<&PrimaryKey> = HashSet::with_capacity(rejections.len());
+        let mut requests = Vec::with_capacity(rejections.len());
+        for rejection in rejections {
+            let Some(key) = &rejection.rejection.key else {
+                continue;
+            };
+            if failed(key) || !written.insert(key) {
+                continue;
+            }
+            requests.push(put(rejection_item(sync, key, run, &now, rejection))?);
         }
         for chunk in requests.chunks(MAX_BATCH_WRITE_ITEMS) {
             self.batch_write(chunk.to_vec()).await?;
@@ -332,6 +344,39 @@ fn base_item(sync: &SyncId, key: &PrimaryKey, run: &RunId, now: &str) -> Item {
     item.insert("key".into(), s(key.as_str()));
     item.insert("last_failed_at".into(), s(now));
     item.insert("last_run_id".into(), s(run.as_str()));
+    item
+}
+
+/// The index entry of a keyed rejection: class `rejected`, the reason with the
+/// object and line it came from, and a payload only for a row SQS refused.
+fn rejection_item(
+    sync: &SyncId,
+    key: &PrimaryKey,
+    run: &RunId,
+    now: &str,
+    rejection: &RecordedRejection,
+) -> Item {
+    let mut item = base_item(sync, key, run, now);
+    item.insert("error_class".into(), s(ErrorClass::Rejected.as_str()));
+    item.insert("error_code".into(), s(&rejection.rejection.code));
+    item.insert(
+        "error_message".into(),
+        s(format!(
+            "{} ({} line {})",
+            rejection.rejection.reason, rejection.rejection.object, rejection.rejection.line
+        )),
+    );
+    item.insert("attempts".into(), n(0));
+    item.insert(
+        "first_failed_at".into(),
+        s(rejection
+            .first_failed_at
+            .clone()
+            .unwrap_or_else(|| now.to_owned())),
+    );
+    if let Some(payload) = &rejection.payload {
+        item.insert("payload".into(), s(payload.as_str()));
+    }
     item
 }
 

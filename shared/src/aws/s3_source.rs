@@ -1,11 +1,13 @@
-//! The S3 source: lists the objects that arrived after the sync's cursor and streams
-//! each through the parser without holding it in memory.
+//! The S3 source: lists the objects under a sync's prefix (the cursor, see
+//! [`crate::domain::cursor`], decides which a run reads) and streams each through the
+//! parser without holding it in memory, the version listed and no other (`If-Match`).
 
 use aws_sdk_s3::Client;
 use tokio::sync::mpsc;
 
 use super::AwsError;
 use crate::domain::{
+    cursor::ListedObject,
     merge::DuplicateFinder,
     source::{read_keys, read_object, Encoding, Rejection, SourceReadError, SourceRow},
 };
@@ -76,71 +78,81 @@ impl S3Source {
         Self { client }
     }
 
-    /// Object keys under `prefix` that sort after `after`, in order (paged).
-    pub async fn new_objects(
-        &self,
-        bucket: &str,
-        prefix: &str,
-        after: Option<&str>,
-    ) -> Result<Vec<String>, AwsError> {
-        let mut keys = Vec::new();
+    /// Every object under `prefix` with its ETag and `LastModified`, in key order
+    /// (paged: one `ListObjectsV2` per 1,000 objects). Folder markers are left out.
+    pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, AwsError> {
+        let mut objects = Vec::new();
         let mut pages = self
             .client
             .list_objects_v2()
             .bucket(bucket)
             .prefix(prefix)
-            .set_start_after(after.map(str::to_owned))
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::sdk("S3.ListObjectsV2", e))?;
             for object in page.contents() {
-                if let Some(key) = object.key() {
-                    if !key.ends_with('/') && after.is_none_or(|a| key > a) {
-                        keys.push(key.to_owned());
-                    }
+                let Some(key) = object.key() else { continue };
+                if key.ends_with('/') {
+                    continue;
                 }
+                let last_modified_ms = object
+                    .last_modified()
+                    .and_then(|t| t.to_millis().ok())
+                    .unwrap_or(0);
+                objects.push(ListedObject {
+                    name: key.to_owned(),
+                    etag: object.e_tag().unwrap_or_default().to_owned(),
+                    last_modified_ms,
+                });
             }
         }
-        keys.sort();
-        Ok(keys)
+        objects.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(objects)
     }
 
     /// The first pass over one object: notes every valid row's key in `finder`, which
-    /// comes back. Only keys are parsed (see [`read_keys`]).
+    /// comes back whether or not the object could be read (with the keys read before
+    /// an error). Only keys are parsed (see [`read_keys`]).
     pub async fn observe_keys(
         &self,
         bucket: &str,
-        object: &str,
+        object: &ListedObject,
         encoding: Encoding,
         primary_key: &str,
         mut finder: DuplicateFinder,
-    ) -> Result<DuplicateFinder, ObjectReadError> {
-        let reader = self.body(bucket, object).await?;
-        let object = object.to_owned();
+    ) -> (DuplicateFinder, Result<(), ObjectReadError>) {
+        let reader = match self.body(bucket, object).await {
+            Ok(reader) => reader,
+            Err(err) => return (finder, Err(err.into())),
+        };
+        let object = object.name.clone();
         let primary_key = primary_key.to_owned();
         let scan = tokio::task::spawn_blocking(move || {
-            read_keys(reader, &object, encoding, &primary_key, &mut |key| {
+            let read = read_keys(reader, &object, encoding, &primary_key, &mut |key| {
                 finder.observe(key)
-            })
-            .map(|()| finder)
+            });
+            (finder, read)
         });
         match scan.await {
-            Ok(result) => Ok(result?),
+            Ok((finder, read)) => (finder, read.map_err(ObjectReadError::from)),
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         }
     }
 
+    /// The body of the version listed: a changed object fails (`If-Match`) rather than
+    /// being read under the ETag of another version.
     async fn body(
         &self,
         bucket: &str,
-        object: &str,
+        object: &ListedObject,
     ) -> Result<tokio_util::io::SyncIoBridge<impl tokio::io::AsyncRead + Unpin>, AwsError> {
         let output = self
             .client
             .get_object()
             .bucket(bucket)
-            .key(object)
+            .key(&object.name)
+            .set_if_match((!object.etag.is_empty()).then(|| object.etag.clone()))
             .send()
             .await
             .map_err(|e| AwsError::sdk("S3.GetObject", e))?;
@@ -155,7 +167,7 @@ impl S3Source {
     pub async fn stream(
         &self,
         bucket: &str,
-        object: &str,
+        object: &ListedObject,
         encoding: Encoding,
         primary_key: &str,
     ) -> Result<
@@ -167,7 +179,7 @@ impl S3Source {
     > {
         let reader = self.body(bucket, object).await?;
         let (tx, rx) = mpsc::channel(4);
-        let object = object.to_owned();
+        let object = object.name.clone();
         let primary_key = primary_key.to_owned();
         let handle = tokio::task::spawn_blocking(move || {
             let mut chunker = Chunker::default();

@@ -16,11 +16,28 @@ use crate::domain::{
 pub struct SourceConfig {
     /// The bucket (default: the stack's source bucket).
     pub bucket: Option<String>,
-    /// The prefix the warehouse exports each batch of changed rows under; object keys
-    /// must sort in the order the exports arrive (e.g. a timestamp in the name).
+    /// The prefix the warehouse exports each batch of changed rows under (objects are
+    /// read in any order they arrive; see [`crate::domain::cursor`]).
     pub prefix: String,
     /// Force a format instead of taking it from object names.
     pub format: Option<SourceFormat>,
+    /// How long after its `LastModified` an object may still appear and be read: the
+    /// source cursor's lookback window (default one day). An object that becomes
+    /// visible later than this after its `LastModified` is taken as read.
+    #[serde(default = "default_lookback_secs")]
+    pub lookback_secs: u64,
+}
+
+/// One day.
+fn default_lookback_secs() -> u64 {
+    86_400
+}
+
+impl SourceConfig {
+    /// The lookback window in milliseconds (saturating).
+    pub fn lookback_ms(&self) -> i64 {
+        i64::try_from(self.lookback_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+    }
 }
 
 /// When to alert about a run.

@@ -115,7 +115,7 @@ pub struct EntryTooLarge {
 }
 
 /// The length of `value`'s JSON text, without building it.
-fn json_len<T: Serialize + ?Sized>(value: &T) -> usize {
+pub(crate) fn json_len<T: Serialize + ?Sized>(value: &T) -> usize {
     struct Counter(usize);
     impl std::io::Write for Counter {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -399,6 +399,12 @@ impl RunTally {
             .collect();
         rows.sort_by(|a, b| a.key.cmp(&b.key));
         rows
+    }
+
+    /// Whether `key` terminally failed in the run (and was never delivered): its
+    /// failure, not a rejection of the same key, goes into the index.
+    pub fn failed_in_run(&self, key: &PrimaryKey) -> bool {
+        self.failed.contains_key(key) && !self.delivered.contains(key)
     }
 
     /// Carried-over keys delivered in the run: they leave the index.

@@ -18,6 +18,7 @@
 use std::{
     collections::{HashMap, HashSet},
     hash::{Hash, Hasher},
+    sync::Arc,
 };
 
 use crate::domain::{ids::PrimaryKey, row::RowFields, source::Rejection, source::SourceRow};
@@ -44,6 +45,18 @@ pub struct PlannedRow {
     pub fields: RowFields,
     /// The index entry it carries over, if any.
     pub carried: Option<CarriedEntry>,
+    /// Where this run read it (`None`: retried from its stored payload), so a row that
+    /// cannot be queued is rejected with its object and line.
+    pub origin: Option<RowOrigin>,
+}
+
+/// The source object and line a planned row was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowOrigin {
+    /// The S3 object (shared by its rows).
+    pub object: Arc<str>,
+    /// The row's 1-based line.
+    pub line: u64,
 }
 
 /// A 64-bit hash of a key, the same for both passes (`DefaultHasher::new` uses fixed keys).
@@ -54,25 +67,51 @@ pub fn key_hash(key: &str) -> u64 {
 }
 
 /// First pass: collects every key's hash; duplicates are equal neighbours once sorted.
-/// 8 bytes a row (a hash map of counts would take 2–3 times that).
+/// 8 bytes a *distinct* key (a hash map of counts would take 2–3 times that): whenever
+/// the list doubles, it is sorted, the hashes seen more than once move to the
+/// duplicates, and each hash is kept once — so a source that repeats keys (one line
+/// exported a million times) holds one hash, not one per row.
 #[derive(Debug, Default)]
 pub struct DuplicateFinder {
     hashes: Vec<u64>,
+    repeated: HashSet<u64>,
+    compact_at: usize,
 }
+
+/// Hashes collected before the first compaction.
+const FIRST_COMPACTION: usize = 1 << 20;
 
 impl DuplicateFinder {
     /// Notes one occurrence.
     pub fn observe(&mut self, key: &str) {
         self.hashes.push(key_hash(key));
+        if self.hashes.len() >= self.compact_at.max(FIRST_COMPACTION) {
+            self.compact();
+            self.compact_at = self.hashes.len().saturating_mul(2);
+        }
+    }
+
+    /// Sorts, moves repeated hashes to `repeated`, keeps each hash once.
+    fn compact(&mut self) {
+        self.hashes.sort_unstable();
+        for pair in self.hashes.windows(2) {
+            if pair[0] == pair[1] {
+                self.repeated.insert(pair[0]);
+            }
+        }
+        self.hashes.dedup();
+    }
+
+    /// Hashes held right now (at most one per distinct key after a compaction, plus
+    /// those observed since).
+    pub fn held(&self) -> usize {
+        self.hashes.len() + self.repeated.len()
     }
 
     /// The hashes of keys seen more than once.
     pub fn duplicates(mut self) -> HashSet<u64> {
-        self.hashes.sort_unstable();
-        self.hashes
-            .windows(2)
-            .filter_map(|pair| (pair[0] == pair[1]).then_some(pair[0]))
-            .collect()
+        self.compact();
+        self.repeated
     }
 }
 
@@ -99,7 +138,7 @@ impl RunPlanner {
     }
 
     /// Plans one source row read from `object` at `line`.
-    pub fn plan(&mut self, row: SourceRow, object: &str) -> Planned {
+    pub fn plan(&mut self, row: SourceRow, object: &Arc<str>) -> Planned {
         let line = row.line;
         if self.duplicates.contains(&key_hash(row.key.as_str())) {
             // The rejection replaces the key's index entry, so it must not be carried too.
@@ -107,7 +146,7 @@ impl RunPlanner {
             return Planned::Reject(
                 Rejection {
                     key: Some(row.key),
-                    object: object.to_owned(),
+                    object: object.to_string(),
                     line,
                     code: "non_unique_primary_key".into(),
                     reason:
@@ -122,6 +161,10 @@ impl RunPlanner {
             key: row.key,
             fields: row.fields,
             carried,
+            origin: Some(RowOrigin {
+                object: object.clone(),
+                line,
+            }),
         })
     }
 
@@ -137,6 +180,7 @@ impl RunPlanner {
                     key,
                     fields,
                     carried: Some(entry),
+                    origin: None,
                 }),
                 Some(Err(err)) => {
                     tracing::error!(key = %key, error = %err, "unreadable stored payload; the key waits for the source");
@@ -193,7 +237,7 @@ mod tests {
     fn the_source_values_win_over_a_stored_payload() {
         let source = vec![row("a", 2)];
         let mut planner = planner(vec![("a", carried(1))], &source);
-        let Planned::Enqueue(planned) = planner.plan(source[0].clone(), "o") else {
+        let Planned::Enqueue(planned) = planner.plan(source[0].clone(), &"o".into()) else {
             panic!("expected enqueue")
         };
         assert_eq!(planned.fields.to_map().unwrap()["v"], json!(2));
@@ -211,7 +255,7 @@ mod tests {
         let source = vec![row("a", 1)];
         let mut planner = planner(vec![("b", carried(7))], &source);
         assert!(matches!(
-            planner.plan(source[0].clone(), "o"),
+            planner.plan(source[0].clone(), &"o".into()),
             Planned::Enqueue(PlannedRow { carried: None, .. })
         ));
         let (leftovers, _) = planner.leftovers();
@@ -230,7 +274,7 @@ mod tests {
             .map(|(i, r)| {
                 let mut r = r.clone();
                 r.line = i as u64 + 1;
-                planner.plan(r, "o")
+                planner.plan(r, &"o".into())
             })
             .collect();
         let rejected: Vec<u64> = outcomes
@@ -250,12 +294,12 @@ mod tests {
     fn a_duplicate_key_in_the_index_is_not_also_carried_over() {
         let source = vec![row("a", 1), row("a", 2)];
         let mut planner = planner(vec![("a", carried(0))], &source);
-        let Planned::Reject(_, Some(entry)) = planner.plan(source[0].clone(), "o") else {
+        let Planned::Reject(_, Some(entry)) = planner.plan(source[0].clone(), &"o".into()) else {
             panic!("expected a rejection carrying the index entry")
         };
         assert_eq!(entry.first_failed_at, "2026-11-01T00:00:00Z");
         assert!(matches!(
-            planner.plan(source[1].clone(), "o"),
+            planner.plan(source[1].clone(), &"o".into()),
             Planned::Reject(_, None)
         ));
         let (leftovers, waiting) = planner.leftovers();
@@ -273,6 +317,26 @@ mod tests {
         let (leftovers, waiting) = planner.leftovers();
         assert!(leftovers.is_empty());
         assert_eq!(waiting, 1);
+    }
+
+    /// Issue 13, item 2: a source repeating one line (7 MB of gzip expanding to 2 GB)
+    /// held 8 bytes per row in the first pass. It holds one hash per distinct key.
+    #[test]
+    fn a_repeated_key_is_held_once_however_often_it_occurs() {
+        let mut finder = DuplicateFinder::default();
+        for _ in 0..3_000_000 {
+            finder.observe("same");
+        }
+        for i in 0..10 {
+            finder.observe(&format!("k{i}"));
+        }
+        finder.observe("k3");
+        assert!(finder.held() < FIRST_COMPACTION + 20, "{}", finder.held());
+        let duplicates = finder.duplicates();
+        assert_eq!(
+            duplicates,
+            [key_hash("same"), key_hash("k3")].into_iter().collect()
+        );
     }
 
     #[test]

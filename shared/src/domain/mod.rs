@@ -2,6 +2,8 @@
 //! values and tested in isolation; the adapters (`crate::aws`, `crate::destination`)
 //! carry the results to the services.
 //!
+//! - [`cursor`]: the source cursor — a `LastModified` watermark with a lookback window
+//!   and per-object records (read, pending, skipped) — and which objects a run reads.
 //! - [`ids`]: newtypes for the identifiers that cross process boundaries
 //!   (`SyncId`, `RunId`, `PrimaryKey`, `DestinationId`), validated once at the edge.
 //! - [`row`]: a row's fields as the JSON object text they arrived in (validated once,
@@ -18,14 +20,18 @@
 //!   defer a rate-limited row, fail it).
 //! - [`ledger`]: run accounting — the ledger item of one delivery invocation and the
 //!   tally that closes a run with exact counts.
+//! - [`rejections`]: a run's rejections in bounded memory — exact counts by code, a
+//!   sample of the first of each code, keyed rejections handed out in chunks.
 //! - [`run`]: a run's life (status, record, plan) and the sync's lock and cursor.
 //! - [`timestamp`]: timestamps as resync stores and prints them.
 
+pub mod cursor;
 pub mod ids;
 pub mod ledger;
 pub mod merge;
 pub mod message;
 pub mod outcome;
+pub mod rejections;
 pub mod retry;
 pub mod row;
 pub mod run;

@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 use super::{
     ids::{RunId, SyncId},
     ledger::RunCounts,
+    rejections::RejectionCounts,
 };
 
 /// Where a run is.
@@ -70,12 +71,18 @@ pub struct RunRecord {
     pub enqueued: u64,
     /// Rows rejected before the queue.
     pub rejected: u64,
+    /// The rejected rows by reason code (exact; they add up to `rejected`).
+    pub rejected_by_code: RejectionCounts,
     /// Rows carried over from the index.
     pub carried_over: u64,
     /// Index keys that wait for the source (no payload to retry with).
     pub waiting: u64,
-    /// The source cursor to store when the run closes.
+    /// The name cursor to store when the run closes (runs planned before watermarks).
     pub cursor_after: Option<String>,
+    /// The source watermark (Unix ms) to store when the run closes.
+    pub watermark_after: Option<i64>,
+    /// Source objects the run could not read whole (they stay pending).
+    pub pending_objects: u64,
     /// Source objects read.
     pub source_objects: u64,
     /// Keys settled according to delivery invocations (an upper bound under duplicate
@@ -99,14 +106,21 @@ pub struct PlanSummary<'a> {
     pub enqueued: u64,
     /// Rows rejected before the queue.
     pub rejected: u64,
+    /// The rejected rows by reason code (exact).
+    pub rejected_by_code: Option<&'a RejectionCounts>,
     /// Enqueued rows carried over from the failed-row index.
     pub carried_over: u64,
     /// Index keys that wait for the source (no payload to retry with).
     pub waiting: u64,
     /// Source objects read.
     pub source_objects: u64,
-    /// The last object read: the sync's cursor once the run closes.
+    /// The last object read: the sync's name cursor once the run closes (only for
+    /// runs planned before watermarks; `None` now).
     pub cursor_after: Option<&'a str>,
+    /// The source watermark once the run closes (see [`crate::domain::cursor`]).
+    pub watermark_after: Option<i64>,
+    /// Source objects not read whole.
+    pub pending_objects: u64,
 }
 
 /// A sync's state item.
@@ -116,17 +130,24 @@ pub struct SyncState {
     pub open_run: Option<RunId>,
     /// When the open run last took the lock (`None` without a lock, or unreadable).
     pub open_since: Option<OffsetDateTime>,
-    /// The last source object consumed by a closed run.
+    /// The last source object consumed by a closed run planned before watermarks.
     pub cursor: Option<String>,
+    /// The source watermark: the latest `LastModified` a closed run handled (Unix ms).
+    pub watermark_ms: Option<i64>,
+    /// The last run that closed.
+    pub last_run: Option<RunId>,
 }
 
 /// What taking a sync's lock found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquired {
-    /// The sync is ours for this run; `cursor` is where its source starts.
+    /// The sync is ours for this run; `cursor` and `watermark_ms` are where its
+    /// source starts.
     Acquired {
-        /// The stored cursor.
+        /// The stored name cursor (syncs last run before watermarks).
         cursor: Option<String>,
+        /// The stored watermark.
+        watermark_ms: Option<i64>,
     },
     /// Another run is still open.
     Busy {

@@ -1,5 +1,5 @@
 //! Closing a run: one finalizer claims the close, then the run gets its counts, the
-//! sync its cursor and release, and the run's report its place in the outbox, in one
+//! sync its source watermark and release, and the run's report its place in the outbox, in one
 //! transaction.
 
 use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
@@ -97,15 +97,21 @@ impl RunStore {
             .key("sk", s(state_key()))
             .condition_expression("open_run = :run")
             .expression_attribute_values(":run", s(record.run_id.as_str()));
-        let state_expression = if let Some(cursor) = &record.cursor_after {
+        let mut sets = vec!["last_run = :run"];
+        if let Some(cursor) = &record.cursor_after {
             // CURSOR is a DynamoDB reserved word.
             state_update = state_update
                 .expression_attribute_values(":cursor", s(cursor))
                 .expression_attribute_names("#cursor", "cursor");
-            "SET #cursor = :cursor, last_run = :run REMOVE open_run, open_since"
-        } else {
-            "SET last_run = :run REMOVE open_run, open_since"
-        };
+            sets.push("#cursor = :cursor");
+        }
+        if let Some(watermark) = record.watermark_after {
+            state_update = state_update
+                .expression_attribute_values(":watermark", n(watermark))
+                .expression_attribute_names("#watermark", "watermark");
+            sets.push("#watermark = :watermark");
+        }
+        let state_expression = format!("SET {} REMOVE open_run, open_since", sets.join(", "));
         let state_update = state_update
             .update_expression(state_expression)
             .build()

@@ -15,6 +15,7 @@ use crate::{
     domain::{
         ids::{RunId, SyncId},
         ledger::{split_json_array, BatchLedger, RecordedRejection},
+        rejections::SampledRejection,
     },
 };
 
@@ -22,6 +23,12 @@ use crate::{
 const LEDGER: &str = "ledger";
 /// The attribute holding a chunk of rejections' JSON.
 const REJECTIONS: &str = "rejections";
+/// The sort key prefix of keyed rejection chunks.
+const REJECT_PREFIX: &str = "reject#";
+/// The attribute holding a part of a run's rejection sample.
+const SAMPLE: &str = "sample";
+/// The sort key prefix of a run's rejection sample.
+const SAMPLE_PREFIX: &str = "sample#";
 
 /// A ledger part's sort key: `batch#{id}`, or `batch#{id}#{part}` when the ledger
 /// takes several items.
@@ -33,7 +40,7 @@ fn part_sk(batch_id: &str, part: Option<usize>) -> String {
 }
 
 /// Bytes left for the text attribute of `item` (which holds it empty).
-fn text_budget(item: &Item) -> usize {
+pub(super) fn text_budget(item: &Item) -> usize {
     MAX_ITEM_BYTES.saturating_sub(item_size(item))
 }
 
@@ -126,13 +133,30 @@ impl RunStore {
         generation: u32,
         rejections: &[RecordedRejection],
     ) -> Result<(), AwsError> {
+        self.record_rejection_chunk(run, generation, 0, rejections)
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes one chunk of keyed rejections of planning attempt `generation` as items
+    /// numbered from `first_seq` (as many as its JSON needs), and returns how many
+    /// items it wrote: the caller's next chunk starts after them. sync-start writes its
+    /// keyed rejections chunk by chunk as planning goes (see
+    /// [`crate::domain::rejections`]).
+    pub async fn record_rejection_chunk(
+        &self,
+        run: &RunId,
+        generation: u32,
+        first_seq: usize,
+        rejections: &[RecordedRejection],
+    ) -> Result<usize, AwsError> {
         const OPERATION: &str = "DynamoDB.PutItem";
         let item = |seq: usize, body: String| {
             // The first attempt's keys are those written before attempts were numbered.
             let sk = if generation == 0 {
-                format!("reject#{seq:06}")
+                format!("{REJECT_PREFIX}{seq:06}")
             } else {
-                format!("reject#{generation:06}#{seq:06}")
+                format!("{REJECT_PREFIX}{generation:06}#{seq:06}")
             };
             Item::from([
                 ("pk".to_owned(), s(ledger_pk(run))),
@@ -142,7 +166,7 @@ impl RunStore {
                 ("expires_at".to_owned(), expires_at()),
             ])
         };
-        let budget = text_budget(&item(999_999, String::new()));
+        let budget = text_budget(&item(99_999_999, String::new()));
         let chunks = split_json_array(rejections, budget, |r| {
             format!(
                 "the rejection of {} line {}",
@@ -150,17 +174,80 @@ impl RunStore {
             )
         })
         .map_err(|e| AwsError::response(OPERATION, e.to_string()))?;
-        for (seq, chunk) in chunks.into_iter().enumerate() {
+        let written = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
             let body = serde_json::to_string(chunk).map_err(|e| {
                 AwsError::response(OPERATION, format!("rejections do not serialise: {e}"))
+            })?;
+            self.put(OPERATION, item(first_seq.saturating_add(i), body))
+                .await?;
+        }
+        Ok(written)
+    }
+
+    /// Writes the sample of a run's rejections (planning attempt `generation`), in as
+    /// many items as it needs (`sample#{attempt}#{n}`); `resync rejections` reads it.
+    pub async fn record_rejection_sample(
+        &self,
+        run: &RunId,
+        generation: u32,
+        sample: &[SampledRejection],
+    ) -> Result<(), AwsError> {
+        const OPERATION: &str = "DynamoDB.PutItem";
+        let item = |seq: usize, body: String| {
+            Item::from([
+                ("pk".to_owned(), s(ledger_pk(run))),
+                (
+                    "sk".to_owned(),
+                    s(format!("{SAMPLE_PREFIX}{generation:06}#{seq:06}")),
+                ),
+                ("generation".to_owned(), n(generation)),
+                (SAMPLE.to_owned(), s(body)),
+                ("expires_at".to_owned(), expires_at()),
+            ])
+        };
+        let budget = text_budget(&item(999_999, String::new()));
+        let chunks = split_json_array(sample, budget, |r| {
+            format!(
+                "the sampled rejection of {} line {}",
+                r.rejection.object, r.rejection.line
+            )
+        })
+        .map_err(|e| AwsError::response(OPERATION, e.to_string()))?;
+        for (seq, chunk) in chunks.into_iter().enumerate() {
+            let body = serde_json::to_string(chunk).map_err(|e| {
+                AwsError::response(OPERATION, format!("the sample does not serialise: {e}"))
             })?;
             self.put(OPERATION, item(seq, body)).await?;
         }
         Ok(())
     }
 
+    /// The sample of a run's rejections recorded by planning attempt `generation`.
+    pub async fn rejection_sample(
+        &self,
+        run: &RunId,
+        generation: u32,
+    ) -> Result<Vec<SampledRejection>, AwsError> {
+        let mut sample = Vec::new();
+        let mut pages = self
+            .run_items(run, &format!("{SAMPLE_PREFIX}{generation:06}#"))
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| AwsError::sdk("DynamoDB.Query", e))?;
+            if let Some(body) = get_s(&item, SAMPLE) {
+                let mut chunk: Vec<SampledRejection> =
+                    serde_json::from_str(&body).map_err(|e| {
+                        AwsError::response("DynamoDB.Query", format!("unreadable sample: {e}"))
+                    })?;
+                sample.append(&mut chunk);
+            }
+        }
+        Ok(sample)
+    }
+
     /// Puts an item, refusing one larger than DynamoDB takes before sending it.
-    async fn put(&self, operation: &'static str, item: Item) -> Result<(), AwsError> {
+    pub(super) async fn put(&self, operation: &'static str, item: Item) -> Result<(), AwsError> {
         check_item_size(operation, &item)?;
         self.client
             .put_item()
@@ -172,25 +259,30 @@ impl RunStore {
         Ok(())
     }
 
-    /// Reads the ledger items and rejections of a run's planning attempt `generation`
-    /// (paged, strongly consistent); those of earlier attempts are skipped.
-    pub async fn ledger(
+    /// A paged query of the items of a run's partition whose sort key begins with
+    /// `prefix` (strongly consistent).
+    pub(super) fn run_items(
         &self,
         run: &RunId,
-        generation: u32,
-    ) -> Result<(Vec<BatchLedger>, Vec<RecordedRejection>), AwsError> {
-        let mut batches = Vec::new();
-        let mut rejections = Vec::new();
-        let mut pages = self
-            .client
+        prefix: &str,
+    ) -> aws_sdk_dynamodb::operation::query::paginator::QueryPaginatorItems {
+        self.client
             .query()
             .table_name(&self.table)
-            .key_condition_expression("pk = :pk")
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
             .expression_attribute_values(":pk", s(ledger_pk(run)))
+            .expression_attribute_values(":prefix", s(prefix))
             .consistent_read(true)
             .into_paginator()
             .items()
-            .send();
+    }
+
+    /// Reads the ledger items of a run's planning attempt `generation` (paged, strongly
+    /// consistent); those of earlier attempts are skipped. Rejections are not read
+    /// here: [`RunStore::rejection_chunks`] streams them.
+    pub async fn ledger(&self, run: &RunId, generation: u32) -> Result<Vec<BatchLedger>, AwsError> {
+        let mut batches = Vec::new();
+        let mut pages = self.run_items(run, "batch#").send();
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| AwsError::sdk("DynamoDB.Query", e))?;
             if let Some(body) = get_s(&item, LEDGER) {
@@ -200,17 +292,53 @@ impl RunStore {
                 if batch.generation == generation {
                     batches.push(batch);
                 }
-            } else if let Some(body) = get_s(&item, REJECTIONS) {
-                if get_n::<u32>(&item, "generation") != generation {
-                    continue;
-                }
-                let mut chunk: Vec<RecordedRejection> =
-                    serde_json::from_str(&body).map_err(|e| {
-                        AwsError::response("DynamoDB.Query", format!("unreadable rejections: {e}"))
-                    })?;
-                rejections.append(&mut chunk);
             }
         }
-        Ok((batches, rejections))
+        Ok(batches)
+    }
+
+    /// The keyed rejections of a run's planning attempt `generation`, one stored chunk
+    /// at a time (the finalizer writes each into the index before it reads the next,
+    /// so it holds one chunk, never the run's rejections).
+    pub fn rejection_chunks(&self, run: &RunId, generation: u32) -> RejectionChunks {
+        RejectionChunks {
+            pages: self.run_items(run, REJECT_PREFIX).send(),
+            generation,
+        }
+    }
+}
+
+/// The keyed rejection chunks of one planning attempt, read one by one (see
+/// [`RunStore::rejection_chunks`]).
+pub struct RejectionChunks {
+    pages: aws_smithy_async::future::pagination_stream::PaginationStream<
+        Result<
+            Item,
+            SdkError<
+                aws_sdk_dynamodb::operation::query::QueryError,
+                aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+            >,
+        >,
+    >,
+    generation: u32,
+}
+
+impl RejectionChunks {
+    /// The next chunk, or `None` after the last.
+    pub async fn next(&mut self) -> Result<Option<Vec<RecordedRejection>>, AwsError> {
+        while let Some(item) = self.pages.next().await {
+            let item = item.map_err(|e| AwsError::sdk("DynamoDB.Query", e))?;
+            let Some(body) = get_s(&item, REJECTIONS) else {
+                continue;
+            };
+            if get_n::<u32>(&item, "generation") != self.generation {
+                continue;
+            }
+            let chunk = serde_json::from_str(&body).map_err(|e| {
+                AwsError::response("DynamoDB.Query", format!("unreadable rejections: {e}"))
+            })?;
+            return Ok(Some(chunk));
+        }
+        Ok(None)
     }
 }

@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::{
 use super::{became_settled, generation_is, run_sk, state_key, sync_pk, RunStore};
 use crate::{
     aws::{
-        item::{get_s, n, s},
+        item::{get_n, get_s, n, s},
         AwsError,
     },
     domain::{
@@ -42,6 +42,11 @@ impl RunStore {
         match result {
             Ok(output) => Ok(Acquired::Acquired {
                 cursor: output.attributes.as_ref().and_then(|a| get_s(a, "cursor")),
+                watermark_ms: output
+                    .attributes
+                    .as_ref()
+                    .filter(|a| a.contains_key("watermark"))
+                    .map(|a| get_n(a, "watermark")),
             }),
             Err(SdkError::ServiceError(err))
                 if err.err().is_conditional_check_failed_exception() =>
@@ -78,6 +83,10 @@ impl RunStore {
             open_run: get_s(&item, "open_run").and_then(|r| RunId::parse(r).ok()),
             open_since: get_s(&item, "open_since").and_then(|t| timestamp::parse_rfc3339(&t)),
             cursor: get_s(&item, "cursor"),
+            watermark_ms: item
+                .contains_key("watermark")
+                .then(|| get_n(&item, "watermark")),
+            last_run: get_s(&item, "last_run").and_then(|r| RunId::parse(r).ok()),
         })
     }
 
@@ -166,7 +175,7 @@ impl RunStore {
             .key("sk", s(run_sk(run)))
             .update_expression(
                 "SET #status = :planning, planning_since = :now, #generation = if_not_exists(#generation, :zero) + :one \
-                 REMOVE enqueued, rejected, carried_over, waiting, cursor_after, source_objects, settled_hint, abandon_reason, closed_at, close_claim, close_claimed_at",
+                 REMOVE enqueued, rejected, rejected_by_code, carried_over, waiting, cursor_after, watermark_after, pending_objects, source_objects, settled_hint, abandon_reason, closed_at, close_claim, close_claimed_at",
             )
             .condition_expression("#status IN (:planning, :abandoned)")
             .expression_attribute_names("#status", "status")
@@ -272,8 +281,25 @@ impl RunStore {
             .expression_attribute_values(":rejected", n(plan.rejected))
             .expression_attribute_values(":carried", n(plan.carried_over))
             .expression_attribute_values(":waiting", n(plan.waiting))
-            .expression_attribute_values(":objects", n(plan.source_objects));
-        let mut expression = "SET #status = :delivering, enqueued = :enqueued, rejected = :rejected, carried_over = :carried, waiting = :waiting, source_objects = :objects".to_owned();
+            .expression_attribute_values(":objects", n(plan.source_objects))
+            .expression_attribute_values(":pending_objects", n(plan.pending_objects));
+        let mut expression = "SET #status = :delivering, enqueued = :enqueued, rejected = :rejected, carried_over = :carried, waiting = :waiting, source_objects = :objects, pending_objects = :pending_objects".to_owned();
+        if let Some(watermark) = plan.watermark_after {
+            expression.push_str(", watermark_after = :watermark");
+            update = update.expression_attribute_values(":watermark", n(watermark));
+        }
+        if let Some(codes) = plan.rejected_by_code {
+            expression.push_str(", rejected_by_code = :by_code");
+            update = update.expression_attribute_values(
+                ":by_code",
+                aws_sdk_dynamodb::types::AttributeValue::M(
+                    codes
+                        .iter()
+                        .map(|(code, count)| (code.clone(), n(count)))
+                        .collect(),
+                ),
+            );
+        }
         if let Some(cursor) = plan.cursor_after {
             expression.push_str(", cursor_after = :cursor");
             update = update.expression_attribute_values(":cursor", s(cursor));

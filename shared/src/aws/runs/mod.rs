@@ -2,18 +2,27 @@
 //! source cursor), run records with their counts, and the batch ledger items.
 //!
 //! Key layout (one table, `pk`/`sk` strings):
-//! - `sync#{sync}` / `state` — `open_run`, `open_since`, `cursor`
+//! - `sync#{sync}` / `state` — `open_run`, `open_since`, `watermark` (the source
+//!   cursor, see [`crate::domain::cursor`]; `cursor`, a name, before watermarks),
+//!   `last_run`
+//! - `sync#{sync}` / `object#{hash}` — the record of one source object (read,
+//!   pending or skipped)
+//! - `run#{run}` / `source#{attempt}#{n}` — the objects a planning attempt tried
 //! - `sync#{sync}` / `run#{run}` — the run record, with its planning attempt
 //!   (`generation`)
 //! - `run#{run}` / `batch#{id}` — one delivery invocation's [`BatchLedger`] (which
 //!   names its attempt; `batch#{id}#{part}` when it takes several items)
-//! - `run#{run}` / `reject#{n}` — rejections recorded by sync-start's first planning
-//!   attempt; `reject#{attempt}#{n}` by a later one (each with `generation`), in items
-//!   of at most 400 KB
+//! - `run#{run}` / `reject#{n}` — keyed rejections written by sync-start's first
+//!   planning attempt as it plans, chunk by chunk; `reject#{attempt}#{n}` by a later
+//!   one (each with `generation`), in items of at most 400 KB
+//! - `run#{run}` / `sample#{attempt}#{n}` — the sample of the attempt's rejections
+//!   (the first 100 of each code; the exact counts are the run record's
+//!   `rejected_by_code`)
 //! - `sync#{sync}` / `report#{run}` — a closed run's report not sent yet
 //!
 //! - [`lock`]: the sync's lock, opening and planning a run, abandoning it.
 //! - [`ledger`]: delivery's ledger items and sync-start's rejections.
+//! - [`objects`]: the source cursor's object records, a run's object outcomes, skips.
 //! - [`close`]: the close claim and the closing transaction.
 //! - [`reports`]: closed runs' reports waiting to be sent.
 //!
@@ -43,11 +52,14 @@ use crate::{
 mod close;
 mod ledger;
 mod lock;
+mod objects;
 pub mod reports;
 
 pub use reports::{PendingReport, ReportPart};
 
+pub use ledger::RejectionChunks;
 pub use lock::PlanNotRecorded;
+pub use objects::{SkipRefused, StoredObject};
 
 /// DynamoDB adapter for the runs table.
 #[derive(Debug, Clone)]
@@ -299,9 +311,25 @@ fn parse_run(item: &Item, sync: &SyncId, run: &RunId) -> RunRecord {
         generation: get_n(item, "generation"),
         enqueued: get_n(item, "enqueued"),
         rejected: get_n(item, "rejected"),
+        rejected_by_code: item
+            .get("rejected_by_code")
+            .and_then(|v| v.as_m().ok())
+            .map(|codes| {
+                codes
+                    .iter()
+                    .filter_map(|(code, count)| {
+                        Some((code.clone(), count.as_n().ok()?.parse().ok()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         carried_over: get_n(item, "carried_over"),
         waiting: get_n(item, "waiting"),
         cursor_after: get_s(item, "cursor_after"),
+        watermark_after: item
+            .contains_key("watermark_after")
+            .then(|| get_n(item, "watermark_after")),
+        pending_objects: get_n(item, "pending_objects"),
         source_objects: get_n(item, "source_objects"),
         settled_hint: get_n(item, "settled_hint"),
         counts,

@@ -16,7 +16,7 @@ use std::{
 
 use serde_json::{Map, Value};
 
-use super::{key_of, reject, Rejection, SourceRow};
+use super::{key_in, reject, Rejection, SourceRow};
 use crate::domain::row::RowFields;
 
 /// The quoting state of the `csv` crate's parser (default dialect: `,`, `"` doubled to
@@ -187,8 +187,8 @@ fn row_of(
         .zip(record.iter())
         .map(|(name, value)| (name.to_owned(), Value::String(value.to_owned())))
         .collect();
-    let key = key_of(&fields, primary_key)
-        .map_err(|reason| reject(object, line, None, "missing_primary_key", reason))?;
+    let key = key_in(&fields, primary_key)
+        .map_err(|(code, reason)| reject(object, line, None, code, reason))?;
     let fields = RowFields::from_map(&fields).map_err(|err| {
         reject(
             object,

@@ -27,7 +27,7 @@ fn line_text(buf: &[u8], line: u64) -> Result<&str, ()> {
 /// is built). `Err` carries the rejection's code and reason.
 fn line_key(text: &str, primary_key: &str) -> Result<PrimaryKey, (&'static str, String)> {
     match raw_field_of(text, primary_key) {
-        Ok(raw) => key_from_raw(raw, primary_key).map_err(|reason| ("missing_primary_key", reason)),
+        Ok(raw) => key_from_raw(raw, primary_key),
         Err(_) => Err(("malformed_line", malformed_reason(text))),
     }
 }

@@ -19,8 +19,10 @@
 //! and `12345678901234567890123` stay as written; `7.5` and `7.50` are two keys, as two
 //! strings would be). A number and a string of the same text (`42`, `"42"`) are one key.
 //! A key that is null, empty or only whitespace, or of another type, is refused
-//! (`missing_primary_key`); so is one longer than [`PrimaryKey::MAX_BYTES`]. CSV cells
-//! are keys as written, never trimmed.
+//! (`missing_primary_key`); one longer than [`PrimaryKey::MAX_BYTES`] is refused as
+//! `primary_key_too_long`, its reason showing its first [`KEY_PREFIX_BYTES`] bytes (no
+//! index key can hold it, so it is not kept in the index). CSV cells are keys as
+//! written, never trimmed.
 
 use std::io::{BufReader, Read};
 
@@ -62,13 +64,14 @@ pub struct SourceRow {
 pub struct Rejection {
     /// The row's key when it had a usable one.
     pub key: Option<PrimaryKey>,
-    /// The S3 object key it came from.
+    /// The S3 object key it came from (a row retried from its stored payload, read
+    /// from no object this run: `(failed-row index)`).
     pub object: String,
     /// Its 1-based line number in the object (CSV: the record's first line).
     pub line: u64,
     /// Machine-readable reason: `malformed_line`, `line_too_long`, `unterminated_quote`,
-    /// `missing_primary_key`, `non_unique_primary_key`, `row_too_large`,
-    /// `unreadable_object`.
+    /// `missing_primary_key`, `primary_key_too_long`, `non_unique_primary_key`,
+    /// `row_too_large`, `enqueue_refused`, `unknown_format`, `unreadable_object`.
     pub code: String,
     /// Human-readable reason (never the row's values).
     pub reason: String,
@@ -212,42 +215,81 @@ fn reject(
 
 /// Extracts the primary key from a row's parsed fields (CSV records: strings).
 pub fn key_of(fields: &Map<String, Value>, primary_key: &str) -> Result<PrimaryKey, String> {
+    key_in(fields, primary_key).map_err(|(_, reason)| reason)
+}
+
+/// Bytes of a too-long key shown in its rejection's reason.
+pub const KEY_PREFIX_BYTES: usize = 64;
+
+/// A key refused: the rejection's code and reason.
+pub(crate) type KeyRefused = (&'static str, String);
+
+/// [`key_of`], with the rejection's code.
+pub(crate) fn key_in(
+    fields: &Map<String, Value>,
+    primary_key: &str,
+) -> Result<PrimaryKey, KeyRefused> {
+    let missing = |reason| ("missing_primary_key", reason);
     match fields.get(primary_key) {
-        None | Some(Value::Null) => Err(no_value(primary_key)),
+        None | Some(Value::Null) => Err(missing(no_value(primary_key))),
         Some(Value::String(text)) => key_text(text.clone(), primary_key),
         Some(Value::Number(n)) => key_text(n.to_string(), primary_key),
-        Some(other) => Err(wrong_type(primary_key, json_type(other))),
+        Some(other) => Err(missing(wrong_type(primary_key, json_type(other)))),
     }
 }
 
 /// The primary key from the key field's text as the source wrote it (`None`: the row
 /// has no such field): a string's decoded characters, a number's literal text.
-fn key_from_raw(raw: Option<&RawValue>, primary_key: &str) -> Result<PrimaryKey, String> {
+fn key_from_raw(raw: Option<&RawValue>, primary_key: &str) -> Result<PrimaryKey, KeyRefused> {
+    let missing = |reason| ("missing_primary_key", reason);
     let Some(raw) = raw else {
-        return Err(no_value(primary_key));
+        return Err(missing(no_value(primary_key)));
     };
     let text = raw.get();
     match text.as_bytes().first() {
         Some(b'"') => match serde_json::from_str::<String>(text) {
             Ok(decoded) => key_text(decoded, primary_key),
-            Err(err) => Err(format!(
+            Err(err) => Err(missing(format!(
                 "primary key '{primary_key}' is not valid text: {}",
                 err_without_position(&err)
-            )),
+            ))),
         },
         Some(b'-' | b'0'..=b'9') => key_text(text.to_owned(), primary_key),
-        Some(b'n') => Err(no_value(primary_key)),
-        _ => Err(wrong_type(primary_key, json_type_of_text(text))),
+        Some(b'n') => Err(missing(no_value(primary_key))),
+        _ => Err(missing(wrong_type(primary_key, json_type_of_text(text)))),
     }
 }
 
-fn key_text(text: String, primary_key: &str) -> Result<PrimaryKey, String> {
+fn key_text(text: String, primary_key: &str) -> Result<PrimaryKey, KeyRefused> {
     if text.trim().is_empty() {
-        return Err(format!(
-            "the row's primary key '{primary_key}' is empty or only whitespace"
+        return Err((
+            "missing_primary_key",
+            format!("the row's primary key '{primary_key}' is empty or only whitespace"),
         ));
     }
-    PrimaryKey::parse(text).map_err(|err| format!("primary key '{primary_key}': {err}"))
+    if text.len() > PrimaryKey::MAX_BYTES {
+        return Err(("primary_key_too_long", too_long(primary_key, &text)));
+    }
+    PrimaryKey::parse(text).map_err(|err| {
+        (
+            "missing_primary_key",
+            format!("primary key '{primary_key}': {err}"),
+        )
+    })
+}
+
+/// The reason of a `primary_key_too_long` rejection.
+fn too_long(primary_key: &str, key: &str) -> String {
+    let mut end = KEY_PREFIX_BYTES.min(key.len());
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "primary key '{primary_key}' is {} bytes, longer than the {} bytes a key may have; it starts {:?}… and is not kept in the failed-row index (no index key can hold it)",
+        key.len(),
+        PrimaryKey::MAX_BYTES,
+        &key[..end]
+    )
 }
 
 fn no_value(primary_key: &str) -> String {

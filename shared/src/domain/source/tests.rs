@@ -393,3 +393,43 @@ fn numeric_keys_become_text_and_other_types_are_refused() {
     fields.insert("id".into(), serde_json::json!(true));
     assert!(key_of(&fields, "id").unwrap_err().contains("a boolean"));
 }
+
+/// Issue 13, item 8: a key longer than 1,024 bytes was rejected as a missing key,
+/// with no sign of which key it was. It has its own code and shows the key's start.
+#[test]
+fn a_key_too_long_for_the_index_is_rejected_as_such_with_its_start() {
+    let long = format!("acct-{}", "é".repeat(600));
+    let data = format!(
+        "{}\n{}\n",
+        serde_json::json!({"id": long}),
+        serde_json::json!({"id": "ok"})
+    );
+    let (rows, rejected) = read_all(data.as_bytes(), "k.jsonl");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rejected.len(), 1);
+    let rejection = &rejected[0];
+    assert_eq!(
+        (
+            rejection.code.as_str(),
+            rejection.line,
+            rejection.key.is_none()
+        ),
+        ("primary_key_too_long", 1, true)
+    );
+    assert!(
+        rejection.reason.contains("\"acct-éé"),
+        "{}",
+        rejection.reason
+    );
+    assert!(
+        rejection.reason.contains("1205 bytes"),
+        "{}",
+        rejection.reason
+    );
+    assert!(rejection
+        .reason
+        .contains("not kept in the failed-row index"));
+    let csv = format!("id,v\n{long},1\n");
+    let (_, rejected) = read_all(csv.as_bytes(), "k.csv");
+    assert_eq!(rejected[0].code, "primary_key_too_long");
+}
