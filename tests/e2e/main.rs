@@ -44,6 +44,7 @@ mod destination_answers;
 mod hubspot;
 mod item_limits;
 mod rate_limits;
+mod replan;
 mod reporting;
 mod runs;
 mod salesforce;
