@@ -186,3 +186,33 @@ async fn a_late_copy_of_an_earlier_attempt_delivered_after_the_replan_leaves_the
         "a row an earlier attempt delivered stayed in the index"
     );
 }
+
+/// Issue 12: a run whose every row an earlier attempt delivered sends nothing when it is
+/// planned again, and still closes with all its rows delivered (its plan finds them all
+/// settled and tells the finalizer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replanned_run_whose_rows_were_all_delivered_sends_nothing_and_closes() {
+    let env = TestEnv::start().await;
+    env.export_rows("1.jsonl.gz", 0..20).await;
+    let event = ScheduleEvent::new();
+    let first_attempt = BatchLedger {
+        delivered: keys(0..20),
+        ..BatchLedger::default()
+    };
+    plan_again_after(&env, &event, first_attempt).await;
+
+    let (record, _) = env
+        .runtime
+        .drive(&env.sync, &event.run_id, &|_| {})
+        .await
+        .unwrap();
+
+    let stats = env.destination.stats();
+    assert_eq!(stats.rows_received.iter().sum::<u64>(), 0);
+    let counts = record.counts.unwrap();
+    assert_eq!(
+        (counts.planned, counts.delivered, counts.failed),
+        (20, 20, 0)
+    );
+    assert!(env.index().await.is_empty());
+}
