@@ -40,6 +40,18 @@ fn part_sk(batch_id: &str, part: Option<usize>) -> String {
 }
 
 /// Bytes left for the text attribute of `item` (which holds it empty).
+/// Where [`RunStore::put_json_chunks`] writes a run's JSON array: the run, its planning
+/// attempt, the attribute holding each part, what the values are (for errors), and the
+/// widest sequence number a part may get (its sort key's length counts against the
+/// item's size).
+pub(super) struct JsonChunks<'a> {
+    pub(super) run: &'a RunId,
+    pub(super) generation: u32,
+    pub(super) attribute: &'a str,
+    pub(super) what: &'a str,
+    pub(super) widest_seq: usize,
+}
+
 pub(super) fn text_budget(item: &Item) -> usize {
     MAX_ITEM_BYTES.saturating_sub(item_size(item))
 }
@@ -150,39 +162,28 @@ impl RunStore {
         first_seq: usize,
         rejections: &[RecordedRejection],
     ) -> Result<usize, AwsError> {
-        const OPERATION: &str = "DynamoDB.PutItem";
-        let item = |seq: usize, body: String| {
-            // The first attempt's keys are those written before attempts were numbered.
-            let sk = if generation == 0 {
+        // The first attempt's keys are those written before attempts were numbered.
+        let sk = |seq: usize| {
+            if generation == 0 {
                 format!("{REJECT_PREFIX}{seq:06}")
             } else {
                 format!("{REJECT_PREFIX}{generation:06}#{seq:06}")
-            };
-            Item::from([
-                ("pk".to_owned(), s(ledger_pk(run))),
-                ("sk".to_owned(), s(sk)),
-                ("generation".to_owned(), n(generation)),
-                (REJECTIONS.to_owned(), s(body)),
-                ("expires_at".to_owned(), expires_at()),
-            ])
+            }
         };
-        let budget = text_budget(&item(99_999_999, String::new()));
-        let chunks = split_json_array(rejections, budget, |r| {
+        let chunks = JsonChunks {
+            run,
+            generation,
+            attribute: REJECTIONS,
+            what: "rejections",
+            widest_seq: 99_999_999,
+        };
+        self.put_json_chunks(&chunks, sk, first_seq, rejections, |r| {
             format!(
                 "the rejection of {} line {}",
                 r.rejection.object, r.rejection.line
             )
         })
-        .map_err(|e| AwsError::response(OPERATION, e.to_string()))?;
-        let written = chunks.len();
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            let body = serde_json::to_string(chunk).map_err(|e| {
-                AwsError::response(OPERATION, format!("rejections do not serialise: {e}"))
-            })?;
-            self.put(OPERATION, item(first_seq.saturating_add(i), body))
-                .await?;
-        }
-        Ok(written)
+        .await
     }
 
     /// Writes the sample of a run's rejections (planning attempt `generation`), in as
@@ -193,33 +194,21 @@ impl RunStore {
         generation: u32,
         sample: &[SampledRejection],
     ) -> Result<(), AwsError> {
-        const OPERATION: &str = "DynamoDB.PutItem";
-        let item = |seq: usize, body: String| {
-            Item::from([
-                ("pk".to_owned(), s(ledger_pk(run))),
-                (
-                    "sk".to_owned(),
-                    s(format!("{SAMPLE_PREFIX}{generation:06}#{seq:06}")),
-                ),
-                ("generation".to_owned(), n(generation)),
-                (SAMPLE.to_owned(), s(body)),
-                ("expires_at".to_owned(), expires_at()),
-            ])
+        let chunks = JsonChunks {
+            run,
+            generation,
+            attribute: SAMPLE,
+            what: "sampled rejections",
+            widest_seq: 999_999,
         };
-        let budget = text_budget(&item(999_999, String::new()));
-        let chunks = split_json_array(sample, budget, |r| {
+        let sk = |seq: usize| format!("{SAMPLE_PREFIX}{generation:06}#{seq:06}");
+        self.put_json_chunks(&chunks, sk, 0, sample, |r| {
             format!(
                 "the sampled rejection of {} line {}",
                 r.rejection.object, r.rejection.line
             )
         })
-        .map_err(|e| AwsError::response(OPERATION, e.to_string()))?;
-        for (seq, chunk) in chunks.into_iter().enumerate() {
-            let body = serde_json::to_string(chunk).map_err(|e| {
-                AwsError::response(OPERATION, format!("the sample does not serialise: {e}"))
-            })?;
-            self.put(OPERATION, item(seq, body)).await?;
-        }
+        .await?;
         Ok(())
     }
 
@@ -229,21 +218,72 @@ impl RunStore {
         run: &RunId,
         generation: u32,
     ) -> Result<Vec<SampledRejection>, AwsError> {
-        let mut sample = Vec::new();
-        let mut pages = self
-            .run_items(run, &format!("{SAMPLE_PREFIX}{generation:06}#"))
-            .send();
+        self.json_chunks(
+            run,
+            &format!("{SAMPLE_PREFIX}{generation:06}#"),
+            SAMPLE,
+            "sampled rejections",
+        )
+        .await
+    }
+
+    /// Writes `values` as one JSON array cut over as many items as it needs (each under
+    /// DynamoDB's item size), numbered from `first_seq` with sort keys `sk(seq)`, and
+    /// returns how many items it wrote. `describe` names a value too large for an item
+    /// on its own. Read back by [`RunStore::json_chunks`].
+    pub(super) async fn put_json_chunks<T: serde::Serialize>(
+        &self,
+        chunks: &JsonChunks<'_>,
+        sk: impl Fn(usize) -> String,
+        first_seq: usize,
+        values: &[T],
+        describe: impl Fn(&T) -> String,
+    ) -> Result<usize, AwsError> {
+        const OPERATION: &str = "DynamoDB.PutItem";
+        let item = |seq: usize, body: String| {
+            Item::from([
+                ("pk".to_owned(), s(ledger_pk(chunks.run))),
+                ("sk".to_owned(), s(sk(seq))),
+                ("generation".to_owned(), n(chunks.generation)),
+                (chunks.attribute.to_owned(), s(body)),
+                ("expires_at".to_owned(), expires_at()),
+            ])
+        };
+        let budget = text_budget(&item(chunks.widest_seq, String::new()));
+        let parts = split_json_array(values, budget, describe)
+            .map_err(|e| AwsError::response(OPERATION, e.to_string()))?;
+        let written = parts.len();
+        for (i, part) in parts.into_iter().enumerate() {
+            let body = serde_json::to_string(part).map_err(|e| {
+                AwsError::response(OPERATION, format!("{} do not serialise: {e}", chunks.what))
+            })?;
+            self.put(OPERATION, item(first_seq.saturating_add(i), body))
+                .await?;
+        }
+        Ok(written)
+    }
+
+    /// The values [`RunStore::put_json_chunks`] wrote under the sort keys starting with
+    /// `sk_prefix`, in order.
+    pub(super) async fn json_chunks<T: serde::de::DeserializeOwned>(
+        &self,
+        run: &RunId,
+        sk_prefix: &str,
+        attribute: &str,
+        what: &str,
+    ) -> Result<Vec<T>, AwsError> {
+        let mut values = Vec::new();
+        let mut pages = self.run_items(run, sk_prefix).send();
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| AwsError::sdk("DynamoDB.Query", e))?;
-            if let Some(body) = get_s(&item, SAMPLE) {
-                let mut chunk: Vec<SampledRejection> =
-                    serde_json::from_str(&body).map_err(|e| {
-                        AwsError::response("DynamoDB.Query", format!("unreadable sample: {e}"))
-                    })?;
-                sample.append(&mut chunk);
+            if let Some(body) = get_s(&item, attribute) {
+                let mut chunk: Vec<T> = serde_json::from_str(&body).map_err(|e| {
+                    AwsError::response("DynamoDB.Query", format!("unreadable {what}: {e}"))
+                })?;
+                values.append(&mut chunk);
             }
         }
-        Ok(sample)
+        Ok(values)
     }
 
     /// Puts an item, refusing one larger than DynamoDB takes before sending it.

@@ -14,7 +14,7 @@
 use aws_sdk_dynamodb::error::SdkError;
 use sha2::{Digest, Sha256};
 
-use super::{ledger_pk, sync_pk, RunStore};
+use super::{sync_pk, RunStore};
 use crate::{
     aws::{
         item::{get_n, get_s, n, s, Item},
@@ -23,7 +23,6 @@ use crate::{
     domain::{
         cursor::{ObjectOutcome, ObjectRecord, ObjectStatus},
         ids::{RunId, SyncId},
-        ledger::split_json_array,
         timestamp,
     },
 };
@@ -190,28 +189,18 @@ impl RunStore {
         generation: u32,
         outcomes: &[ObjectOutcome],
     ) -> Result<(), AwsError> {
-        const OPERATION: &str = "DynamoDB.PutItem";
-        let item = |seq: usize, body: String| {
-            Item::from([
-                ("pk".to_owned(), s(ledger_pk(run))),
-                (
-                    "sk".to_owned(),
-                    s(format!("source#{generation:06}#{seq:06}")),
-                ),
-                ("generation".to_owned(), n(generation)),
-                (OBJECTS.to_owned(), s(body)),
-                ("expires_at".to_owned(), super::expires_at()),
-            ])
+        let chunks = super::ledger::JsonChunks {
+            run,
+            generation,
+            attribute: OBJECTS,
+            what: "outcomes",
+            widest_seq: 999_999,
         };
-        let budget = super::ledger::text_budget(&item(999_999, String::new()));
-        let chunks = split_json_array(outcomes, budget, |o| format!("the outcome of {}", o.name))
-            .map_err(|e| AwsError::response(OPERATION, e.to_string()))?;
-        for (seq, chunk) in chunks.into_iter().enumerate() {
-            let body = serde_json::to_string(chunk).map_err(|e| {
-                AwsError::response(OPERATION, format!("outcomes do not serialise: {e}"))
-            })?;
-            self.put(OPERATION, item(seq, body)).await?;
-        }
+        let sk = |seq: usize| format!("source#{generation:06}#{seq:06}");
+        self.put_json_chunks(&chunks, sk, 0, outcomes, |o| {
+            format!("the outcome of {}", o.name)
+        })
+        .await?;
         Ok(())
     }
 
@@ -221,20 +210,13 @@ impl RunStore {
         run: &RunId,
         generation: u32,
     ) -> Result<Vec<ObjectOutcome>, AwsError> {
-        let mut outcomes = Vec::new();
-        let mut pages = self
-            .run_items(run, &format!("source#{generation:06}#"))
-            .send();
-        while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| AwsError::sdk("DynamoDB.Query", e))?;
-            if let Some(body) = get_s(&item, OBJECTS) {
-                let mut chunk: Vec<ObjectOutcome> = serde_json::from_str(&body).map_err(|e| {
-                    AwsError::response("DynamoDB.Query", format!("unreadable outcomes: {e}"))
-                })?;
-                outcomes.append(&mut chunk);
-            }
-        }
-        Ok(outcomes)
+        self.json_chunks(
+            run,
+            &format!("source#{generation:06}#"),
+            OBJECTS,
+            "outcomes",
+        )
+        .await
     }
 
     /// Turns a closing run's object outcomes into the sync's records: an object read
