@@ -44,6 +44,28 @@ struct ServerState {
     bad_requests: u64,
     last_request_at: Option<std::time::Instant>,
     answer_after: std::time::Duration,
+    in_flight: usize,
+    max_in_flight: usize,
+}
+
+/// Counts one request in flight at the server until it is dropped.
+struct InFlight(Arc<Mutex<ServerState>>);
+
+impl InFlight {
+    fn enter(state: &Arc<Mutex<ServerState>>) -> Self {
+        let mut guard = state.lock().expect("state");
+        guard.in_flight += 1;
+        guard.max_in_flight = guard.max_in_flight.max(guard.in_flight);
+        drop(guard);
+        Self(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        state.in_flight = state.in_flight.saturating_sub(1);
+    }
 }
 
 /// What the destination saw.
@@ -67,6 +89,9 @@ pub struct DestinationStats {
     pub bad_requests: u64,
     /// When the last well-formed request arrived.
     pub last_request_at: Option<std::time::Instant>,
+    /// The most requests the server was answering at once (what `concurrency` must
+    /// bound).
+    pub max_in_flight: usize,
 }
 
 /// A running local destination.
@@ -166,6 +191,7 @@ impl DestinationServer {
             received_after_delivered: state.received_after_delivered,
             bad_requests: state.bad_requests,
             last_request_at: state.last_request_at,
+            max_in_flight: state.max_in_flight,
         }
     }
 }
@@ -181,6 +207,7 @@ async fn receive(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<ResultsBody<'static>>, (StatusCode, String)> {
+    let _in_flight = InFlight::enter(&state);
     let delay = state.lock().expect("state").answer_after;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;

@@ -93,6 +93,8 @@ pub struct EnvSettings {
     pub vendor: Vendor,
     /// Delivery invocations at once.
     pub concurrency: u32,
+    /// The sync's `run_deadline_secs` (`None`: the default).
+    pub run_deadline_secs: Option<u64>,
 }
 
 impl Default for EnvSettings {
@@ -104,6 +106,7 @@ impl Default for EnvSettings {
             secret_in_secrets_manager: false,
             vendor: Vendor::Webhook,
             concurrency: 2,
+            run_deadline_secs: None,
         }
     }
 }
@@ -246,6 +249,10 @@ impl TestEnv {
                 yaml
             }
         };
+        let deadline = settings
+            .run_deadline_secs
+            .map(|secs| format!("    run_deadline_secs: {secs}\n"))
+            .unwrap_or_default();
         let yaml = format!(
             r#"
 destinations:{destination_yaml}
@@ -255,7 +262,7 @@ syncs:
     primary_key: id
     destination: hook
     schedule: rate(1 hour)
-"#
+{deadline}"#
         );
         let config = Config::from_yaml(&yaml).expect("test config is valid");
         let runtime = LocalRuntime::new(sdk.clone(), config, &stack, settings.options)

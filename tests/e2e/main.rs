@@ -19,6 +19,7 @@
 //! - `secrets`: signing secrets from Secrets Manager;
 //! - `salesforce`, `hubspot`: the vendor scenarios;
 //! - `rate_limits`: rate-limited rows wait, and are kept when their copy is refused;
+//! - `concurrency`: a destination's `concurrency` is the requests it sees at once;
 //! - `item_limits`: DynamoDB's item size and batch-write limits with the widest keys,
 //!   rows and rejections resync accepts.
 //!
@@ -28,6 +29,7 @@ mod helpers;
 
 mod at_least_once;
 mod aws_faults;
+mod concurrency;
 mod crash_points;
 mod dead_letters;
 mod hubspot;

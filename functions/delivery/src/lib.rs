@@ -59,6 +59,7 @@ use resync_shared::{
         message::RowMessage,
         outcome::{Decision, RowError},
         run::RunStatus,
+        timestamp,
     },
     resources::Resources,
     secrets::SecretResolver,
@@ -67,8 +68,9 @@ use resync_shared::{
 
 pub use resync_shared::domain::retry::MAX_RATE_LIMIT_DEFERRALS;
 
-/// Destination requests in flight at once within one invocation.
-pub const REQUESTS_IN_FLIGHT: usize = 4;
+/// Destination requests in flight at once within one invocation: one, so the
+/// destination's `concurrency` (invocations at once) is its requests in flight.
+pub const REQUESTS_IN_FLIGHT: usize = 1;
 
 /// Why an invocation failed as a whole (its messages all come back).
 #[derive(Debug, thiserror::Error)]
@@ -243,11 +245,16 @@ pub async fn handler(
             tracing::info!(sync = %sync_id, run = %run_id, generation, run_state = why, rows = rows.len(), "copies of an ended or replanned run's rows dropped");
             continue;
         }
+        // Every wait ends by the run's deadline, and what is not delivered at the
+        // deadline fails (I7): read once per run per invocation.
+        let until_deadline = record
+            .as_ref()
+            .and_then(|record| record.until_deadline(timestamp::now()));
         let Settlement {
             mut ledger,
             mut retries,
             deferrals,
-        } = deliver_run(deps, &rows).await;
+        } = deliver_run(deps, &rows, until_deadline).await;
         deps.crash_points
             .reached(CrashPoint::DeliveryAfterDestinationCall)?;
         ledger.generation = generation;

@@ -77,7 +77,12 @@ pub(super) struct Settlement {
 }
 
 /// Sends one run's rows and decides each by the destination's answer.
-pub(super) async fn deliver_run(deps: &Delivery, rows: &[Received]) -> Settlement {
+/// `until_deadline` is the time left until the run's deadline (`None`: it has none).
+pub(super) async fn deliver_run(
+    deps: &Delivery,
+    rows: &[Received],
+    until_deadline: Option<Duration>,
+) -> Settlement {
     let policy = &deps.destination_config.retry;
     // Copies of one key (at-least-once delivery) are sent once and share the answer:
     // a destination request never upserts the same record twice. A copy past the
@@ -136,9 +141,10 @@ pub(super) async fn deliver_run(deps: &Delivery, rows: &[Received]) -> Settlemen
             // the dead-letter queue (its receive count passes the redrive's) and the
             // finalizer settles it as a failure, unless another copy settled it first.
             tracing::warn!(key = %row.message.key, attempt = row.attempt, "a copy came back after its last attempt; not sent again");
+            let ceiling = policy.backoff_ceiling(row.attempt);
             settlement.retries.push(Retry {
                 row: index,
-                visibility: policy.backoff_ceiling(row.attempt),
+                visibility: until_deadline.map_or(ceiling, |left| ceiling.min(left)),
             });
             continue;
         };
@@ -148,6 +154,7 @@ pub(super) async fn deliver_run(deps: &Delivery, rows: &[Received]) -> Settlemen
         let attempt = Attempt {
             number: row.attempt,
             rate_limit_deferrals: row.message.rate_limit_deferrals,
+            until_deadline,
         };
         match decide(result, attempt, policy, &mut rng) {
             Decision::Delivered if row.message.carried_over => {
