@@ -10,6 +10,7 @@
 //!   emulator's fault plan) never costs a row;
 //! - `dead_letters`: rows that keep crashing their invocation, failed from the
 //!   dead-letter queue;
+//! - `failed_rows`: when a failing key failed, and its attempts per run and in all;
 //! - `source_rows`: bad lines, duplicate keys, too-large and wide rows, new rows merged
 //!   with failed keys;
 //! - `runs`: overlapping starts, the close on the last row, the settled report, close
@@ -32,6 +33,7 @@ mod aws_faults;
 mod concurrency;
 mod crash_points;
 mod dead_letters;
+mod failed_rows;
 mod hubspot;
 mod item_limits;
 mod rate_limits;

@@ -344,6 +344,7 @@ fn failed_row(row: &Received, error: RowError) -> FailedRow {
         prior_attempts: row.message.prior_attempts,
         carried_over: row.message.carried_over,
         first_failed_at: row.message.first_failed_at.clone(),
+        failed_at: Some(timestamp::rfc3339(timestamp::now())),
         payload: row.message.row.clone(),
     }
 }

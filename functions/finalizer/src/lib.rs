@@ -626,6 +626,8 @@ async fn drain_dead_letters(deps: &Finalizer, destination: &DestinationId) -> Re
                     prior_attempts: row.prior_attempts,
                     carried_over: row.carried_over,
                     first_failed_at: row.first_failed_at.clone(),
+                    // It failed for good when the queue gave up on it: found now.
+                    failed_at: Some(timestamp::rfc3339(timestamp::now())),
                     payload: row.row.clone(),
                 });
             if let Some(receipt) = message.receipt_handle() {
