@@ -46,6 +46,8 @@ struct ServerState {
     answer_after: std::time::Duration,
     in_flight: usize,
     max_in_flight: usize,
+    down: bool,
+    refused_while_down: u64,
 }
 
 /// Counts one request in flight at the server until it is dropped.
@@ -92,6 +94,8 @@ pub struct DestinationStats {
     /// The most requests the server was answering at once (what `concurrency` must
     /// bound).
     pub max_in_flight: usize,
+    /// Requests answered 503 while the destination was down.
+    pub refused_while_down: u64,
 }
 
 /// A running local destination.
@@ -150,6 +154,12 @@ impl DestinationServer {
             .insert(key.into(), behaviour);
     }
 
+    /// Takes the destination down (every request answered 503, nothing written) or
+    /// brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().expect("state").down = down;
+    }
+
     /// Answers every request only after `delay`: a healthy but slow destination.
     pub fn answer_after(&self, delay: std::time::Duration) {
         self.state.lock().expect("state").answer_after = delay;
@@ -192,6 +202,7 @@ impl DestinationServer {
             bad_requests: state.bad_requests,
             last_request_at: state.last_request_at,
             max_in_flight: state.max_in_flight,
+            refused_while_down: state.refused_while_down,
         }
     }
 }
@@ -213,6 +224,13 @@ async fn receive(
         tokio::time::sleep(delay).await;
     }
     let mut state = state.lock().expect("state");
+    if state.down {
+        state.refused_while_down += 1;
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "down for maintenance".into(),
+        ));
+    }
     if let Some(secret) = &state.secret {
         let timestamp = headers
             .get("x-resync-timestamp")

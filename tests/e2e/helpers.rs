@@ -95,6 +95,8 @@ pub struct EnvSettings {
     pub concurrency: u32,
     /// The sync's `run_deadline_secs` (`None`: the default).
     pub run_deadline_secs: Option<u64>,
+    /// More fields of the destination's `retry:` (e.g. `", pause_secs: 1"`).
+    pub retry_extra: &'static str,
 }
 
 impl Default for EnvSettings {
@@ -107,6 +109,7 @@ impl Default for EnvSettings {
             vendor: Vendor::Webhook,
             concurrency: 2,
             run_deadline_secs: None,
+            retry_extra: "",
         }
     }
 }
@@ -153,8 +156,8 @@ impl TestEnv {
             "{ value: test-secret }".to_owned()
         };
         let retry = format!(
-            "{{ max_attempts: {}, base_delay_secs: 1, max_delay_secs: 2 }}",
-            settings.max_attempts
+            "{{ max_attempts: {}, base_delay_secs: 1, max_delay_secs: 2{} }}",
+            settings.max_attempts, settings.retry_extra
         );
         let concurrency = settings.concurrency;
         let mut salesforce = None;

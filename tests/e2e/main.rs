@@ -20,6 +20,8 @@
 //! - `secrets`: signing secrets from Secrets Manager;
 //! - `salesforce`, `hubspot`: the vendor scenarios;
 //! - `rate_limits`: rate-limited rows wait, and are kept when their copy is refused;
+//! - `breaker`: a destination that is down pauses delivery, probes, resumes; one that
+//!   stays down ends the run by its deadline with an alert;
 //! - `concurrency`: a destination's `concurrency` is the requests it sees at once;
 //! - `item_limits`: DynamoDB's item size and batch-write limits with the widest keys,
 //!   rows and rejections resync accepts.
@@ -30,6 +32,7 @@ mod helpers;
 
 mod at_least_once;
 mod aws_faults;
+mod breaker;
 mod concurrency;
 mod crash_points;
 mod dead_letters;

@@ -289,6 +289,7 @@ mod tests {
             max_attempts: 3,
             base_delay_secs: 1,
             max_delay_secs: 10,
+            ..RetryPolicy::default()
         }
     }
 
@@ -390,6 +391,7 @@ mod tests {
             max_attempts: 5,
             base_delay_secs: 600,
             max_delay_secs: 3600,
+            ..RetryPolicy::default()
         };
         let left = Attempt {
             number: 1,
