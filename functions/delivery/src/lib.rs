@@ -28,7 +28,19 @@
 //! limit's own wait (Retry-After, the HubSpot window, the Salesforce budget recheck)
 //! and otherwise a full-jitter backoff that grows with the deferral count up to the
 //! policy's maximum; past the bound a rate limit counts as an ordinary retryable
-//! attempt, so a run always ends. The whole decision (deliver, retry, defer, fail)
+//! attempt. Every wait ends by the run's deadline (the run record's, read once per run
+//! per invocation), and a row not delivered at the deadline fails — `rate_limited` when
+//! it was waiting on a limit — so every run ends (I7).
+//!
+//! # A destination that is down
+//!
+//! The destination's circuit breaker (`resync_shared::aws::breaker`) is read once per
+//! invocation: while it is open nothing is sent and every row waits as a rate-limited
+//! `DESTINATION_PAUSED` deferral (no attempt spent); the invocation that takes the
+//! probe sends one request; requests that fail as a whole are counted, and any other
+//! answer resets the breaker.
+//!
+//! The whole decision (deliver, retry, defer, fail)
 //! is `resync_shared::domain::outcome::decide`, with the numbers of
 //! `resync_shared::domain::retry`; this crate carries it out.
 //!
