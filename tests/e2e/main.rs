@@ -51,6 +51,7 @@ mod failed_rows;
 mod hubspot;
 mod item_limits;
 mod rate_limits;
+mod replan;
 mod reporting;
 mod runs;
 mod salesforce;

@@ -68,7 +68,8 @@ pub struct ChaosReport {
     /// Whether the index was exact after every run (I2).
     pub index_exact: bool,
     /// Keys a re-planned run kept in the index although an earlier planning attempt's
-    /// copy was delivered (README, Known limits; delivered again by the next run).
+    /// copy was delivered, unrecorded (README, Known limits; delivered again by the
+    /// next run).
     pub kept_after_replan: u64,
     /// Rows re-sent after a delivered answer without a reason (I3).
     pub resent_after_delivery: u64,

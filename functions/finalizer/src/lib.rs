@@ -57,6 +57,7 @@ use resync_shared::{
 use serde::{Deserialize, Serialize};
 
 mod destination_down;
+mod replan;
 mod reports;
 
 /// A run still planning after this long lost its sync-start invocation (Lambda's
@@ -427,6 +428,7 @@ async fn finalize_sync(
     if !claimed {
         return Ok(in_flight(tally.settled() as u64, record.enqueued));
     }
+    replan::carry_earlier_deliveries(&deps.runs, &record, &mut tally).await?;
     close(deps, sync, &record, &tally, invocation).await
 }
 

@@ -10,6 +10,8 @@
 //! invocation the same run is planned again, as its next planning attempt: the rows an
 //! earlier attempt put on the queue are dropped by delivery and its ledger items and
 //! rejections are not counted, so the run is tallied from this attempt's plan alone.
+//! What an earlier attempt already settled is not done again: its delivered keys are
+//! settled without a send and its tried keys carry their spent attempts (`replan`).
 
 use std::sync::Arc;
 
@@ -39,6 +41,7 @@ use serde::{Deserialize, Serialize};
 
 mod plan;
 mod record;
+mod replan;
 mod send;
 
 pub use send::SEND_CONCURRENCY;

@@ -20,7 +20,9 @@ use resync_shared::{
     RunId, SyncId,
 };
 
-use crate::{record::Recorder, send::Sender, SyncStart, SyncStartError, SyncStartOutcome};
+use crate::{
+    record::Recorder, replan::Replan, send::Sender, SyncStart, SyncStartError, SyncStartOutcome,
+};
 
 /// Where the sync's source starts, as its state holds it.
 #[derive(Debug, Clone, Default)]
@@ -202,7 +204,9 @@ pub(crate) async fn plan(
     // by chunk as they come.
     let index = deps.index.load_for_planning(&sync.id).await?;
     let mut planner = RunPlanner::new(index, finder.duplicates());
+    let mut replan = Replan::load(&deps.runs, &deps.config, sync, run_id, generation).await?;
     let mut sender = Sender::new(&queue, run_id, generation, &sync.id, &deps.crash_points);
+    sender.replan = Some(&mut replan);
     for object in &readable {
         let mut planned_through = object.skip_through;
         let mut damage = None;
@@ -275,7 +279,10 @@ pub(crate) async fn plan(
         sender.push(planned, &mut rejections.log).await?;
         rejections.flush().await?;
     }
-    let (enqueued, carried_over) = sender.finish(&mut rejections.log).await?;
+    let sent = sender.finish(&mut rejections.log).await?;
+    let (enqueued, carried_over) = replan
+        .record(&deps.runs, &sync.id, run_id, generation, sent)
+        .await?;
     let (rejected, rejected_by_code) = rejections.finish().await?;
     if !outcomes.is_empty() {
         deps.runs

@@ -17,7 +17,7 @@ use resync_shared::{
     PrimaryKey, RunId, SyncId,
 };
 
-use crate::SyncStartError;
+use crate::{replan::Replan, SyncStartError};
 
 /// How many `SendMessageBatch` calls are in flight at once.
 pub const SEND_CONCURRENCY: usize = 16;
@@ -65,6 +65,8 @@ pub(crate) struct Sender<'a> {
     generation: u32,
     sync_id: &'a SyncId,
     crash_points: &'a CrashPoints,
+    /// What earlier planning attempts of the run settled: such rows are not sent.
+    pub(crate) replan: Option<&'a mut Replan>,
     batch: Vec<Pending>,
     in_flight: FuturesUnordered<tokio::task::JoinHandle<BatchResult>>,
     enqueued: u64,
@@ -85,6 +87,7 @@ impl<'a> Sender<'a> {
             generation,
             sync_id,
             crash_points,
+            replan: None,
             batch: Vec::with_capacity(10),
             in_flight: FuturesUnordered::new(),
             enqueued: 0,
@@ -97,6 +100,13 @@ impl<'a> Sender<'a> {
         planned: PlannedRow,
         rejections: &mut RejectionLog,
     ) -> Result<(), SyncStartError> {
+        let (planned, attempts_before) = match self.replan.as_mut() {
+            Some(replan) => match replan.route(planned) {
+                Some(sent) => sent,
+                None => return Ok(()),
+            },
+            None => (planned, 0),
+        };
         let message = RowMessage {
             run_id: self.run_id.clone(),
             generation: self.generation,
@@ -106,7 +116,7 @@ impl<'a> Sender<'a> {
             carried_over: planned.carried.is_some(),
             first_failed_at: planned.carried.as_ref().map(|c| c.first_failed_at.clone()),
             prior_attempts: planned.carried.as_ref().map_or(0, |c| c.attempts),
-            attempts_before: 0,
+            attempts_before,
             rate_limit_deferrals: 0,
         };
         self.batch.push(Pending {

@@ -22,7 +22,9 @@
 //! A run planned again (a retried or duplicate sync-start, or one after an abandon)
 //! gets a new planning attempt number, its *generation*; items and rejections carry
 //! the attempt that wrote them, and only the current attempt's are tallied: keys an
-//! earlier plan settled say nothing about the rows of this one.
+//! earlier plan settled say nothing about the rows of this one, except through the
+//! carry of [`crate::domain::replan`] (the new plan settles them in an item of its own,
+//! and a delivery by an earlier attempt wins over the latest attempt's failure).
 //!
 //! # Items that fit
 //!

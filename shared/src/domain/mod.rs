@@ -22,6 +22,8 @@
 //!   tally that closes a run with exact counts.
 //! - [`rejections`]: a run's rejections in bounded memory — exact counts by code, a
 //!   sample of the first of each code, keyed rejections handed out in chunks.
+//! - [`replan`]: a run planned again — what its earlier attempts settled, carried
+//!   into the latest attempt's plan and outcome.
 //! - [`run`]: a run's life (status, record, plan) and the sync's lock and cursor.
 //! - [`timestamp`]: timestamps as resync stores and prints them.
 
@@ -32,6 +34,7 @@ pub mod merge;
 pub mod message;
 pub mod outcome;
 pub mod rejections;
+pub mod replan;
 pub mod retry;
 pub mod row;
 pub mod run;

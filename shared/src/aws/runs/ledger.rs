@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// The attribute holding a ledger part's JSON.
-const LEDGER: &str = "ledger";
+pub(super) const LEDGER: &str = "ledger";
 /// The attribute holding a chunk of rejections' JSON.
 const REJECTIONS: &str = "rejections";
 /// The sort key prefix of keyed rejection chunks.

@@ -25,6 +25,7 @@
 //! - [`objects`]: the source cursor's object records, a run's object outcomes, skips.
 //! - [`close`]: the close claim and the closing transaction.
 //! - [`reports`]: closed runs' reports waiting to be sent.
+//! - `replan`: the earlier planning attempts' ledger items, for a run planned again.
 //!
 //! [`BatchLedger`]: crate::domain::ledger::BatchLedger
 
@@ -53,6 +54,7 @@ mod close;
 mod ledger;
 mod lock;
 mod objects;
+mod replan;
 pub mod reports;
 
 pub use reports::{PendingReport, ReportPart};

@@ -1,0 +1,51 @@
+//! The ledger items of a run's earlier planning attempts, read for the carry of a run
+//! planned again (see [`crate::domain::replan`]): sync-start reads them to plan the
+//! next attempt, the finalizer to close the run.
+
+use super::{ledger::LEDGER, ledger_pk, RunStore};
+use crate::{
+    aws::{
+        item::{get_s, s},
+        AwsError,
+    },
+    domain::{ids::RunId, ledger::BatchLedger, replan::EarlierAttempts},
+};
+
+impl RunStore {
+    /// What the attempts of run `run` before attempt `generation` settled and retried
+    /// (paged, strongly consistent); empty for a first attempt, without a read.
+    pub async fn earlier_attempts(
+        &self,
+        run: &RunId,
+        generation: u32,
+    ) -> Result<EarlierAttempts, AwsError> {
+        let mut earlier = EarlierAttempts::default();
+        if generation == 0 {
+            return Ok(earlier);
+        }
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :batch)")
+            .expression_attribute_values(":pk", s(ledger_pk(run)))
+            .expression_attribute_values(":batch", s("batch#"))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| AwsError::sdk("DynamoDB.Query", e))?;
+            let Some(body) = get_s(&item, LEDGER) else {
+                continue;
+            };
+            let batch: BatchLedger = serde_json::from_str(&body).map_err(|e| {
+                AwsError::response("DynamoDB.Query", format!("unreadable ledger item: {e}"))
+            })?;
+            if batch.generation < generation {
+                earlier.add(batch);
+            }
+        }
+        Ok(earlier)
+    }
+}

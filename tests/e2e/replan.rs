@@ -1,0 +1,218 @@
+//! A run planned again (issue 12): what its earlier planning attempts settled is
+//! carried into the latest attempt's plan and outcome — delivered rows are not sent
+//! again, spent attempts count against the threshold, and a row a late copy of an
+//! earlier attempt delivered leaves the index.
+
+use std::collections::HashSet;
+
+use resync::destination_server::RowBehaviour;
+use resync_finalizer::SyncReport;
+use resync_shared::{
+    domain::{
+        ledger::{BatchLedger, FailedRow},
+        outcome::RowError,
+    },
+    PrimaryKey, RowFields,
+};
+use resync_sync_start::SyncStartOutcome;
+
+use crate::helpers::{key, row, ScheduleEvent, TestEnv, LONGER_THAN_AN_INVOCATION};
+
+fn keys(range: std::ops::Range<usize>) -> Vec<PrimaryKey> {
+    range.map(|i| PrimaryKey::parse(key(i)).unwrap()).collect()
+}
+
+/// The event's first sync-start opened run `event.run_id` (attempt 0), and its rows
+/// were settled as `first_attempt` says; then it died before recording its plan and
+/// the finalizer abandoned it. The same event comes again: attempt 1 plans the run.
+async fn plan_again_after(env: &TestEnv, event: &ScheduleEvent, first_attempt: BatchLedger) {
+    let runs = env.runtime.runs();
+    let run = &event.run_id;
+    runs.acquire(&env.sync, run).await.unwrap();
+    let record = runs.open_run(&env.sync, run).await.unwrap();
+    assert_eq!(record.generation, 0);
+    runs.record_batch(&env.sync, run, "first-attempt", &first_attempt)
+        .await
+        .unwrap();
+    env.backdate_planning(run, LONGER_THAN_AN_INVOCATION).await;
+    let report = env.runtime.finalize(&env.sync).await.unwrap();
+    assert!(matches!(report, SyncReport::Abandoned { .. }), "{report:?}");
+    let outcome = env.fire(event).await.unwrap();
+    assert!(
+        matches!(outcome, SyncStartOutcome::Started { enqueued: 20, .. }),
+        "{outcome:?}"
+    );
+}
+
+/// Issue 12: a re-planned run sent again every row an earlier planning attempt had
+/// already delivered (the new attempt restarted everything). Attempt 0 delivered rows
+/// 0–9; attempt 1 sends only rows 10–19, counts all 20 delivered, and the index stays
+/// empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_delivered_by_an_earlier_attempt_of_a_replanned_run_is_not_sent_again() {
+    let env = TestEnv::start().await;
+    env.export_rows("1.jsonl.gz", 0..20).await;
+    let event = ScheduleEvent::new();
+    let first_attempt = BatchLedger {
+        delivered: keys(0..10),
+        ..BatchLedger::default()
+    };
+    plan_again_after(&env, &event, first_attempt).await;
+
+    let (record, _) = env
+        .runtime
+        .drive(&env.sync, &event.run_id, &|_| {})
+        .await
+        .unwrap();
+
+    assert_eq!(record.generation, 1);
+    let expected: HashSet<String> = (10..20).map(key).collect();
+    assert_eq!(
+        env.destination.stats().keys_received[0],
+        expected,
+        "rows the first attempt delivered were sent again"
+    );
+    assert_eq!(env.destination.stats().rows_received[0], 10);
+    let counts = record.counts.unwrap();
+    assert_eq!(
+        (counts.planned, counts.delivered, counts.failed),
+        (20, 20, 0)
+    );
+    assert!(env.index().await.is_empty());
+}
+
+/// Issue 12: each planning attempt restarted its rows' attempts, so a row could reach
+/// the destination more often than the threshold in one run (I4; `resync chaos` saw 5
+/// against 4). A locked row that attempt 0 failed after 2 of its 4 attempts, and one
+/// it retried 3 times, get the rest of their attempts from attempt 1, not 4 more: they
+/// end in the index at the threshold, having been sent 2 and 1 more times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_an_earlier_attempt_tried_gets_only_the_rest_of_its_attempts() {
+    let env = TestEnv::start().await;
+    env.export_rows("1.jsonl.gz", 0..20).await;
+    for i in [3, 4] {
+        env.destination.set(
+            key(i),
+            RowBehaviour::Locked {
+                until_attempt: None,
+            },
+        );
+    }
+    let event = ScheduleEvent::new();
+    let first_attempt = BatchLedger {
+        retrying: [keys(3..4), keys(4..5), keys(4..5), keys(4..5)].concat(),
+        failed: vec![FailedRow {
+            key: PrimaryKey::parse(key(3)).unwrap(),
+            error: RowError::permanent("INVALID_EMAIL", "the email is invalid"),
+            attempts: 2,
+            prior_attempts: 0,
+            carried_over: false,
+            first_failed_at: None,
+            payload: RowFields::from_text(row(3, "v1").to_string()).unwrap(),
+        }],
+        ..BatchLedger::default()
+    };
+    plan_again_after(&env, &event, first_attempt).await;
+
+    let (record, _) = env
+        .runtime
+        .drive(&env.sync, &event.run_id, &|_| {})
+        .await
+        .unwrap();
+
+    assert_eq!(
+        env.destination.stats().rows_received[0],
+        18 + 2 + 1,
+        "a row was sent more often than the threshold allows in one run"
+    );
+    let counts = record.counts.unwrap();
+    assert_eq!((counts.delivered, counts.failed), (18, 2));
+    let index = env.index().await;
+    let mut locked: Vec<(String, u32)> = index
+        .iter()
+        .map(|e| (e.key.to_string(), e.attempts))
+        .collect();
+    locked.sort();
+    assert_eq!(locked, vec![(key(3), 4), (key(4), 4)]);
+}
+
+/// Issue 12: a copy of an earlier planning attempt that was already at the
+/// destination when the run was planned again delivered a row the latest attempt then
+/// failed; the row stayed in the failed-row index although the destination had it,
+/// and the next run sent it again (I2, I3; `resync chaos` counted `kept_after_replan`).
+/// One outcome per key: the delivery wins, the row leaves the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_copy_of_an_earlier_attempt_delivered_after_the_replan_leaves_the_index() {
+    let env = TestEnv::start().await;
+    env.export_rows("1.jsonl.gz", 0..20).await;
+    env.destination.set(
+        key(5),
+        RowBehaviour::RejectThisRun {
+            code: "DUPLICATE_VALUE".into(),
+        },
+    );
+    let event = ScheduleEvent::new();
+    plan_again_after(&env, &event, BatchLedger::default()).await;
+    // Attempt 0's delivery invocation, in flight across the re-plan, records what it
+    // delivered: row 5 (attempt 1 sent its own copy, which the destination refuses as
+    // a replay).
+    env.runtime
+        .runs()
+        .record_batch(
+            &env.sync,
+            &event.run_id,
+            "late-first-attempt",
+            &BatchLedger {
+                delivered: keys(5..6),
+                ..BatchLedger::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    let (record, _) = env
+        .runtime
+        .drive(&env.sync, &event.run_id, &|_| {})
+        .await
+        .unwrap();
+
+    let counts = record.counts.unwrap();
+    assert_eq!(
+        (counts.planned, counts.delivered, counts.failed),
+        (20, 20, 0)
+    );
+    assert!(
+        env.index().await.is_empty(),
+        "a row an earlier attempt delivered stayed in the index"
+    );
+}
+
+/// Issue 12: a run whose every row an earlier attempt delivered sends nothing when it is
+/// planned again, and still closes with all its rows delivered (its plan finds them all
+/// settled and tells the finalizer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replanned_run_whose_rows_were_all_delivered_sends_nothing_and_closes() {
+    let env = TestEnv::start().await;
+    env.export_rows("1.jsonl.gz", 0..20).await;
+    let event = ScheduleEvent::new();
+    let first_attempt = BatchLedger {
+        delivered: keys(0..20),
+        ..BatchLedger::default()
+    };
+    plan_again_after(&env, &event, first_attempt).await;
+
+    let (record, _) = env
+        .runtime
+        .drive(&env.sync, &event.run_id, &|_| {})
+        .await
+        .unwrap();
+
+    let stats = env.destination.stats();
+    assert_eq!(stats.rows_received.iter().sum::<u64>(), 0);
+    let counts = record.counts.unwrap();
+    assert_eq!(
+        (counts.planned, counts.delivered, counts.failed),
+        (20, 20, 0)
+    );
+    assert!(env.index().await.is_empty());
+}
