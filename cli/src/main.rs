@@ -80,7 +80,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Measure throughput against the emulator's ceiling, AWS requests and cost per row, retry efficiency and sync-start's memory.
     /// Several runs of a sync through injected AWS faults, crashed invocations and a
     /// misbehaving destination; checks I1–I5 from the destination's log and the index,
     /// and exits non-zero on any violation.
@@ -98,6 +97,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure throughput against the emulator's ceiling, AWS requests and cost per row, retry efficiency and sync-start's memory.
     Bench {
         /// Rows of the clean pipeline run.
         #[arg(long, default_value_t = 100_000)]
