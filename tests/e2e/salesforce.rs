@@ -239,7 +239,10 @@ async fn a_salesforce_daily_limit_closes_the_run_by_its_deadline() {
     })
     .await;
     let org = env.salesforce.as_ref().unwrap();
-    org.set_api_usage(0, 30);
+    // A remote emulator runs a tenth of the rows: a smaller limit keeps the case one
+    // where the budget runs out before the rows do (at 90%: 27 of 30 calls, 2 of 3).
+    let daily_limit: u64 = if remote() { 3 } else { 30 };
+    org.set_api_usage(0, daily_limit);
     env.export_rows("part-0000.jsonl.gz", 0..rows).await;
 
     let run = env.run().await.record;
@@ -253,13 +256,20 @@ async fn a_salesforce_daily_limit_closes_the_run_by_its_deadline() {
         deadline - started,
         time::Duration::seconds(deadline_secs as i64)
     );
+    // The rows waiting at the deadline come back and are settled; moto's SQS is slower
+    // to hand them back than the embedded emulator's.
+    let settle_bound = if remote() { 90 } else { 30 };
     assert!(
-        closed - deadline < time::Duration::seconds(30),
+        closed - deadline < time::Duration::seconds(settle_bound),
         "closed {} after its deadline",
         closed - deadline
     );
     let used = org.api_used();
-    assert!(used <= 27, "the reserve was overshot: {used} of 30 calls");
+    let reserve = daily_limit * 9 / 10;
+    assert!(
+        used <= reserve,
+        "the reserve was overshot: {used} of {daily_limit} calls"
+    );
     let stats = org.stats();
     assert_eq!(stats.rate_limited_calls, 0, "no call past the org's limit");
     let written: HashSet<String> = stats.written.clone();
