@@ -44,6 +44,30 @@ struct ServerState {
     bad_requests: u64,
     last_request_at: Option<std::time::Instant>,
     answer_after: std::time::Duration,
+    in_flight: usize,
+    max_in_flight: usize,
+    down: bool,
+    refused_while_down: u64,
+}
+
+/// Counts one request in flight at the server until it is dropped.
+struct InFlight(Arc<Mutex<ServerState>>);
+
+impl InFlight {
+    fn enter(state: &Arc<Mutex<ServerState>>) -> Self {
+        let mut guard = state.lock().expect("state");
+        guard.in_flight += 1;
+        guard.max_in_flight = guard.max_in_flight.max(guard.in_flight);
+        drop(guard);
+        Self(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        state.in_flight = state.in_flight.saturating_sub(1);
+    }
 }
 
 /// What the destination saw.
@@ -67,6 +91,11 @@ pub struct DestinationStats {
     pub bad_requests: u64,
     /// When the last well-formed request arrived.
     pub last_request_at: Option<std::time::Instant>,
+    /// The most requests the server was answering at once (what `concurrency` must
+    /// bound).
+    pub max_in_flight: usize,
+    /// Requests answered 503 while the destination was down.
+    pub refused_while_down: u64,
 }
 
 /// A running local destination.
@@ -125,6 +154,12 @@ impl DestinationServer {
             .insert(key.into(), behaviour);
     }
 
+    /// Takes the destination down (every request answered 503, nothing written) or
+    /// brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().expect("state").down = down;
+    }
+
     /// Answers every request only after `delay`: a healthy but slow destination.
     pub fn answer_after(&self, delay: std::time::Duration) {
         self.state.lock().expect("state").answer_after = delay;
@@ -166,6 +201,8 @@ impl DestinationServer {
             received_after_delivered: state.received_after_delivered,
             bad_requests: state.bad_requests,
             last_request_at: state.last_request_at,
+            max_in_flight: state.max_in_flight,
+            refused_while_down: state.refused_while_down,
         }
     }
 }
@@ -181,11 +218,19 @@ async fn receive(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<ResultsBody<'static>>, (StatusCode, String)> {
+    let _in_flight = InFlight::enter(&state);
     let delay = state.lock().expect("state").answer_after;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     let mut state = state.lock().expect("state");
+    if state.down {
+        state.refused_while_down += 1;
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "down for maintenance".into(),
+        ));
+    }
     if let Some(secret) = &state.secret {
         let timestamp = headers
             .get("x-resync-timestamp")

@@ -217,7 +217,8 @@ enum Command {
         #[arg(long, default_value = "resync")]
         stack: String,
     },
-    /// List a sync's failed rows with their last error (keys and errors only).
+    /// List a sync's failed rows with their last error (keys and errors only), when each
+    /// first and last failed, and its attempts in the last run and in all runs.
     Failed {
         /// The sync configuration file.
         #[arg(long)]

@@ -110,13 +110,14 @@ syncs:
             "{err}"
         );
         assert!(err.contains("60 s timeout"), "{err}");
-        // 100 rows per invocation in two requests at once: one request's wait.
-        assert!(Config::from_yaml(&with(50, 45)).is_ok());
-        // 20 rows per invocation in 20 requests, four at a time: five waits in a row.
+        // 100 rows per invocation in two requests, one after another: two waits.
+        assert!(Config::from_yaml(&with(50, 25)).is_ok());
+        assert_eq!(refused(&with(50, 26)).0, "destinations[0].timeout_secs");
+        // 20 rows per invocation in 20 requests: twenty waits in a row.
         let (field, message) = refused(&with(1, 30));
         assert_eq!(field, "destinations[0].timeout_secs");
-        assert!(message.contains("at most 10 s"), "{message}");
-        assert!(Config::from_yaml(&with(1, 8)).is_ok());
+        assert!(message.contains("at most 2 s"), "{message}");
+        assert!(Config::from_yaml(&with(1, 2)).is_ok());
         assert_eq!(refused(&with(50, 0)).0, "destinations[0].timeout_secs");
     }
 

@@ -95,6 +95,10 @@ pub struct EnvSettings {
     pub concurrency: u32,
     /// A webhook URL other than the local destination's (e.g. the chaos destination's).
     pub webhook_url: Option<String>,
+    /// The sync's `run_deadline_secs` (`None`: the default).
+    pub run_deadline_secs: Option<u64>,
+    /// More fields of the destination's `retry:` (e.g. `", pause_secs: 1"`).
+    pub retry_extra: &'static str,
 }
 
 impl Default for EnvSettings {
@@ -107,6 +111,8 @@ impl Default for EnvSettings {
             vendor: Vendor::Webhook,
             concurrency: 2,
             webhook_url: None,
+            run_deadline_secs: None,
+            retry_extra: "",
         }
     }
 }
@@ -153,8 +159,8 @@ impl TestEnv {
             "{ value: test-secret }".to_owned()
         };
         let retry = format!(
-            "{{ max_attempts: {}, base_delay_secs: 1, max_delay_secs: 2 }}",
-            settings.max_attempts
+            "{{ max_attempts: {}, base_delay_secs: 1, max_delay_secs: 2{} }}",
+            settings.max_attempts, settings.retry_extra
         );
         let concurrency = settings.concurrency;
         let mut salesforce = None;
@@ -252,6 +258,10 @@ impl TestEnv {
                 yaml
             }
         };
+        let deadline = settings
+            .run_deadline_secs
+            .map(|secs| format!("    run_deadline_secs: {secs}\n"))
+            .unwrap_or_default();
         let yaml = format!(
             r#"
 destinations:{destination_yaml}
@@ -261,7 +271,7 @@ syncs:
     primary_key: id
     destination: hook
     schedule: rate(1 hour)
-"#
+{deadline}"#
         );
         let config = Config::from_yaml(&yaml).expect("test config is valid");
         let runtime = LocalRuntime::new(sdk.clone(), config, &stack, settings.options)

@@ -268,6 +268,7 @@ fn failed_row(i: usize, code: &str) -> FailedRow {
         prior_attempts: 0,
         carried_over: false,
         first_failed_at: None,
+        failed_at: None,
         payload: RowFields::from_text(row(i, "v1").to_string()).unwrap(),
     }
 }

@@ -12,6 +12,7 @@
 //!   dead-letter queue;
 //! - `corpus`: the bad-input corpus of `tests/corpus/` (sources and configurations
 //!   with their expected outcomes);
+//! - `failed_rows`: when a failing key failed, and its attempts per run and in all;
 //! - `source_rows`: bad lines, duplicate keys, too-large and wide rows, new rows merged
 //!   with failed keys;
 //! - `source_objects`: the source cursor — pending objects retried until read whole or
@@ -28,6 +29,9 @@
 //!   answers, omitted and foreign keys, redirects, dropped connections, huge headers,
 //!   poisoned rows refusing whole requests): nothing counted delivered unless written
 //!   and acknowledged;
+//! - `breaker`: a destination that is down pauses delivery, probes, resumes; one that
+//!   stays down ends the run by its deadline with an alert;
+//! - `concurrency`: a destination's `concurrency` is the requests it sees at once;
 //! - `item_limits`: DynamoDB's item size and batch-write limits with the widest keys,
 //!   rows and rejections resync accepts.
 //!
@@ -37,10 +41,13 @@ mod helpers;
 
 mod at_least_once;
 mod aws_faults;
+mod breaker;
+mod concurrency;
 mod corpus;
 mod crash_points;
 mod dead_letters;
 mod destination_answers;
+mod failed_rows;
 mod hubspot;
 mod item_limits;
 mod rate_limits;

@@ -108,6 +108,7 @@ async fn a_row_an_earlier_attempt_tried_gets_only_the_rest_of_its_attempts() {
             prior_attempts: 0,
             carried_over: false,
             first_failed_at: None,
+            failed_at: None,
             payload: RowFields::from_text(row(3, "v1").to_string()).unwrap(),
         }],
         ..BatchLedger::default()

@@ -217,3 +217,87 @@ async fn salesforce_rows_it_cannot_map_fail_alone_and_the_run_closes() {
     );
     assert_eq!(stats.malformed_calls, 0);
 }
+
+/// Issue 13, item 15 (its "done when"): with a Salesforce daily limit of 30 calls and
+/// 10,000 rows, the run never closed — a waiting row took ≥ 100 deferrals of up to 5
+/// minutes before its limit counted as an attempt — and the sync stayed locked; the
+/// requests in flight overshot the budget's reserve. Now the run closes by its deadline
+/// with every undelivered row in the index as `rate_limited` (payload kept for the next
+/// run), and the org never passes the reserve (27 of 30 calls at the default 90%).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_salesforce_daily_limit_closes_the_run_by_its_deadline() {
+    let rows = scaled(10_000, 1_000);
+    let deadline_secs = if remote() { 90 } else { 25 };
+    let env = TestEnv::with(EnvSettings {
+        vendor: Vendor::Salesforce {
+            jwt: false,
+            parent_field: false,
+        },
+        concurrency: 2,
+        run_deadline_secs: Some(deadline_secs),
+        ..EnvSettings::default()
+    })
+    .await;
+    let org = env.salesforce.as_ref().unwrap();
+    // A remote emulator runs a tenth of the rows: a smaller limit keeps the case one
+    // where the budget runs out before the rows do (at 90%: 27 of 30 calls, 2 of 3).
+    let daily_limit: u64 = if remote() { 3 } else { 30 };
+    org.set_api_usage(0, daily_limit);
+    env.export_rows("part-0000.jsonl.gz", 0..rows).await;
+
+    let run = env.run().await.record;
+    let counts = run.counts.unwrap();
+    let (started, deadline, closed) = (
+        run.started_at.unwrap(),
+        run.deadline.expect("the run records its deadline"),
+        run.closed_at.unwrap(),
+    );
+    assert_eq!(
+        deadline - started,
+        time::Duration::seconds(deadline_secs as i64)
+    );
+    // The rows waiting at the deadline come back and are settled; moto's SQS is slower
+    // to hand them back than the embedded emulator's.
+    let settle_bound = if remote() { 90 } else { 30 };
+    assert!(
+        closed - deadline < time::Duration::seconds(settle_bound),
+        "closed {} after its deadline",
+        closed - deadline
+    );
+    let used = org.api_used();
+    let reserve = daily_limit * 9 / 10;
+    assert!(
+        used <= reserve,
+        "the reserve was overshot: {used} of {daily_limit} calls"
+    );
+    let stats = org.stats();
+    assert_eq!(stats.rate_limited_calls, 0, "no call past the org's limit");
+    let written: HashSet<String> = stats.written.clone();
+    assert_eq!(counts.planned, rows as u64);
+    assert_eq!(counts.delivered, written.len() as u64);
+    assert!(counts.delivered > 0 && counts.delivered < rows as u64);
+    assert_eq!(counts.failed, rows as u64 - counts.delivered);
+
+    let index = env.index().await;
+    assert_eq!(index.len() as u64, counts.failed);
+    for entry in &index {
+        assert_eq!(entry.error_class, "rate_limited", "{entry:?}");
+        assert!(
+            entry.payload.is_some(),
+            "the payload is kept for the next run"
+        );
+        assert!(
+            !written.contains(entry.key.as_str()),
+            "a delivered row is in the index"
+        );
+    }
+    let all: HashSet<String> = (0..rows).map(key).collect();
+    let accounted: HashSet<String> = index
+        .iter()
+        .map(|e| e.key.to_string())
+        .chain(written)
+        .collect();
+    assert_eq!(accounted, all, "every row delivered or in the index");
+    // The sync is free: the next run starts and carries the rows.
+    assert!(env.runtime.open_run(&env.sync).await.unwrap().is_none());
+}

@@ -305,6 +305,45 @@ async fn past_the_api_budget_rows_wait_as_rate_limited_without_spending_calls() 
     assert_eq!(org.api_used(), used, "no call spent past the budget");
 }
 
+/// Issue 13, item 15: every request in flight checked the same stale reading of the
+/// org's daily usage, so together they overshot the reserve (32 of 30 calls). Requests
+/// now reserve their call before they are sent: with 21 of 30 calls used and a 90%
+/// share, twelve requests at once make at most 6 calls — the org never passes 27.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_share_one_budget_reservation() {
+    let org = org().await;
+    org.set_api_usage(20, 30);
+    let destination =
+        salesforce(&org, &client_credentials(), "      api_budget_share: 0.9\n").await;
+    let rows = Rows::new(2);
+    // One call reads the org's figure (21/30).
+    assert_eq!(
+        codes(&send(destination.as_ref(), &rows).await),
+        ["ok", "ok"]
+    );
+    let each: Vec<Rows> = (0..12).map(|_| Rows::new(1)).collect();
+    let answers =
+        futures::future::join_all(each.iter().map(|rows| send(destination.as_ref(), rows))).await;
+    let codes: Vec<String> = answers.iter().flat_map(|a| codes(a)).collect();
+    let sent = codes.iter().filter(|c| *c == "ok").count() as u64;
+    let used = org.api_used();
+    assert!(
+        used <= 27,
+        "the org's usage went past the reserve: {used}/30 ({codes:?})"
+    );
+    assert_eq!(used, 21 + sent, "every call made was delivered: {codes:?}");
+    assert!(
+        codes
+            .iter()
+            .all(|c| c == "ok" || c == "API_BUDGET_RESERVED"),
+        "{codes:?}"
+    );
+    assert!(
+        codes.iter().any(|c| c == "API_BUDGET_RESERVED"),
+        "{codes:?}"
+    );
+}
+
 #[tokio::test]
 async fn salesforce_orders_rows_by_their_parent() {
     let org = org().await;

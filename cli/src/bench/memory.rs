@@ -62,6 +62,7 @@ async fn prepare(bench: &Bench, options: &BenchOptions) -> anyhow::Result<()> {
                 prior_attempts: 0,
                 carried_over: false,
                 first_failed_at: None,
+                failed_at: None,
                 payload: RowFields::from_text(
                     serde_json::json!({"id": key("memory", index), "email": "x@example.com", "plan": "pro", "mrr": 1})
                         .to_string(),

@@ -28,7 +28,19 @@
 //! limit's own wait (Retry-After, the HubSpot window, the Salesforce budget recheck)
 //! and otherwise a full-jitter backoff that grows with the deferral count up to the
 //! policy's maximum; past the bound a rate limit counts as an ordinary retryable
-//! attempt, so a run always ends. The whole decision (deliver, retry, defer, fail)
+//! attempt. Every wait ends by the run's deadline (the run record's, read once per run
+//! per invocation), and a row not delivered at the deadline fails — `rate_limited` when
+//! it was waiting on a limit — so every run ends (I7).
+//!
+//! # A destination that is down
+//!
+//! The destination's circuit breaker (`resync_shared::aws::breaker`) is read once per
+//! invocation: while it is open nothing is sent and every row waits as a rate-limited
+//! `DESTINATION_PAUSED` deferral (no attempt spent); the invocation that takes the
+//! probe sends one request; requests that fail as a whole are counted, and any other
+//! answer resets the breaker.
+//!
+//! The whole decision (deliver, retry, defer, fail)
 //! is `resync_shared::domain::outcome::decide`, with the numbers of
 //! `resync_shared::domain::retry`; this crate carries it out.
 //!
@@ -50,7 +62,13 @@ use aws_config::SdkConfig;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use resync_shared::{
-    aws::{queue::WorkQueue, report::SettledNotice, runs::RunStore, AwsError},
+    aws::{
+        breaker::{Breakers, Gate, RequestsOutcome},
+        queue::WorkQueue,
+        report::SettledNotice,
+        runs::RunStore,
+        AwsError,
+    },
     config::DestinationConfig,
     crash_points::{CrashPoint, CrashPoints, InjectedCrash},
     destination::{Destination, DestinationError},
@@ -59,6 +77,7 @@ use resync_shared::{
         message::RowMessage,
         outcome::{Decision, RowError},
         run::RunStatus,
+        timestamp,
     },
     resources::Resources,
     secrets::SecretResolver,
@@ -67,8 +86,9 @@ use resync_shared::{
 
 pub use resync_shared::domain::retry::MAX_RATE_LIMIT_DEFERRALS;
 
-/// Destination requests in flight at once within one invocation.
-pub const REQUESTS_IN_FLIGHT: usize = 4;
+/// Destination requests in flight at once within one invocation: one, so the
+/// destination's `concurrency` (invocations at once) is its requests in flight.
+pub const REQUESTS_IN_FLIGHT: usize = 1;
 
 /// Why an invocation failed as a whole (its messages all come back).
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +135,8 @@ pub struct Delivery {
     pub queue: WorkQueue,
     /// The runs table (ledger items).
     pub runs: RunStore,
+    /// The destination's circuit breaker (an item of the runs table).
+    pub breakers: Breakers,
     /// Tells the finalizer when this invocation's rows made their run look settled.
     pub notice: SettledNotice,
     /// Where a test harness makes the invocation die ([`CrashPoints::none`] here).
@@ -139,6 +161,7 @@ impl Delivery {
             )
             .await?,
             runs: RunStore::new(aws_sdk_dynamodb::Client::new(sdk), &resources.runs_table),
+            breakers: Breakers::new(aws_sdk_dynamodb::Client::new(sdk), &resources.runs_table),
             notice: SettledNotice::new(aws_sdk_eventbridge::Client::new(sdk), &resources.event_bus),
             crash_points: CrashPoints::none(),
             destination_config,
@@ -150,7 +173,7 @@ mod defer;
 mod settle;
 
 use defer::defer_rows;
-use settle::{deliver_run, Retry, Settlement};
+use settle::{deliver_run, Retry, Sending, Settlement};
 
 /// One received message: where it came from, which attempt it is, and the row.
 struct Received {
@@ -223,6 +246,18 @@ pub async fn handler(
         event.context.request_id.clone()
     };
     let mut visibility: Vec<(String, Duration)> = Vec::new();
+    // The destination's breaker: read once per invocation. One that cannot be read
+    // does not stop delivery (the destination's own answers still decide each row).
+    let destination_id = &deps.destination_config.id;
+    let gate = match deps.breakers.gate(destination_id, timestamp::now()).await {
+        Ok(gate) => gate,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the destination's breaker; delivering as if closed");
+            Gate::Closed { failures: 0 }
+        }
+    };
+    let mut probe_left = matches!(gate, Gate::Probe { .. });
+    let mut requests = RequestsOutcome::default();
     for ((sync_id, run_id, generation), rows) in by_run {
         // A copy that comes back after its run closed (a duplicate, or a crashed
         // invocation's message) is already settled: drop it rather than send it again.
@@ -243,11 +278,21 @@ pub async fn handler(
             tracing::info!(sync = %sync_id, run = %run_id, generation, run_state = why, rows = rows.len(), "copies of an ended or replanned run's rows dropped");
             continue;
         }
+        // Every wait ends by the run's deadline, and what is not delivered at the
+        // deadline fails (I7): read once per run per invocation.
+        let until_deadline = record
+            .as_ref()
+            .and_then(|record| record.until_deadline(timestamp::now()));
+        let sending = sending(deps, &gate, &mut probe_left);
         let Settlement {
             mut ledger,
             mut retries,
             deferrals,
-        } = deliver_run(deps, &rows).await;
+            requests: sent,
+        } = deliver_run(deps, &rows, until_deadline, sending).await;
+        requests.whole_failures += sent.whole_failures;
+        requests.answered |= sent.answered;
+        requests.last_error = sent.last_error.or(requests.last_error.take());
         deps.crash_points
             .reached(CrashPoint::DeliveryAfterDestinationCall)?;
         ledger.generation = generation;
@@ -316,6 +361,19 @@ pub async fn handler(
             visibility.push((rows[retry.row].receipt_handle.clone(), retry.visibility));
         }
     }
+    if let Err(err) = deps
+        .breakers
+        .record(
+            destination_id,
+            &gate,
+            &requests,
+            &deps.destination_config.retry,
+            timestamp::now(),
+        )
+        .await
+    {
+        tracing::warn!(error = %err, "cannot record the requests' outcome in the destination's breaker");
+    }
     if !visibility.is_empty() {
         // A refused change only means the row comes back at the queue's own timeout.
         deps.queue.change_visibility(&visibility).await?;
@@ -329,6 +387,58 @@ pub async fn handler(
     Ok(response)
 }
 
+/// What the breaker lets this run's rows send: everything while it is closed; nothing
+/// while it is open (every row waits, rate-limited, until the pause ends — no attempt
+/// spent); one request while this invocation holds the probe (its other rows wait for
+/// the probe's answer).
+fn sending(deps: &Delivery, gate: &Gate, probe_left: &mut bool) -> Sending {
+    let destination = &deps.destination_config.id;
+    let policy = &deps.destination_config.retry;
+    let last = |state: &resync_shared::aws::breaker::BreakerState| {
+        state
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "REQUEST_FAILED".into())
+    };
+    match gate {
+        Gate::Closed { .. } => Sending::All,
+        Gate::Paused { until, state } => {
+            let wait = (*until - timestamp::now())
+                .try_into()
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_secs(1));
+            Sending::Limited {
+                requests: 0,
+                held: RowError::rate_limited(
+                    "DESTINATION_PAUSED",
+                    format!(
+                        "destination {destination} is paused: {} requests in a row failed as a whole (last: {}); the next probe is due at {}",
+                        state.failures,
+                        last(state),
+                        timestamp::rfc3339(*until)
+                    ),
+                    Some(wait),
+                ),
+            }
+        }
+        Gate::Probe { state } => {
+            let requests = usize::from(std::mem::take(probe_left));
+            Sending::Limited {
+                requests,
+                held: RowError::rate_limited(
+                    "DESTINATION_PAUSED",
+                    format!(
+                        "destination {destination} is paused: {} requests in a row failed as a whole (last: {}); a probe is under way",
+                        state.failures,
+                        last(state)
+                    ),
+                    Some(Duration::from_secs(policy.pause_secs)),
+                ),
+            }
+        }
+    }
+}
+
 fn failed_row(row: &Received, error: RowError) -> FailedRow {
     FailedRow {
         key: row.message.key.clone(),
@@ -337,6 +447,7 @@ fn failed_row(row: &Received, error: RowError) -> FailedRow {
         prior_attempts: row.message.prior_attempts,
         carried_over: row.message.carried_over,
         first_failed_at: row.message.first_failed_at.clone(),
+        failed_at: Some(timestamp::rfc3339(timestamp::now())),
         payload: row.message.row.clone(),
     }
 }

@@ -6,10 +6,11 @@ use std::{collections::HashMap, time::Duration};
 
 use futures::StreamExt;
 use resync_shared::{
+    aws::breaker::RequestsOutcome,
     destination::{Destination, OutboundRow},
     domain::{
         ledger::BatchLedger,
-        outcome::{decide, Attempt, Decision, RowError, RowResult},
+        outcome::{decide, Attempt, Decision, ErrorClass, RowError, RowResult},
     },
     PrimaryKey,
 };
@@ -66,6 +67,31 @@ pub(super) struct Deferral {
     pub(super) if_refused: Decision,
 }
 
+/// How many of a run's requests this invocation may send (the destination's breaker).
+pub(super) enum Sending {
+    /// All of them.
+    All,
+    /// At most `requests`; the rows of the others are answered `held` without a call.
+    Limited {
+        /// Requests that may go.
+        requests: usize,
+        /// The answer of the rows held back (a pause: rate-limited, with its wait).
+        held: RowError,
+    },
+}
+
+/// Whether a request failed as a whole (a transport error, a 5xx: every row the same
+/// retryable error), as the breaker counts failures; any other answer shows the
+/// destination is up.
+fn failed_as_a_whole(results: &[RowResult]) -> Option<&RowError> {
+    let first = results.first()?.as_ref().err()?;
+    let whole = first.class == ErrorClass::Retryable
+        && results
+            .iter()
+            .all(|r| r.as_ref().err().is_some_and(|e| e.code == first.code));
+    whole.then_some(first)
+}
+
 /// What one run's rows came to in this invocation.
 pub(super) struct Settlement {
     /// The ledger item to write.
@@ -74,10 +100,18 @@ pub(super) struct Settlement {
     pub(super) retries: Vec<Retry>,
     /// Rate-limited rows to re-enqueue with a delay.
     pub(super) deferrals: Vec<Deferral>,
+    /// What the requests sent came to, for the breaker.
+    pub(super) requests: RequestsOutcome,
 }
 
 /// Sends one run's rows and decides each by the destination's answer.
-pub(super) async fn deliver_run(deps: &Delivery, rows: &[Received]) -> Settlement {
+/// `until_deadline` is the time left until the run's deadline (`None`: it has none).
+pub(super) async fn deliver_run(
+    deps: &Delivery,
+    rows: &[Received],
+    until_deadline: Option<Duration>,
+    sending: Sending,
+) -> Settlement {
     let policy = &deps.destination_config.retry;
     // Copies of one key (at-least-once delivery) are sent once and share the answer:
     // a destination request never upserts the same record twice. A copy past the
@@ -105,20 +139,47 @@ pub(super) async fn deliver_run(deps: &Delivery, rows: &[Received]) -> Settlemen
         .enumerate()
         .map(|(i, chunk)| (i * batch_size, chunk))
         .collect();
-    let requests: Vec<_> = chunks
-        .into_iter()
-        .map(|(offset, chunk)| send_chunk(deps.destination.as_ref(), offset, chunk))
+    let (allowed, held) = match sending {
+        Sending::All => (chunks.len(), None),
+        Sending::Limited { requests, held } => (requests.min(chunks.len()), Some(held)),
+    };
+    let (send, hold) = chunks.split_at(allowed);
+    let requests: Vec<_> = send
+        .iter()
+        .map(|&(offset, chunk)| send_chunk(deps.destination.as_ref(), offset, chunk))
         .collect();
-    let answers: Vec<(usize, Vec<RowResult>)> = futures::stream::iter(requests)
+    let mut answers: Vec<(usize, Vec<RowResult>)> = futures::stream::iter(requests)
         .buffer_unordered(REQUESTS_IN_FLIGHT)
         .collect()
         .await;
+    let mut outcome = RequestsOutcome::default();
+    for (_, results) in &mut answers {
+        match failed_as_a_whole(results) {
+            Some(error) => {
+                outcome.whole_failures += 1;
+                outcome.last_error = Some(error.code.clone());
+                // A failed probe is the breaker's evidence, not the rows' fault: they
+                // wait with the others, without spending an attempt.
+                if let Some(held) = &held {
+                    let count = results.len();
+                    *results = vec![Err(held.clone()); count];
+                }
+            }
+            None => outcome.answered |= !results.is_empty(),
+        }
+    }
+    if let Some(held) = held {
+        for &(offset, chunk) in hold {
+            answers.push((offset, vec![Err(held.clone()); chunk.len()]));
+        }
+    }
 
     let mut rng = rand::thread_rng();
     let mut settlement = Settlement {
         ledger: BatchLedger::default(),
         retries: Vec::new(),
         deferrals: Vec::new(),
+        requests: outcome,
     };
     let mut unique_results: Vec<Option<RowResult>> = vec![None; unique.len()];
     for (offset, results) in answers {
@@ -136,9 +197,10 @@ pub(super) async fn deliver_run(deps: &Delivery, rows: &[Received]) -> Settlemen
             // the dead-letter queue (its receive count passes the redrive's) and the
             // finalizer settles it as a failure, unless another copy settled it first.
             tracing::warn!(key = %row.message.key, attempt = row.attempt, "a copy came back after its last attempt; not sent again");
+            let ceiling = policy.backoff_ceiling(row.attempt);
             settlement.retries.push(Retry {
                 row: index,
-                visibility: policy.backoff_ceiling(row.attempt),
+                visibility: until_deadline.map_or(ceiling, |left| ceiling.min(left)),
             });
             continue;
         };
@@ -148,6 +210,7 @@ pub(super) async fn deliver_run(deps: &Delivery, rows: &[Received]) -> Settlemen
         let attempt = Attempt {
             number: row.attempt,
             rate_limit_deferrals: row.message.rate_limit_deferrals,
+            until_deadline,
         };
         match decide(result, attempt, policy, &mut rng) {
             Decision::Delivered if row.message.carried_over => {

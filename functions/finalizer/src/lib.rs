@@ -35,6 +35,7 @@ use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use resync_shared::{
     aws::{
+        breaker::Breakers,
         index::FailedRowIndex,
         queue::{QueueDirectory, WorkQueue},
         report::{warn_due, Reporter, RunSummary, Severity},
@@ -55,6 +56,7 @@ use resync_shared::{
 };
 use serde::{Deserialize, Serialize};
 
+mod destination_down;
 mod replan;
 mod reports;
 
@@ -242,6 +244,8 @@ pub struct Finalizer {
     pub runs: RunStore,
     /// Failed-row index.
     pub index: FailedRowIndex,
+    /// The destinations' circuit breakers (read to alert on a destination that is down).
+    pub breakers: Breakers,
     /// Reporting.
     pub reporter: Reporter,
     /// Where a test harness makes the invocation die ([`CrashPoints::none`] here).
@@ -260,6 +264,7 @@ impl Finalizer {
         let dynamo = aws_sdk_dynamodb::Client::new(sdk);
         Self {
             runs: RunStore::new(dynamo.clone(), &resources.runs_table),
+            breakers: Breakers::new(dynamo.clone(), &resources.runs_table),
             index: FailedRowIndex::new(dynamo, &resources.failed_rows_table),
             dead_letter_queues: QueueDirectory::new(aws_sdk_sqs::Client::new(sdk)),
             crash_points: CrashPoints::none(),
@@ -576,6 +581,7 @@ async fn close(
         )
         .await?;
     if closed {
+        destination_down::alert(deps, sync, &record.run_id, counts.failed).await;
         deps.reporter.metrics(&report.summary);
         tracing::info!(
             sync = %sync.id,
@@ -647,6 +653,8 @@ async fn drain_dead_letters(deps: &Finalizer, destination: &DestinationId) -> Re
                     prior_attempts: row.prior_attempts,
                     carried_over: row.carried_over,
                     first_failed_at: row.first_failed_at.clone(),
+                    // It failed for good when the queue gave up on it: found now.
+                    failed_at: Some(timestamp::rfc3339(timestamp::now())),
                     payload: row.row.clone(),
                 });
             if let Some(receipt) = message.receipt_handle() {

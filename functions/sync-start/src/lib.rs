@@ -271,7 +271,10 @@ async fn start(
     };
     deps.crash_points
         .reached(CrashPoint::SyncStartAfterAcquire)?;
-    let record = deps.runs.open_run(&sync.id, run_id).await?;
+    let record = deps
+        .runs
+        .open_run_within(&sync.id, run_id, Some(sync.run_deadline()))
+        .await?;
     if record.status == RunStatus::Closed {
         // A late or duplicate event of a run that already closed (schedule events and
         // async invocations are at-least-once): the lock it just took again must not

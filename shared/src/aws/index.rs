@@ -35,8 +35,13 @@ pub struct IndexEntry {
     pub error_code: String,
     /// Error message.
     pub error_message: String,
-    /// Attempts across runs.
+    /// Attempts across runs, the last run's included (`attempts_total` in `resync
+    /// failed`).
+    #[serde(rename = "attempts_total")]
     pub attempts: u32,
+    /// Attempts in the run that last failed the key (0 for a rejection, which is never
+    /// sent; for entries written before it was kept, the total stands in).
+    pub attempts_last_run: u32,
     /// First failure.
     pub first_failed_at: String,
     /// Latest failure.
@@ -107,6 +112,11 @@ impl FailedRowIndex {
                 error_code: get_s(&item, "error_code").unwrap_or_default(),
                 error_message: get_s(&item, "error_message").unwrap_or_default(),
                 attempts: get_n::<u32>(&item, "attempts"),
+                attempts_last_run: if item.contains_key("attempts_last_run") {
+                    get_n::<u32>(&item, "attempts_last_run")
+                } else {
+                    get_n::<u32>(&item, "attempts")
+                },
                 first_failed_at: get_s(&item, "first_failed_at").unwrap_or_default(),
                 last_failed_at: get_s(&item, "last_failed_at").unwrap_or_default(),
                 last_run_id: get_s(&item, "last_run_id").unwrap_or_default(),
@@ -198,14 +208,20 @@ impl FailedRowIndex {
             if !written.insert(&row.key) {
                 continue;
             }
-            let mut item = base_item(sync, &row.key, run, &now);
+            // When the row failed (recorded by delivery), not when its run closed.
+            let failed_at = row.failed_at.as_deref().unwrap_or(&now);
+            let mut item = base_item(sync, &row.key, run, failed_at);
             item.insert("error_class".into(), s(row.error.class.as_str()));
             item.insert("error_code".into(), s(&row.error.code));
             item.insert("error_message".into(), s(&row.error.message));
-            item.insert("attempts".into(), n(row.prior_attempts + row.attempts));
+            item.insert(
+                "attempts".into(),
+                n(row.prior_attempts.saturating_add(row.attempts)),
+            );
+            item.insert("attempts_last_run".into(), n(row.attempts));
             item.insert(
                 "first_failed_at".into(),
-                s(row.first_failed_at.clone().unwrap_or_else(|| now.clone())),
+                s(row.first_failed_at.as_deref().unwrap_or(failed_at)),
             );
             item.insert("payload".into(), s(row.payload.as_str()));
             puts.push(put(item)?);
@@ -367,6 +383,7 @@ fn rejection_item(
         )),
     );
     item.insert("attempts".into(), n(0));
+    item.insert("attempts_last_run".into(), n(0));
     item.insert(
         "first_failed_at".into(),
         s(rejection

@@ -1,6 +1,7 @@
 //! Adapters over the AWS SDK. Each wraps the clients one capability needs, so a
 //! function's dependencies mirror its IAM policy.
 
+pub mod breaker;
 pub mod index;
 pub mod item;
 pub mod queue;

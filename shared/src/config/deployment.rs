@@ -31,9 +31,12 @@ pub const QUEUE_VISIBILITY_SECS: u32 = 6 * DELIVERY_FUNCTION_TIMEOUT_SECS + BATC
 /// never settled; [`DestinationConfig::row_lifetime`] must fit it.
 pub const QUEUE_RETENTION_SECS: u32 = 4 * 24 * 3600;
 
-/// Destination requests one delivery invocation keeps in flight (the delivery
-/// function's own `REQUESTS_IN_FLIGHT`; a test of the CLI keeps the two equal).
-pub const REQUESTS_IN_FLIGHT: usize = 4;
+/// Destination requests one delivery invocation keeps in flight: one, its requests sent
+/// one after another, so a destination's `concurrency` (the event source mapping's
+/// `MaximumConcurrency`, the local runtime's pollers) is exactly the requests the
+/// destination sees at once (the delivery function's own `REQUESTS_IN_FLIGHT`; a test
+/// of the deployment keeps the two equal).
+pub const REQUESTS_IN_FLIGHT: usize = 1;
 
 /// What one delivery invocation may spend outside destination requests: reading the
 /// run, writing its ledger item, changing visibilities, sending deferred copies and the
@@ -139,7 +142,7 @@ pub(super) fn check_destination(d: &DestinationConfig, at: &str) -> Result<(), C
             format!("{at}.timeout_secs"),
             format!(
                 "one delivery invocation takes up to {rows} rows in {requests} requests of {batch}, \
-                 {REQUESTS_IN_FLIGHT} at a time: {rounds} × {} s + {INVOCATION_OVERHEAD_SECS} s for its \
+                 one after another: {rounds} × {} s + {INVOCATION_OVERHEAD_SECS} s for its \
                  queue and ledger calls = {invocation} s, more than the delivery function's \
                  {function_timeout} s timeout (DELIVERY_FUNCTION_TIMEOUT_SECS), which would stop it \
                  mid-batch; with this batch_size a request may take at most {longest} s",

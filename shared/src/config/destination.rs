@@ -25,7 +25,9 @@ pub struct DestinationConfig {
     pub kind: DestinationKind,
     /// Rows per destination request (default: the kind's).
     pub batch_size: Option<usize>,
-    /// How many delivery invocations may call this destination at once.
+    /// The destination's requests in flight at once: delivery invocations at once (the
+    /// event source mapping's `MaximumConcurrency`, at least 2 on AWS), each sending its
+    /// requests one after another.
     pub concurrency: u32,
     /// Timeout of one destination request, in seconds; with the batch size, it must let
     /// one delivery invocation finish within the function's timeout
@@ -60,8 +62,10 @@ fn default_concurrency() -> u32 {
     5
 }
 
+/// Two requests of 25 s and the invocation's 10 s of queue and ledger calls fit the
+/// delivery function's 60 s.
 fn default_timeout_secs() -> u64 {
-    30
+    25
 }
 
 impl DestinationConfig {

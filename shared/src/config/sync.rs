@@ -1,10 +1,15 @@
 //! A sync's settings: its source, primary key, destination, schedule and alert rule.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use serde::Deserialize;
 
-use super::{invalid, schedule::check_schedule, ConfigError, DestinationConfig};
+use super::{
+    deployment::{QUEUE_RETENTION_SECS, QUEUE_VISIBILITY_SECS},
+    invalid,
+    schedule::{check_schedule, rate_period},
+    ConfigError, DestinationConfig,
+};
 use crate::domain::{
     ids::{DestinationId, SyncId},
     source::SourceFormat,
@@ -86,6 +91,70 @@ pub struct SyncConfig {
     /// When to alert.
     #[serde(default)]
     pub alert: AlertRule,
+    /// How long a run may deliver, in seconds from its start (default: see
+    /// [`SyncConfig::run_deadline`]). No wait of a row (backoff, rate-limit deferral,
+    /// paused destination) is set to end after it; a row not delivered by then is closed
+    /// as failed and carried to the next run, so every run ends (I7).
+    #[serde(default)]
+    pub run_deadline_secs: Option<u64>,
+}
+
+/// The deadline of a sync on a `cron(...)` schedule (whose period is not checked here)
+/// when the file sets none: one hour.
+pub const DEFAULT_CRON_RUN_DEADLINE_SECS: u64 = 3600;
+
+/// The longest default deadline: six hours (a daily sync's run gets that, not 18 h).
+pub const MAX_DEFAULT_RUN_DEADLINE_SECS: u64 = 6 * 3600;
+
+impl SyncConfig {
+    /// The run's deadline, from its start: `run_deadline_secs`, or by default three
+    /// quarters of a `rate(...)` schedule's period (at most six hours) — so a run ends
+    /// well before the next one is due — and one hour for a `cron(...)` schedule.
+    pub fn run_deadline(&self) -> Duration {
+        let secs = self.run_deadline_secs.unwrap_or_else(|| {
+            rate_period(&self.schedule).map_or(DEFAULT_CRON_RUN_DEADLINE_SECS, |period| {
+                (period.as_secs() / 4 * 3).clamp(1, MAX_DEFAULT_RUN_DEADLINE_SECS)
+            })
+        });
+        Duration::from_secs(secs)
+    }
+}
+
+/// Checks a sync's deadline against its schedule (a run must end before the next is
+/// due) and the delivery queue's retention (a row's message must outlive the run,
+/// including one more receive after the deadline); `at` is the sync's path.
+fn check_run_deadline(s: &SyncConfig, at: &str) -> Result<(), ConfigError> {
+    let field = format!("{at}.run_deadline_secs");
+    let deadline = s.run_deadline().as_secs();
+    if deadline == 0 {
+        return Err(invalid(field, "must be at least 1 (seconds)"));
+    }
+    if let Some(period) = rate_period(&s.schedule) {
+        if deadline > period.as_secs() {
+            return Err(invalid(
+                field,
+                format!(
+                    "{deadline} s is longer than the schedule's period ({} s, `{}`): a run must \
+                     end before the next one is due, or every other run is skipped",
+                    period.as_secs(),
+                    s.schedule
+                ),
+            ));
+        }
+    }
+    let retention = u64::from(QUEUE_RETENTION_SECS);
+    let longest = retention.saturating_sub(u64::from(QUEUE_VISIBILITY_SECS));
+    if deadline > longest {
+        return Err(invalid(
+            field,
+            format!(
+                "{deadline} s is more than {longest} s: a row's message must outlive its run — the \
+                 delivery queue keeps a message {retention} s (4 days), and a row received at the \
+                 deadline may stay in flight {QUEUE_VISIBILITY_SECS} s more"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks every sync against the destinations; the error names the field.
@@ -136,6 +205,7 @@ pub(super) fn validate_syncs(
         }
         check_schedule(&s.schedule)
             .map_err(|message| invalid(format!("{at}.schedule"), message))?;
+        check_run_deadline(s, &at)?;
     }
     Ok(())
 }

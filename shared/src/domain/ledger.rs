@@ -61,6 +61,11 @@ pub struct FailedRow {
     /// When it first failed, if it failed before.
     #[serde(default)]
     pub first_failed_at: Option<String>,
+    /// When this run's last attempt failed (RFC 3339): recorded where the row is
+    /// settled, so the index says when the row failed, not when its run closed (`None`
+    /// in items written before it was kept: the close time stands in).
+    #[serde(default, rename = "at", skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<String>,
     /// The payload to retry it with next run.
     pub payload: RowFields,
 }
@@ -444,6 +449,7 @@ mod tests {
             prior_attempts: 0,
             carried_over: false,
             first_failed_at: None,
+            failed_at: None,
             payload: RowFields::from_text("{}").unwrap(),
         }
     }
@@ -556,6 +562,7 @@ mod tests {
             failed: (400..500)
                 .map(|i| FailedRow {
                     key: wide(i),
+                    failed_at: None,
                     payload: payload.clone(),
                     ..failed("x", 4, "INVALID")
                 })

@@ -183,12 +183,32 @@ pub struct Attempt {
     pub number: u32,
     /// How often the row was deferred for a rate limit in this run.
     pub rate_limit_deferrals: u32,
+    /// The time left until the run's deadline (`None`: the run has none, as runs
+    /// recorded before deadlines were kept). No wait is set to end after it, and a row
+    /// decided with less than a whole second left is not retried in this run.
+    pub until_deadline: Option<Duration>,
+}
+
+impl Attempt {
+    /// The longest wait that still ends by the run's deadline, in whole seconds (as SQS
+    /// takes them); `None` without a deadline.
+    fn longest_wait(&self) -> Option<Duration> {
+        self.until_deadline
+            .map(|left| Duration::from_secs(left.as_secs()))
+    }
+
+    /// Whether the run's deadline has come (less than a whole second left).
+    pub fn at_deadline(&self) -> bool {
+        self.longest_wait().is_some_and(|wait| wait.is_zero())
+    }
 }
 
 /// Decides a row's fate after an attempt: delivered; a rate limit below the deferral
 /// bound is deferred without spending the attempt; a retryable error (or a rate limit
 /// past the bound) is retried after a backoff until the threshold; a permanent error,
-/// or the threshold, is a terminal failure with the last error.
+/// or the threshold, is a terminal failure with the last error. Every wait ends by the
+/// run's deadline; at the deadline a row not delivered is a terminal failure (I7), its
+/// class `rate_limited` when it was waiting on a limit (see [`at_deadline`]).
 pub fn decide(
     result: RowResult,
     attempt: Attempt,
@@ -199,22 +219,47 @@ pub fn decide(
         Ok(()) => return Decision::Delivered,
         Err(error) => error,
     };
+    if attempt.at_deadline() {
+        return Decision::TerminalFailure(at_deadline(error, attempt.rate_limit_deferrals));
+    }
+    let longest = attempt.longest_wait().unwrap_or(Duration::MAX);
     if error.class == ErrorClass::RateLimited && policy.may_defer(attempt.rate_limit_deferrals) {
-        let delay = policy.deferral_delay(attempt.rate_limit_deferrals, error.retry_after, rng);
-        let if_refused = Box::new(spend_attempt(error.clone(), attempt.number, policy, rng));
+        let delay = policy
+            .deferral_delay(attempt.rate_limit_deferrals, error.retry_after, rng)
+            .min(longest);
+        let if_refused = Box::new(spend_attempt(
+            error.clone(),
+            attempt.number,
+            longest,
+            policy,
+            rng,
+        ));
         return Decision::Defer {
             delay,
             error,
             if_refused,
         };
     }
-    spend_attempt(error, attempt.number, policy, rng)
+    spend_attempt(error, attempt.number, longest, policy, rng)
 }
 
-/// An error that counts as attempt `attempt`: retried after a backoff, or terminal.
+/// The error a row not delivered by its run's deadline is closed with: its last error,
+/// classed `rate_limited` when the row was waiting on a limit (deferred for one in this
+/// run, or refused by one now) unless the destination refused its data (`permanent`),
+/// so the index says why the row is carried to the next run.
+pub fn at_deadline(mut error: RowError, rate_limit_deferrals: u32) -> RowError {
+    if rate_limit_deferrals > 0 && error.class.retry_in_run() {
+        error.class = ErrorClass::RateLimited;
+    }
+    error
+}
+
+/// An error that counts as attempt `attempt`: retried after a backoff that ends within
+/// `longest`, or terminal.
 fn spend_attempt(
     error: RowError,
     attempt: u32,
+    longest: Duration,
     policy: &RetryPolicy,
     rng: &mut impl Rng,
 ) -> Decision {
@@ -222,7 +267,9 @@ fn spend_attempt(
         return Decision::TerminalFailure(error);
     }
     Decision::RetryLater {
-        visibility: policy.visibility_backoff(attempt, error.retry_after, rng),
+        visibility: policy
+            .visibility_backoff(attempt, error.retry_after, rng)
+            .min(longest),
         error,
     }
 }
@@ -270,6 +317,7 @@ mod tests {
         Attempt {
             number,
             rate_limit_deferrals: MAX_RATE_LIMIT_DEFERRALS,
+            until_deadline: None,
         }
     }
 
@@ -278,6 +326,7 @@ mod tests {
             max_attempts: 3,
             base_delay_secs: 1,
             max_delay_secs: 10,
+            ..RetryPolicy::default()
         }
     }
 
@@ -336,6 +385,7 @@ mod tests {
         let fresh = Attempt {
             number: 3,
             rate_limit_deferrals: 4,
+            until_deadline: None,
         };
         match decide(Err(error.clone()), fresh, &policy(), &mut rng) {
             Decision::Defer {
@@ -364,6 +414,93 @@ mod tests {
         assert_eq!(
             decide(Err(error.clone()), attempt(3), &policy(), &mut rng),
             Decision::TerminalFailure(error)
+        );
+    }
+
+    /// Issue 13, item 15: a rate-limited row waited up to 15 minutes per deferral, 100
+    /// deferrals before its limit counted as an attempt (≥ 8 hours), and a backoff up to
+    /// the policy's maximum, whatever the run's schedule: a run against a limited
+    /// destination never closed. Every wait now ends by the run's deadline.
+    #[test]
+    fn no_wait_ends_after_the_runs_deadline() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            base_delay_secs: 600,
+            max_delay_secs: 3600,
+            ..RetryPolicy::default()
+        };
+        let left = Attempt {
+            number: 1,
+            rate_limit_deferrals: 0,
+            until_deadline: Some(Duration::from_millis(42_700)),
+        };
+        let limited = RowError::rate_limited(
+            "API_BUDGET_RESERVED",
+            "waiting",
+            Some(Duration::from_secs(300)),
+        );
+        match decide(Err(limited), left, &policy, &mut rng) {
+            Decision::Defer {
+                delay, if_refused, ..
+            } => {
+                assert_eq!(delay, Duration::from_secs(42));
+                assert!(matches!(
+                    *if_refused,
+                    Decision::RetryLater { visibility, .. } if visibility <= Duration::from_secs(42)
+                ));
+            }
+            other => panic!("expected a deferral, got {other:?}"),
+        }
+        let locked = RowError::retryable("UNABLE_TO_LOCK_ROW", "locked")
+            .with_retry_after(Some(Duration::from_secs(7200)));
+        for _ in 0..50 {
+            match decide(Err(locked.clone()), left, &policy, &mut rng) {
+                Decision::RetryLater { visibility, .. } => {
+                    assert!(visibility <= Duration::from_secs(42), "{visibility:?}")
+                }
+                other => panic!("expected a retry, got {other:?}"),
+            }
+        }
+    }
+
+    /// Issue 13, item 15: at the run's deadline a row not delivered is closed as failed
+    /// (and carried to the next run): `rate_limited` when it was waiting on a limit,
+    /// else with its last error's class.
+    #[test]
+    fn at_the_deadline_a_row_not_delivered_fails_with_why_it_waited() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let at = |deferrals| Attempt {
+            number: 1,
+            rate_limit_deferrals: deferrals,
+            until_deadline: Some(Duration::from_millis(400)),
+        };
+        let limited = RowError::rate_limited("HTTP_429", "slow down", None);
+        assert_eq!(
+            decide(Err(limited.clone()), at(0), &policy(), &mut rng),
+            Decision::TerminalFailure(limited)
+        );
+        // Waiting on a limit, then a lock on this last try: still rate-limited.
+        let locked = RowError::retryable("UNABLE_TO_LOCK_ROW", "locked");
+        match decide(Err(locked.clone()), at(3), &policy(), &mut rng) {
+            Decision::TerminalFailure(error) => {
+                assert_eq!(error.class, ErrorClass::RateLimited);
+                assert_eq!(error.code, "UNABLE_TO_LOCK_ROW");
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        assert_eq!(
+            decide(Err(locked.clone()), at(0), &policy(), &mut rng),
+            Decision::TerminalFailure(locked)
+        );
+        let refused = RowError::permanent("REQUIRED_FIELD_MISSING", "email");
+        assert_eq!(
+            decide(Err(refused.clone()), at(3), &policy(), &mut rng),
+            Decision::TerminalFailure(refused)
+        );
+        assert_eq!(
+            decide(Ok(()), at(3), &policy(), &mut rng),
+            Decision::Delivered
         );
     }
 

@@ -164,6 +164,8 @@ impl SettledWithoutSend {
                     prior_attempts: planned.carried.as_ref().map_or(0, |c| c.attempts),
                     carried_over: planned.carried.is_some(),
                     first_failed_at: planned.carried.map(|c| c.first_failed_at),
+                    // When the earlier attempt failed it, not when this one settled it.
+                    failed_at: earlier.failed_at.clone(),
                     // The latest plan's values: the index retries the row with them.
                     payload: planned.fields,
                 });
@@ -198,6 +200,7 @@ mod tests {
             prior_attempts: 0,
             carried_over: false,
             first_failed_at: None,
+            failed_at: None,
             payload: RowFields::from_text(r#"{"v":"old"}"#.to_owned()).unwrap(),
         }
     }

@@ -37,6 +37,22 @@ pub struct RetryPolicy {
     /// The largest backoff, in seconds (at most 43,200: SQS's 12 hours).
     #[serde(default = "default_max_delay_secs")]
     pub max_delay_secs: u64,
+    /// Consecutive requests failing as a whole (a 5xx, a timeout, a refused connection)
+    /// after which the destination's circuit breaker opens: delivery pauses, rows wait
+    /// without spending attempts, one probe at a time tries again (0: never pause).
+    #[serde(default = "default_pause_after_failed_requests")]
+    pub pause_after_failed_requests: u32,
+    /// How long the breaker stays open before a probe, in seconds (1..=900: a paused
+    /// row waits as a delayed copy, and SQS delays at most 15 minutes).
+    #[serde(default = "default_pause_secs")]
+    pub pause_secs: u64,
+}
+
+fn default_pause_after_failed_requests() -> u32 {
+    5
+}
+fn default_pause_secs() -> u64 {
+    30
 }
 
 fn default_max_attempts() -> u32 {
@@ -55,6 +71,8 @@ impl Default for RetryPolicy {
             max_attempts: default_max_attempts(),
             base_delay_secs: default_base_delay_secs(),
             max_delay_secs: default_max_delay_secs(),
+            pause_after_failed_requests: default_pause_after_failed_requests(),
+            pause_secs: default_pause_secs(),
         }
     }
 }
@@ -71,6 +89,15 @@ impl RetryPolicy {
                 format!(
                     "must be at most {} (SQS's 12-hour visibility limit)",
                     SQS_MAX_VISIBILITY.as_secs()
+                ),
+            ));
+        }
+        if self.pause_secs == 0 || self.pause_secs > SQS_MAX_DELAY.as_secs() {
+            return Err((
+                "pause_secs",
+                format!(
+                    "must be between 1 and {} (a paused row waits as a delayed copy: SQS's 15 minutes)",
+                    SQS_MAX_DELAY.as_secs()
                 ),
             ));
         }
@@ -163,6 +190,7 @@ mod tests {
             max_attempts: 5,
             base_delay_secs: 2,
             max_delay_secs: 60,
+            ..RetryPolicy::default()
         }
     }
 
@@ -231,6 +259,7 @@ mod tests {
             max_attempts: 5,
             base_delay_secs: 5,
             max_delay_secs: 43_200,
+            ..RetryPolicy::default()
         };
         let mut rng = StdRng::seed_from_u64(5);
         for deferrals in [0, 3, 20, 99] {
@@ -240,6 +269,18 @@ mod tests {
         }
         assert!(policy.may_defer(MAX_RATE_LIMIT_DEFERRALS - 1));
         assert!(!policy.may_defer(MAX_RATE_LIMIT_DEFERRALS));
+    }
+
+    #[test]
+    fn a_pause_must_fit_one_sqs_delay() {
+        let with = |pause_secs| RetryPolicy {
+            pause_secs,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(with(0).validate().unwrap_err().0, "pause_secs");
+        assert_eq!(with(901).validate().unwrap_err().0, "pause_secs");
+        assert!(with(900).validate().is_ok());
+        assert_eq!(RetryPolicy::default().pause_after_failed_requests, 5);
     }
 
     #[test]

@@ -67,6 +67,11 @@ pub struct RunRecord {
     /// carries the attempt that made it; only the current attempt's count, so a plan
     /// made again — from a moved cursor or a new export — is tallied exactly.
     pub generation: u32,
+    /// When the run must end (its sync's `run_deadline_secs` after its current planning
+    /// attempt began; `None` for records written before deadlines were kept, or
+    /// unreadable). Delivery sets no wait beyond it and closes what is not delivered by
+    /// then as failed, so the run closes (I7).
+    pub deadline: Option<OffsetDateTime>,
     /// Rows enqueued.
     pub enqueued: u64,
     /// Rows rejected before the queue.
@@ -94,6 +99,15 @@ pub struct RunRecord {
     pub failed_index_size: Option<u64>,
     /// When it closed (or was abandoned).
     pub closed_at: Option<OffsetDateTime>,
+}
+
+impl RunRecord {
+    /// The time left until the run's deadline at `now` (zero once it passed; `None`
+    /// without a deadline).
+    pub fn until_deadline(&self, now: OffsetDateTime) -> Option<std::time::Duration> {
+        let left = self.deadline? - now;
+        Some(left.try_into().unwrap_or(std::time::Duration::ZERO))
+    }
 }
 
 /// What sync-start planned: recorded when the run moves to `delivering`.

@@ -127,11 +127,29 @@ impl RunStore {
     /// planning clock (`planning_since`), so the finalizer never abandons an attempt
     /// still within an invocation's lifetime.
     pub async fn open_run(&self, sync: &SyncId, run: &RunId) -> Result<RunRecord, AwsError> {
-        let now = timestamp::rfc3339(timestamp::now());
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
+        self.open_run_within(sync, run, None).await
+    }
+
+    /// [`Self::open_run`], recording the run's deadline: `deadline` after its planning
+    /// attempt begins (each attempt plans afresh, so each gets the whole of it; `None`
+    /// records no deadline).
+    pub async fn open_run_within(
+        &self,
+        sync: &SyncId,
+        run: &RunId,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<RunRecord, AwsError> {
+        let started = timestamp::now();
+        let now = timestamp::rfc3339(started);
+        let deadline_at = deadline
+            .and_then(|d| time::Duration::try_from(d).ok())
+            .and_then(|d| started.checked_add(d))
+            .map(timestamp::rfc3339);
+        let mut put = self.client.put_item().table_name(&self.table);
+        if let Some(deadline_at) = &deadline_at {
+            put = put.item("deadline", s(deadline_at));
+        }
+        let result = put
             .item("pk", s(sync_pk(sync)))
             .item("sk", s(run_sk(run)))
             .item("run_id", s(run.as_str()))
@@ -148,7 +166,10 @@ impl RunStore {
             Err(SdkError::ServiceError(err))
                 if err.err().is_conditional_check_failed_exception() =>
             {
-                if let Some(record) = self.plan_again(sync, run, &now).await? {
+                if let Some(record) = self
+                    .plan_again(sync, run, &now, deadline_at.as_deref())
+                    .await?
+                {
                     return Ok(record);
                 }
             }
@@ -166,17 +187,26 @@ impl RunStore {
         sync: &SyncId,
         run: &RunId,
         now: &str,
+        deadline_at: Option<&str>,
     ) -> Result<Option<RunRecord>, AwsError> {
-        let result = self
+        let (set_deadline, remove_deadline) = match deadline_at {
+            Some(_) => (", deadline = :deadline", ""),
+            None => ("", " deadline,"),
+        };
+        let mut update = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(sync_pk(sync)))
-            .key("sk", s(run_sk(run)))
-            .update_expression(
-                "SET #status = :planning, planning_since = :now, #generation = if_not_exists(#generation, :zero) + :one \
-                 REMOVE enqueued, rejected, rejected_by_code, carried_over, waiting, cursor_after, watermark_after, pending_objects, source_objects, settled_hint, abandon_reason, closed_at, close_claim, close_claimed_at",
-            )
+            .key("sk", s(run_sk(run)));
+        if let Some(deadline_at) = deadline_at {
+            update = update.expression_attribute_values(":deadline", s(deadline_at));
+        }
+        let result = update
+            .update_expression(format!(
+                "SET #status = :planning, planning_since = :now, #generation = if_not_exists(#generation, :zero) + :one{set_deadline} \
+                 REMOVE{remove_deadline} enqueued, rejected, rejected_by_code, carried_over, waiting, cursor_after, watermark_after, pending_objects, source_objects, settled_hint, abandon_reason, closed_at, close_claim, close_claimed_at",
+            ))
             .condition_expression("#status IN (:planning, :abandoned)")
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#generation", "generation")

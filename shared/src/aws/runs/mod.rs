@@ -311,6 +311,7 @@ fn parse_run(item: &Item, sync: &SyncId, run: &RunId) -> RunRecord {
         started_at: get_s(item, "started_at").and_then(|t| timestamp::parse_rfc3339(&t)),
         planning_since: get_s(item, "planning_since").and_then(|t| timestamp::parse_rfc3339(&t)),
         generation: get_n(item, "generation"),
+        deadline: get_s(item, "deadline").and_then(|t| timestamp::parse_rfc3339(&t)),
         enqueued: get_n(item, "enqueued"),
         rejected: get_n(item, "rejected"),
         rejected_by_code: item

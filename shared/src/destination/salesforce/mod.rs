@@ -27,11 +27,18 @@
 //!
 //! # API budget
 //!
-//! Every answer's `Sforce-Limit-Info: api-usage=used/limit` is remembered. Once `used`
-//! reaches `api_budget_share × limit`, requests are not sent: their rows wait as
-//! rate-limited (`API_BUDGET_RESERVED`) and are not failed. After [`BUDGET_RECHECK`]
-//! one request goes through again to read a fresh figure (the org's usage is a rolling
-//! 24-hour window), so a stopped destination spends at most one call per recheck.
+//! Every answer's `Sforce-Limit-Info: api-usage=used/limit` is remembered. A request
+//! **reserves** its call before it is sent: it goes only while `used` + the calls this
+//! destination has in flight + 1 stays within `api_budget_share × limit`, checked and
+//! counted under one lock, so requests in flight share one reservation instead of each
+//! checking the same stale reading (the reserve holds however many are in flight). Until
+//! the first reading, one call at a time goes (the first reads the figure). A request
+//! that cannot reserve is not sent: its rows wait as rate-limited
+//! (`API_BUDGET_RESERVED`) and are not failed. After [`BUDGET_RECHECK`] one request goes
+//! through again to read a fresh figure (the org's usage is a rolling 24-hour window), so
+//! a stopped destination spends at most one call per recheck. The reservation is this
+//! process's: concurrent delivery invocations each hold their own (see the README's
+//! Known limits).
 
 use std::{
     collections::BTreeMap,
@@ -69,6 +76,28 @@ struct ApiUsage {
     read_at: Instant,
 }
 
+/// The daily API budget as this destination sees it: the last reading, and the calls
+/// reserved (sent or about to be) that it may not count yet.
+#[derive(Debug, Default)]
+struct Budget {
+    reading: Option<ApiUsage>,
+    in_flight: u64,
+}
+
+/// One reserved call; dropping it (after the answer's reading was recorded, or when the
+/// call was never made) gives the reservation back.
+struct Reservation<'a> {
+    budget: &'a Mutex<Budget>,
+    _first_reading: Option<tokio::sync::MutexGuard<'a, ()>>,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        budget.in_flight = budget.in_flight.saturating_sub(1);
+    }
+}
+
 /// A Salesforce org.
 pub struct Salesforce {
     client: reqwest::Client,
@@ -80,7 +109,9 @@ pub struct Salesforce {
     parent_column: Option<String>,
     budget_share: f64,
     batch_size: usize,
-    usage: Mutex<Option<ApiUsage>>,
+    budget: Mutex<Budget>,
+    /// Held by the one call in flight while there is no reading yet.
+    first_reading: tokio::sync::Mutex<()>,
 }
 
 enum Attempt {
@@ -125,18 +156,45 @@ impl Salesforce {
             parent_column,
             budget_share: config.api_budget_share,
             batch_size: batch_size.min(200),
-            usage: Mutex::new(None),
+            budget: Mutex::new(Budget::default()),
+            first_reading: tokio::sync::Mutex::new(()),
         })
     }
 
-    fn budget_exhausted(&self) -> Option<Duration> {
-        let usage = (*self
-            .usage
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner))?;
-        let over = usage.limit > 0 && usage.used as f64 >= self.budget_share * usage.limit as f64;
-        let age = usage.read_at.elapsed();
-        (over && age < BUDGET_RECHECK).then(|| BUDGET_RECHECK - age)
+    fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {
+        self.budget.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves one call of the daily budget, or says how long to wait for one. The
+    /// check and the count are one step under the lock, so concurrent requests never
+    /// spend the same remainder twice.
+    async fn reserve(&self) -> Result<Reservation<'_>, Duration> {
+        let first_reading = if self.budget().reading.is_none() {
+            Some(self.first_reading.lock().await)
+        } else {
+            None
+        };
+        let mut budget = self.budget();
+        if let Some(usage) = budget.reading {
+            let committed = usage
+                .used
+                .saturating_add(budget.in_flight)
+                .saturating_add(1);
+            let within =
+                usage.limit == 0 || committed as f64 <= self.budget_share * usage.limit as f64;
+            let age = usage.read_at.elapsed();
+            // Past the recheck, one call may re-read the rolling figure.
+            let recheck = age >= BUDGET_RECHECK && budget.in_flight == 0;
+            if !within && !recheck {
+                let wait = BUDGET_RECHECK.saturating_sub(age);
+                return Err(wait.max(Duration::from_secs(1)));
+            }
+        }
+        budget.in_flight = budget.in_flight.saturating_add(1);
+        Ok(Reservation {
+            budget: &self.budget,
+            _first_reading: first_reading,
+        })
     }
 
     /// One record of the request body; a row whose mapped fields cannot be read fails alone.
@@ -165,8 +223,10 @@ impl Salesforce {
     }
 
     async fn upsert(&self, rows: &[OutboundRow<'_>], records: Vec<Value>) -> Answer {
-        if let Some(wait) = self.budget_exhausted() {
-            return Answer::PerRow(vec![
+        let reservation = match self.reserve().await {
+            Ok(reservation) => reservation,
+            Err(wait) => {
+                return Answer::PerRow(vec![
                 Err(RowError::rate_limited(
                     "API_BUDGET_RESERVED",
                     format!(
@@ -176,8 +236,15 @@ impl Salesforce {
                     Some(wait),
                 ));
                 rows.len()
-            ]);
-        }
+                ])
+            }
+        };
+        let answer = self.upsert_reserved(rows, records).await;
+        drop(reservation);
+        answer
+    }
+
+    async fn upsert_reserved(&self, rows: &[OutboundRow<'_>], records: Vec<Value>) -> Answer {
         let body = match serde_json::to_vec(&serde_json::json!({
             "allOrNone": false,
             "records": records,
@@ -257,10 +324,7 @@ impl Salesforce {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_limit_info)
         {
-            *self
-                .usage
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ApiUsage {
+            self.budget().reading = Some(ApiUsage {
                 used,
                 limit,
                 read_at: Instant::now(),

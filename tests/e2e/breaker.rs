@@ -1,0 +1,104 @@
+//! A destination that is down: its circuit breaker pauses delivery without spending
+//! the rows' attempts, probes one request at a time, and resumes when it answers; one
+//! that stays down ends the run by its deadline, rows kept, with a critical alert.
+
+use std::time::{Duration, Instant};
+
+use crate::helpers::{full_batches, key, scaled, EnvSettings, TestEnv};
+
+/// The breaker opens after 3 requests in a row fail as a whole; a probe every second.
+const BREAKER: &str = ", pause_after_failed_requests: 3, pause_secs: 1";
+
+/// Issue 13, item 16: a destination that was down for a while failed every row: each
+/// backoff round spent an attempt of every row, so two rounds of 503s (the threshold
+/// here) sent them all to the index although the destination came back moments later.
+/// Now, after 3 whole failures, delivery pauses: rows wait without spending attempts,
+/// one probe at a time tries again, and when the destination answers, delivery resumes
+/// and every row is delivered in the same run. The destination is brought back once it
+/// refused 12 requests — more than the 50 rows' first attempts (5 requests) and the
+/// 3 that open the breaker, so without it rows would have failed twice by then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_comes_back_gets_every_row_in_the_same_run() {
+    let rows = 50;
+    let env = TestEnv::with(EnvSettings {
+        max_attempts: 2,
+        batch_size: 10,
+        concurrency: 2,
+        retry_extra: BREAKER,
+        options: full_batches(),
+        ..EnvSettings::default()
+    })
+    .await;
+    env.destination.set_down(true);
+    env.export_rows("batch.jsonl.gz", 0..rows).await;
+    let bring_back = async {
+        let bound = Instant::now() + Duration::from_secs(60);
+        while env.destination.stats().refused_while_down < 12 && Instant::now() < bound {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        env.destination.set_down(false);
+    };
+    let (run, ()) = tokio::join!(env.run(), bring_back);
+    let counts = run.record.counts.unwrap();
+    let stats = env.destination.stats();
+    assert!(stats.refused_while_down >= 12, "{stats:?}");
+    assert_eq!(
+        (counts.delivered, counts.failed),
+        (rows as u64, 0),
+        "{} requests refused while down",
+        stats.refused_while_down
+    );
+    assert!(env.index().await.is_empty());
+    assert_eq!(stats.delivered_keys.len(), rows);
+}
+
+/// Issue 13, item 16: a destination that stays down no longer keeps the run open nor
+/// burns the rows' attempts in a few rounds: the breaker pauses delivery and the run
+/// ends by its deadline with every row kept in the index (payload, for the next run)
+/// and a critical alert naming the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_stays_down_ends_the_run_by_its_deadline_with_an_alert() {
+    let rows = scaled(40, 20);
+    let deadline_secs = 12;
+    let env = TestEnv::with(EnvSettings {
+        max_attempts: 5,
+        batch_size: 10,
+        concurrency: 2,
+        retry_extra: BREAKER,
+        run_deadline_secs: Some(deadline_secs),
+        ..EnvSettings::default()
+    })
+    .await;
+    let sinks = env.sinks().await;
+    env.destination.set_down(true);
+    env.export_rows("batch.jsonl.gz", 0..rows).await;
+    let run = env.run().await.record;
+    let counts = run.counts.unwrap();
+    assert_eq!((counts.delivered, counts.failed), (0, rows as u64));
+    let deadline = run.deadline.unwrap();
+    assert!(run.closed_at.unwrap() - deadline < time::Duration::seconds(30));
+    let index = env.index().await;
+    assert_eq!(index.len(), rows);
+    for entry in &index {
+        assert!(entry.payload.is_some(), "{entry:?}");
+        assert!(
+            entry.attempts < 5,
+            "attempts burned while paused: {entry:?}"
+        );
+    }
+    assert!(index.iter().any(|e| e.key.as_str() == key(0)));
+    // Probes, not every row's every attempt: 40 rows × 5 attempts would be 20+ requests
+    // of 10 in a few seconds; paused, about one request per second of the deadline.
+    let refused = env.destination.stats().refused_while_down;
+    assert!(
+        refused <= 3 + 2 * 2 + deadline_secs + 2,
+        "{refused} requests while down"
+    );
+    let alerts = sinks.receive(&sinks.alerts_url, 2).await;
+    let critical = alerts
+        .iter()
+        .find(|body| body.contains("\"severity\": \"critical\""))
+        .unwrap_or_else(|| panic!("no critical alert: {alerts:?}"));
+    assert!(critical.contains("destination hook"), "{critical}");
+    assert!(critical.contains("HTTP_503"), "{critical}");
+}
