@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use resync::destination_server::RowBehaviour;
+
 use crate::helpers::{full_batches, key, scaled, EnvSettings, TestEnv};
 
 /// The breaker opens after 3 requests in a row fail as a whole; a probe every second.
@@ -101,4 +103,50 @@ async fn a_destination_that_stays_down_ends_the_run_by_its_deadline_with_an_aler
         .unwrap_or_else(|| panic!("no critical alert: {alerts:?}"));
     assert!(critical.contains("destination hook"), "{critical}");
     assert!(critical.contains("HTTP_503"), "{critical}");
+}
+
+/// The breaker took a request whose every row the destination answered "retry" (rows
+/// locked by another writer, answered one by one in the results document) for a
+/// destination that is down: the same retryable code for every row read as a whole
+/// failure. A row locked for good, retried alone, opened the breaker after 3 attempts,
+/// and from then on every probe — that row again — "failed", so the row waited without
+/// spending attempts until the run's deadline instead of failing at its threshold
+/// (the seed scenario hung on this under load, its run deadline 45 minutes away). Only a
+/// request that got no answer about its rows (a transport error, a non-2xx status) is a
+/// whole failure now: the row fails at the threshold, by its own answer, long before
+/// the deadline, and the breaker stays closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_answered_retry_one_by_one_are_an_answer_not_a_destination_down() {
+    let deadline_secs = 120;
+    let env = TestEnv::with(EnvSettings {
+        max_attempts: 7,
+        batch_size: 10,
+        retry_extra: BREAKER,
+        run_deadline_secs: Some(deadline_secs),
+        ..EnvSettings::default()
+    })
+    .await;
+    let locked = key(3);
+    env.destination.set(
+        locked.clone(),
+        RowBehaviour::Locked {
+            until_attempt: None,
+        },
+    );
+    env.export_rows("batch.jsonl.gz", 0..5).await;
+    let run = env.run().await.record;
+    let counts = run.counts.unwrap();
+    assert_eq!((counts.delivered, counts.failed), (4, 1));
+    assert!(
+        run.closed_at.unwrap() < run.deadline.unwrap(),
+        "the row waited for the deadline: closed {:?}, deadline {:?}",
+        run.closed_at,
+        run.deadline
+    );
+    let index = env.index().await;
+    assert_eq!(index.len(), 1);
+    let entry = &index[0];
+    assert_eq!(entry.key.as_str(), locked);
+    assert_eq!(entry.error_code, "UNABLE_TO_LOCK_ROW", "{entry:?}");
+    assert_eq!(entry.attempts, 7, "failed at its threshold: {entry:?}");
 }

@@ -133,6 +133,13 @@ impl TestEnv {
     }
 
     pub async fn with(settings: EnvSettings) -> Self {
+        // RESYNC_TEST_LOG=<filter> shows the functions' logs (stderr, captured per test).
+        if let Ok(filter) = std::env::var("RESYNC_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let (emulator, endpoint) = match remote_endpoint() {
             Some(endpoint) => (None, endpoint),
             None => {

@@ -81,14 +81,17 @@ pub(super) enum Sending {
 }
 
 /// Whether a request failed as a whole (a transport error, a 5xx: every row the same
-/// retryable error), as the breaker counts failures; any other answer shows the
-/// destination is up.
+/// retryable error of a request that got no answer about its rows), as the breaker
+/// counts failures; any other answer shows the destination is up — including one that
+/// answers every row `retry` on its own (a lock), which spends the rows' attempts.
 fn failed_as_a_whole(results: &[RowResult]) -> Option<&RowError> {
     let first = results.first()?.as_ref().err()?;
     let whole = first.class == ErrorClass::Retryable
-        && results
-            .iter()
-            .all(|r| r.as_ref().err().is_some_and(|e| e.code == first.code));
+        && results.iter().all(|r| {
+            r.as_ref()
+                .err()
+                .is_some_and(|e| e.without_answer && e.code == first.code)
+        });
     whole.then_some(first)
 }
 

@@ -648,6 +648,7 @@ async fn drain_dead_letters(deps: &Finalizer, destination: &DestinationId) -> Re
                             "the delivery function failed on this row until the queue gave up on it"
                                 .into(),
                         retry_after: None,
+                        without_answer: false,
                     },
                     attempts,
                     prior_attempts: row.prior_attempts,

@@ -41,6 +41,10 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, SetupError> {
 /// `TRANSPORT`. `peer` names the other end in the message ("the webhook", "HubSpot").
 /// URLs are left out of the message (they may carry tokens).
 pub fn transport_error(err: reqwest::Error, peer: &str) -> RowError {
+    transport_row_error(err, peer).of_a_request_without_answer()
+}
+
+fn transport_row_error(err: reqwest::Error, peer: &str) -> RowError {
     if err.is_timeout() {
         RowError::retryable("TIMEOUT", format!("{peer} did not answer in time"))
     } else if err.is_connect() {
@@ -69,7 +73,7 @@ impl BodyError {
     /// not have written them; writes are idempotent upserts), `ANSWER_CUT` or
     /// `ANSWER_TOO_LARGE`.
     pub fn row_error(&self, peer: &str, status: StatusCode) -> RowError {
-        match self {
+        let error = match self {
             Self::Cut(err) if err.is_timeout() => RowError::retryable(
                 "ANSWER_CUT",
                 format!("{peer}'s {status} answer did not end in time"),
@@ -82,7 +86,8 @@ impl BodyError {
                 "ANSWER_TOO_LARGE",
                 format!("{peer}'s {status} answer is larger than {cap} bytes; not read"),
             ),
-        }
+        };
+        error.of_a_request_without_answer()
     }
 }
 

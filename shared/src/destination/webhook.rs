@@ -267,10 +267,12 @@ impl Webhook {
         let whole = match status.as_u16() {
             429 => RowError::rate_limited(code, "the webhook is rate limiting", retry_after),
             408 => RowError::retryable(code, format!("the webhook answered {status}"))
-                .with_retry_after(retry_after),
+                .with_retry_after(retry_after)
+                .of_a_request_without_answer(),
             _ if status.is_server_error() => {
                 RowError::retryable(code, format!("the webhook answered {status}"))
                     .with_retry_after(retry_after)
+                    .of_a_request_without_answer()
             }
             // Credentials: every row would be refused alike; not the rows' fault.
             401 | 403 => RowError::permanent(

@@ -59,6 +59,13 @@ pub struct RowError {
     /// The destination's `Retry-After`, if any.
     #[serde(skip)]
     pub retry_after: Option<Duration>,
+    /// The request got no answer about its rows — no connection, a timeout, a body cut
+    /// off, a 5xx or a 408 — so the error says the destination may be down, nothing
+    /// about this row ([`RowError::without_answer`]). A destination's answer that
+    /// refuses or defers rows one by one (each `retry`, say, for a lock) is an answer.
+    /// The circuit breaker counts only these. Not stored.
+    #[serde(skip)]
+    pub without_answer: bool,
 }
 
 /// The longest error code kept, in bytes.
@@ -110,7 +117,16 @@ impl RowError {
             code: bounded(code, MAX_ERROR_CODE_BYTES),
             message: bounded_message(message, MAX_ERROR_MESSAGE_BYTES),
             retry_after: None,
+            without_answer: false,
         }
+    }
+
+    /// Marks the error as the request's, which got no answer about its rows
+    /// ([`RowError::without_answer`]).
+    #[must_use]
+    pub fn of_a_request_without_answer(mut self) -> Self {
+        self.without_answer = true;
+        self
     }
 
     /// A transient error.

@@ -340,7 +340,8 @@ impl Hubspot {
                         format!("HTTP_{status}"),
                         format!("HubSpot answered {status}"),
                     )
-                    .with_retry_after(http::retry_after(&headers)));
+                    .with_retry_after(http::retry_after(&headers))
+                    .of_a_request_without_answer());
                     rows.len()
                 ]
             }

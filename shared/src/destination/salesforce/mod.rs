@@ -379,7 +379,8 @@ impl Salesforce {
                 format!("HTTP_{status}"),
                 format!("Salesforce answered {}", describe(status, &text)),
             )
-            .with_retry_after(retry_after),
+            .with_retry_after(retry_after)
+            .of_a_request_without_answer(),
             (_, status) => RowError::permanent(
                 format!("HTTP_{status}"),
                 format!(
