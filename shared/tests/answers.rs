@@ -495,7 +495,7 @@ async fn salesforce_org(
         client_secret: "s".into(),
     };
     (
-        Salesforce::new(&config, credentials, 200, Duration::from_secs(5)).unwrap(),
+        Salesforce::new(&config, credentials, 200, Duration::from_secs(5), None).unwrap(),
         calls,
     )
 }

@@ -224,6 +224,9 @@ async fn salesforce_rows_it_cannot_map_fail_alone_and_the_run_closes() {
 /// requests in flight overshot the budget's reserve. Now the run closes by its deadline
 /// with every undelivered row in the index as `rate_limited` (payload kept for the next
 /// run), and the org never passes the reserve (27 of 30 calls at the default 90%).
+/// The local runtime gives each of the two pollers its own instance of delivery (as
+/// Lambda's execution environments share no memory): with the reservation counted in
+/// each process, the two overshot it (28 of 30); it is counted in the runs table now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_salesforce_daily_limit_closes_the_run_by_its_deadline() {
     let rows = scaled(10_000, 1_000);

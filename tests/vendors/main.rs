@@ -46,7 +46,7 @@ async fn build(yaml_destination: &str) -> std::sync::Arc<dyn Destination> {
     );
     let config = Config::from_yaml(&yaml).unwrap();
     config.destinations[0]
-        .build(&SecretResolver::local_only())
+        .build(&SecretResolver::local_only(), None)
         .await
         .unwrap()
 }

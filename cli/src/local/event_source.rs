@@ -42,10 +42,13 @@ pub(super) struct Pollers {
 }
 
 impl Pollers {
-    /// Starts the pollers of a delivery's queue, as many as its destination's
-    /// concurrency.
+    /// Starts the pollers of a delivery's queue, one per instance of the function (as
+    /// many as its destination's concurrency): each poller invokes its own instance, so
+    /// what an instance keeps in memory (a token, a rate-limit pause, the API budget's
+    /// in-process count) is its own, as on Lambda, where concurrent invocations run in
+    /// separate execution environments.
     pub(super) fn start(
-        delivery: Arc<Delivery>,
+        instances: &[Arc<Delivery>],
         crashes: Arc<Crashes>,
         copies: Arc<EventCopies>,
         clock: Arc<HandlerClock>,
@@ -53,8 +56,9 @@ impl Pollers {
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let invocations = Arc::new(AtomicUsize::new(0));
-        let tasks = (0..delivery.destination_config.concurrency)
-            .map(|_| {
+        let tasks = instances
+            .iter()
+            .map(|delivery| {
                 let poller = Poller {
                     invoker: Invoker {
                         delivery: delivery.clone(),

@@ -91,8 +91,11 @@ pub struct LocalRuntime {
     pub sync_start: SyncStart,
     /// The finalizer.
     pub finalizer: Finalizer,
-    /// One delivery function per destination.
+    /// One delivery function per destination (its first instance).
     pub deliveries: HashMap<DestinationId, Arc<Delivery>>,
+    /// Every instance of each destination's delivery function, one per unit of its
+    /// concurrency: each keeps its own memory, as Lambda's execution environments do.
+    pub delivery_instances: HashMap<DestinationId, Vec<Arc<Delivery>>>,
     /// EMF metric lines the finalizer emitted.
     pub metrics: Arc<Mutex<Vec<serde_json::Value>>>,
     /// Options.
@@ -150,18 +153,24 @@ impl LocalRuntime {
             None => CrashPoints::none(),
         };
         let mut deliveries = HashMap::new();
+        let mut delivery_instances = HashMap::new();
         for destination_config in &config.destinations {
             let delivery_sdk = sdk_of(Caller::Delivery(destination_config.id.clone()));
             let secrets = SecretResolver::new(aws_sdk_secretsmanager::Client::new(&delivery_sdk));
-            let mut delivery = Delivery::new(
-                &delivery_sdk,
-                &resources,
-                destination_config.clone(),
-                &secrets,
-            )
-            .await?;
-            delivery.crash_points = crash_points.clone();
-            deliveries.insert(destination_config.id.clone(), Arc::new(delivery));
+            let mut instances = Vec::new();
+            for _ in 0..destination_config.concurrency.max(1) {
+                let mut delivery = Delivery::new(
+                    &delivery_sdk,
+                    &resources,
+                    destination_config.clone(),
+                    &secrets,
+                )
+                .await?;
+                delivery.crash_points = crash_points.clone();
+                instances.push(Arc::new(delivery));
+            }
+            deliveries.insert(destination_config.id.clone(), instances[0].clone());
+            delivery_instances.insert(destination_config.id.clone(), instances);
         }
         let notices = WorkQueue::resolve(
             aws_sdk_sqs::Client::new(&sdk),
@@ -196,6 +205,7 @@ impl LocalRuntime {
             config,
             resources,
             deliveries,
+            delivery_instances,
             metrics,
             options,
         })
@@ -443,9 +453,8 @@ impl LocalRuntime {
             .config
             .sync(sync)
             .with_context(|| format!("no sync '{sync}' in the configuration"))?;
-        let delivery = self.deliveries[&sync_config.destination].clone();
         Ok(Pollers::start(
-            delivery,
+            &self.delivery_instances[&sync_config.destination],
             self.crashes.clone(),
             self.copies.clone(),
             self.clock.clone(),

@@ -64,6 +64,7 @@ use lambda_runtime::{Diagnostic, LambdaEvent};
 use resync_shared::{
     aws::{
         breaker::{Breakers, Gate, RequestsOutcome},
+        budget::SharedBudget,
         queue::WorkQueue,
         report::SettledNotice,
         runs::RunStore,
@@ -154,7 +155,18 @@ impl Delivery {
         secrets: &SecretResolver,
     ) -> Result<Self, DeliverySetupError> {
         Ok(Self {
-            destination: destination_config.build(secrets).await?,
+            // The API budget is counted in the runs table: every invocation of the
+            // destination, in whatever execution environment, reserves from one count.
+            destination: destination_config
+                .build(
+                    secrets,
+                    Some(Arc::new(SharedBudget::new(
+                        aws_sdk_dynamodb::Client::new(sdk),
+                        &resources.runs_table,
+                        destination_config.id.as_str(),
+                    ))),
+                )
+                .await?,
             queue: WorkQueue::resolve(
                 aws_sdk_sqs::Client::new(sdk),
                 &resources.delivery_queue(&destination_config.id),
@@ -401,7 +413,16 @@ fn sending(deps: &Delivery, gate: &Gate, probe_left: &mut bool) -> Sending {
             .unwrap_or_else(|| "REQUEST_FAILED".into())
     };
     match gate {
-        Gate::Closed { .. } => Sending::All,
+        Gate::Closed { failures } => Sending::All {
+            failures_before: *failures,
+            held: RowError::rate_limited(
+                "DESTINATION_FAILING",
+                format!(
+                    "destination {destination}: requests in a row failed as a whole; the rows wait without spending an attempt until it answers or its breaker opens"
+                ),
+                Some(Duration::from_secs(policy.pause_secs)),
+            ),
+        },
         Gate::Paused { until, state } => {
             let wait = (*until - timestamp::now())
                 .try_into()

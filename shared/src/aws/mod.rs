@@ -2,6 +2,7 @@
 //! function's dependencies mirror its IAM policy.
 
 pub mod breaker;
+pub mod budget;
 pub mod index;
 pub mod item;
 pub mod queue;

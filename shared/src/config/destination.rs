@@ -9,8 +9,8 @@ use serde::Deserialize;
 use super::{invalid, ConfigError};
 use crate::{
     destination::{
-        Destination, DestinationError, DestinationKind, DestinationSettings, RequestLimits,
-        SettingsError,
+        budget::CallBudget, Destination, DestinationError, DestinationKind, DestinationSettings,
+        RequestLimits, SettingsError,
     },
     domain::{ids::DestinationId, retry::RetryPolicy},
     secrets::SecretResolver,
@@ -92,13 +92,15 @@ impl DestinationConfig {
         }
     }
 
-    /// Resolves the destination's secrets and builds its API client.
+    /// Resolves the destination's secrets and builds its API client; a daily API
+    /// budget is counted in `budget` (`None`: in this process only).
     pub async fn build(
         &self,
         secrets: &SecretResolver,
+        budget: Option<Arc<dyn CallBudget>>,
     ) -> Result<Arc<dyn Destination>, DestinationError> {
         self.settings
-            .build(self.id.as_str(), self.request_limits(), secrets)
+            .build(self.id.as_str(), self.request_limits(), secrets, budget)
             .await
     }
 }

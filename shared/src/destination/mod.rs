@@ -33,6 +33,7 @@ use crate::{
 };
 
 pub mod bisect;
+pub mod budget;
 pub mod endpoint;
 pub mod http;
 pub mod hubspot;
@@ -120,11 +121,13 @@ pub trait Section: serde::de::DeserializeOwned + std::fmt::Debug + Clone + Send 
     /// The secrets the section refers to (what the delivery function's IAM must read).
     fn secrets(&self) -> Vec<&SecretRef>;
 
-    /// Resolves the section's secrets and builds the destination.
+    /// Resolves the section's secrets and builds the destination; a destination with a
+    /// daily API budget counts its calls in `budget` (`None`: in its own process).
     fn build<'a>(
         &'a self,
         limits: RequestLimits,
         secrets: &'a SecretResolver,
+        budget: Option<Arc<dyn budget::CallBudget>>,
     ) -> BoxFuture<'a, Result<Arc<dyn Destination>, SetupError>>;
 }
 

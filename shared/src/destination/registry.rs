@@ -11,8 +11,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::{
-    hubspot::HubspotConfig, salesforce::SalesforceConfig, webhook::WebhookConfig, Destination,
-    DestinationError, RequestLimits, Section, SettingsError,
+    budget::CallBudget, hubspot::HubspotConfig, salesforce::SalesforceConfig,
+    webhook::WebhookConfig, Destination, DestinationError, RequestLimits, Section, SettingsError,
 };
 use crate::secrets::{SecretRef, SecretResolver};
 
@@ -94,9 +94,10 @@ macro_rules! kinds {
                 id: &str,
                 limits: RequestLimits,
                 secrets: &SecretResolver,
+                budget: Option<Arc<dyn CallBudget>>,
             ) -> Result<Arc<dyn Destination>, DestinationError> {
                 let built = match self {
-                    $(Self::$variant(section) => section.build(limits, secrets).await),+
+                    $(Self::$variant(section) => section.build(limits, secrets, budget).await),+
                 };
                 built.map_err(|source| DestinationError {
                     destination: id.to_owned(),

@@ -89,6 +89,7 @@ impl Section for WebhookConfig {
         &'a self,
         limits: RequestLimits,
         secrets: &'a SecretResolver,
+        _budget: Option<Arc<dyn crate::destination::budget::CallBudget>>,
     ) -> BoxFuture<'a, Result<Arc<dyn Destination>, SetupError>> {
         Box::pin(async move {
             let secret = match &self.signing_secret {

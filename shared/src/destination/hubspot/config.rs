@@ -76,6 +76,7 @@ impl Section for HubspotConfig {
         &'a self,
         limits: RequestLimits,
         secrets: &'a SecretResolver,
+        _budget: Option<Arc<dyn crate::destination::budget::CallBudget>>,
     ) -> BoxFuture<'a, Result<Arc<dyn Destination>, SetupError>> {
         Box::pin(async move {
             let token = secrets.resolve(&self.access_token).await?;

@@ -170,10 +170,12 @@ impl Section for SalesforceConfig {
         &'a self,
         limits: RequestLimits,
         secrets: &'a SecretResolver,
+        budget: Option<Arc<dyn crate::destination::budget::CallBudget>>,
     ) -> BoxFuture<'a, Result<Arc<dyn Destination>, SetupError>> {
         Box::pin(async move {
             let credentials = Credentials::resolve(&self.auth, secrets).await?;
-            let salesforce = Salesforce::new(self, credentials, limits.batch_size, limits.timeout)?;
+            let salesforce =
+                Salesforce::new(self, credentials, limits.batch_size, limits.timeout, budget)?;
             Ok(Arc::new(salesforce) as Arc<dyn Destination>)
         })
     }

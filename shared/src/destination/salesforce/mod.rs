@@ -27,29 +27,23 @@
 //!
 //! # API budget
 //!
-//! Every answer's `Sforce-Limit-Info: api-usage=used/limit` is remembered. A request
-//! **reserves** its call before it is sent: it goes only while `used` + the calls this
-//! destination has in flight + 1 stays within `api_budget_share × limit`, checked and
-//! counted under one lock, so requests in flight share one reservation instead of each
-//! checking the same stale reading (the reserve holds however many are in flight). Until
-//! the first reading, one call at a time goes (the first reads the figure). A request
-//! that cannot reserve is not sent: its rows wait as rate-limited
-//! (`API_BUDGET_RESERVED`) and are not failed. After [`BUDGET_RECHECK`] one request goes
-//! through again to read a fresh figure (the org's usage is a rolling 24-hour window), so
-//! a stopped destination spends at most one call per recheck. The reservation is this
-//! process's: concurrent delivery invocations each hold their own (see the README's
-//! Known limits).
+//! Every answer's `Sforce-Limit-Info: api-usage=used/limit` is remembered, and a request
+//! **reserves** its call before it is sent ([`super::budget`]): it goes only while
+//! `used` + the calls reserved and not yet answered + 1 stays within
+//! `api_budget_share × limit`. Delivery counts the reservations in the runs table, so
+//! requests in flight share one reservation across every invocation of the destination
+//! and the reserve holds however many run at once. A request that cannot reserve is not
+//! sent: its rows wait as rate-limited (`API_BUDGET_RESERVED`) and are not failed.
 
-use std::{
-    collections::BTreeMap,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
-use super::{http, scalar_text, Answer, Destination, OutboundRow, SetupError};
+use super::{
+    budget::{ApiReading, CallBudget, LocalBudget},
+    http, scalar_text, Answer, Destination, OutboundRow, SetupError,
+};
 use crate::domain::{
     outcome::{ErrorClass, RowError},
     row::UnmappableRow,
@@ -66,37 +60,7 @@ pub use config::{SalesforceAuth, SalesforceConfig, SalesforceFlow};
 use answer::{describe, per_record, row_error};
 use auth::{Auth, Token};
 
-/// How long a reading past the API budget stops calls before one call re-reads it.
-pub const BUDGET_RECHECK: Duration = Duration::from_secs(300);
-
-#[derive(Debug, Clone, Copy)]
-struct ApiUsage {
-    used: u64,
-    limit: u64,
-    read_at: Instant,
-}
-
-/// The daily API budget as this destination sees it: the last reading, and the calls
-/// reserved (sent or about to be) that it may not count yet.
-#[derive(Debug, Default)]
-struct Budget {
-    reading: Option<ApiUsage>,
-    in_flight: u64,
-}
-
-/// One reserved call; dropping it (after the answer's reading was recorded, or when the
-/// call was never made) gives the reservation back.
-struct Reservation<'a> {
-    budget: &'a Mutex<Budget>,
-    _first_reading: Option<tokio::sync::MutexGuard<'a, ()>>,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
-        budget.in_flight = budget.in_flight.saturating_sub(1);
-    }
-}
+pub use super::budget::BUDGET_RECHECK;
 
 /// A Salesforce org.
 pub struct Salesforce {
@@ -109,9 +73,8 @@ pub struct Salesforce {
     parent_column: Option<String>,
     budget_share: f64,
     batch_size: usize,
-    budget: Mutex<Budget>,
-    /// Held by the one call in flight while there is no reading yet.
-    first_reading: tokio::sync::Mutex<()>,
+    /// Where the calls are counted against the org's daily API budget.
+    budget: Arc<dyn CallBudget>,
 }
 
 enum Attempt {
@@ -119,13 +82,21 @@ enum Attempt {
     StaleToken,
 }
 
+/// What a call came to, and the usage its answer reported.
+struct Called {
+    attempt: Attempt,
+    reading: Option<ApiReading>,
+}
+
 impl Salesforce {
-    /// A client for one org, sObject and external ID field.
+    /// A client for one org, sObject and external ID field; its calls are counted in
+    /// `budget` (`None`: in this process only).
     pub fn new(
         config: &SalesforceConfig,
         credentials: Credentials,
         batch_size: usize,
         timeout: Duration,
+        budget: Option<Arc<dyn CallBudget>>,
     ) -> Result<Self, SetupError> {
         let client = http::client(timeout)?;
         let parent_column = config.parent_field.as_ref().map(|parent| {
@@ -156,44 +127,7 @@ impl Salesforce {
             parent_column,
             budget_share: config.api_budget_share,
             batch_size: batch_size.min(200),
-            budget: Mutex::new(Budget::default()),
-            first_reading: tokio::sync::Mutex::new(()),
-        })
-    }
-
-    fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {
-        self.budget.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Reserves one call of the daily budget, or says how long to wait for one. The
-    /// check and the count are one step under the lock, so concurrent requests never
-    /// spend the same remainder twice.
-    async fn reserve(&self) -> Result<Reservation<'_>, Duration> {
-        let first_reading = if self.budget().reading.is_none() {
-            Some(self.first_reading.lock().await)
-        } else {
-            None
-        };
-        let mut budget = self.budget();
-        if let Some(usage) = budget.reading {
-            let committed = usage
-                .used
-                .saturating_add(budget.in_flight)
-                .saturating_add(1);
-            let within =
-                usage.limit == 0 || committed as f64 <= self.budget_share * usage.limit as f64;
-            let age = usage.read_at.elapsed();
-            // Past the recheck, one call may re-read the rolling figure.
-            let recheck = age >= BUDGET_RECHECK && budget.in_flight == 0;
-            if !within && !recheck {
-                let wait = BUDGET_RECHECK.saturating_sub(age);
-                return Err(wait.max(Duration::from_secs(1)));
-            }
-        }
-        budget.in_flight = budget.in_flight.saturating_add(1);
-        Ok(Reservation {
-            budget: &self.budget,
-            _first_reading: first_reading,
+            budget: budget.unwrap_or_else(|| Arc::new(LocalBudget::default())),
         })
     }
 
@@ -223,8 +157,8 @@ impl Salesforce {
     }
 
     async fn upsert(&self, rows: &[OutboundRow<'_>], records: Vec<Value>) -> Answer {
-        let reservation = match self.reserve().await {
-            Ok(reservation) => reservation,
+        let ticket = match self.budget.reserve(self.budget_share).await {
+            Ok(ticket) => ticket,
             Err(wait) => {
                 return Answer::PerRow(vec![
                 Err(RowError::rate_limited(
@@ -239,48 +173,57 @@ impl Salesforce {
                 ])
             }
         };
-        let answer = self.upsert_reserved(rows, records).await;
-        drop(reservation);
+        let (answer, reading) = self.upsert_reserved(rows, records).await;
+        // The reading is recorded before the call stops counting as reserved.
+        self.budget.release(ticket, reading).await;
         answer
     }
 
-    async fn upsert_reserved(&self, rows: &[OutboundRow<'_>], records: Vec<Value>) -> Answer {
+    /// The answer, and the latest usage the org reported.
+    async fn upsert_reserved(
+        &self,
+        rows: &[OutboundRow<'_>],
+        records: Vec<Value>,
+    ) -> (Answer, Option<ApiReading>) {
         let body = match serde_json::to_vec(&serde_json::json!({
             "allOrNone": false,
             "records": records,
         })) {
             Ok(body) => body,
             Err(err) => {
-                return Answer::PerRow(vec![
-                    Err(RowError::permanent(
-                        "UNSERIALISABLE",
-                        format!("the records cannot be written as JSON: {err}"),
-                    ));
-                    rows.len()
-                ])
+                let error = RowError::permanent(
+                    "UNSERIALISABLE",
+                    format!("the records cannot be written as JSON: {err}"),
+                );
+                return (Answer::PerRow(vec![Err(error); rows.len()]), None);
             }
         };
         let mut stale = None;
+        let mut reading = None;
         for _ in 0..2 {
             let token = match self.auth.token(stale).await {
                 Ok(token) => token,
-                Err(error) => return Answer::PerRow(vec![Err(error); rows.len()]),
+                Err(error) => return (Answer::PerRow(vec![Err(error); rows.len()]), reading),
             };
-            match self.call(&token, &body, rows.len()).await {
-                Attempt::Done(answer) => return answer,
+            let called = self.call(&token, &body, rows.len()).await;
+            reading = called.reading.or(reading);
+            match called.attempt {
+                Attempt::Done(answer) => return (answer, reading),
                 Attempt::StaleToken => stale = Some(token.generation),
             }
         }
-        Answer::PerRow(vec![
-            Err(RowError::retryable(
-                "INVALID_SESSION_ID",
-                "Salesforce refused a freshly issued access token",
-            ));
-            rows.len()
-        ])
+        let error = RowError::retryable(
+            "INVALID_SESSION_ID",
+            "Salesforce refused a freshly issued access token",
+        );
+        (Answer::PerRow(vec![Err(error); rows.len()]), reading)
     }
 
-    async fn call(&self, token: &Token, body: &[u8], count: usize) -> Attempt {
+    async fn call(&self, token: &Token, body: &[u8], count: usize) -> Called {
+        let done = |answer| Called {
+            attempt: Attempt::Done(answer),
+            reading: None,
+        };
         let url = format!(
             "{}/services/data/v{}/composite/sobjects/{}/{}",
             token.instance_url, self.api_version, self.sobject, self.external_id_field
@@ -288,7 +231,7 @@ impl Salesforce {
         // The instance URL comes from the token endpoint's answer: the HTTPS rule holds
         // for it at every request, not only when the configuration loaded.
         if let Err(error) = http::check_request_url(&url, "Salesforce's instance") {
-            return Attempt::Done(Answer::PerRow(vec![Err(error); count]));
+            return done(Answer::PerRow(vec![Err(error); count]));
         }
         let mut response = match self
             .client
@@ -302,7 +245,7 @@ impl Salesforce {
         {
             Ok(response) => response,
             Err(err) => {
-                return Attempt::Done(Answer::PerRow(vec![
+                return done(Answer::PerRow(vec![
                     Err(http::transport_error(
                         err,
                         "Salesforce"
@@ -316,81 +259,85 @@ impl Salesforce {
         // redirects, never followed.
         if status.is_redirection() && status.as_u16() != 300 {
             let error = http::redirect_error(status, response.headers(), "Salesforce");
-            return Attempt::Done(Answer::PerRow(vec![Err(error); count]));
+            return done(Answer::PerRow(vec![Err(error); count]));
         }
-        if let Some((used, limit)) = response
+        let reading = response
             .headers()
             .get("sforce-limit-info")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_limit_info)
-        {
-            self.budget().reading = Some(ApiUsage {
-                used,
-                limit,
-                read_at: Instant::now(),
-            });
-        }
+            .map(|(used, limit)| ApiReading { used, limit });
         let retry_after = http::retry_after(response.headers());
-        let text = match http::read_body(&mut response, http::MAX_ANSWER_BYTES).await {
-            Ok(body) => String::from_utf8_lossy(&body).into_owned(),
-            Err(err) => {
-                return Attempt::Done(Answer::PerRow(vec![
-                    Err(err.row_error("Salesforce", status));
-                    count
-                ]))
-            }
-        };
-        let api_errors = serde_json::from_str::<Vec<ApiError>>(&text).ok();
-        let first_code = api_errors
-            .as_ref()
-            .and_then(|errors| errors.first())
-            .map(|e| e.error_code.as_str());
-        if status.as_u16() == 401 || first_code == Some("INVALID_SESSION_ID") {
-            tracing::info!(
-                generation = token.generation,
-                "Salesforce access token refused; refreshing it once"
-            );
-            return Attempt::StaleToken;
-        }
-        if status.as_u16() == 200 {
-            return Attempt::Done(Answer::PerRow(per_record(&text, count)));
-        }
-        let whole = match (api_errors.as_ref().and_then(|e| e.first()), status.as_u16()) {
-            (_, 300) => RowError::permanent(
-                "MULTIPLE_MATCHES",
-                "the external ID matches more than one record (HTTP 300)",
+        let attempt = match http::read_body(&mut response, http::MAX_ANSWER_BYTES).await {
+            Ok(body) => answer(
+                status.as_u16(),
+                &String::from_utf8_lossy(&body),
+                retry_after,
+                token,
+                count,
             ),
-            (_, 429) => {
-                RowError::rate_limited("HTTP_429", "Salesforce is rate limiting", retry_after)
-            }
-            (Some(error), _) if classify(&error.error_code) == ErrorClass::RateLimited => {
-                RowError::rate_limited(&error.error_code, &error.message, retry_after)
-            }
-            (Some(error), status) if status < 500 => {
-                let whole = row_error(&error.error_code, error.message.clone());
-                if status != 403 && splittable(&error.error_code) {
-                    // A request error names no record: one record's value (malformed
-                    // JSON, a bad field value) refuses all of them. Split to find it.
-                    return Attempt::Done(Answer::Refused(whole));
-                }
-                whole
-            }
-            (_, status) if status >= 500 || status == 408 => RowError::retryable(
-                format!("HTTP_{status}"),
-                format!("Salesforce answered {}", describe(status, &text)),
-            )
-            .with_retry_after(retry_after)
-            .of_a_request_without_answer(),
-            (_, status) => RowError::permanent(
-                format!("HTTP_{status}"),
-                format!(
-                    "Salesforce refused the request: {}",
-                    describe(status, &text)
-                ),
-            ),
+            Err(err) => Attempt::Done(Answer::PerRow(vec![
+                Err(err.row_error("Salesforce", status));
+                count
+            ])),
         };
-        Attempt::Done(Answer::PerRow(vec![Err(whole); count]))
+        Called { attempt, reading }
     }
+}
+
+/// What an answer read whole says about the request's records.
+fn answer(
+    status: u16,
+    text: &str,
+    retry_after: Option<Duration>,
+    token: &Token,
+    count: usize,
+) -> Attempt {
+    let api_errors = serde_json::from_str::<Vec<ApiError>>(text).ok();
+    let first_code = api_errors
+        .as_ref()
+        .and_then(|errors| errors.first())
+        .map(|e| e.error_code.as_str());
+    if status == 401 || first_code == Some("INVALID_SESSION_ID") {
+        tracing::info!(
+            generation = token.generation,
+            "Salesforce access token refused; refreshing it once"
+        );
+        return Attempt::StaleToken;
+    }
+    if status == 200 {
+        return Attempt::Done(Answer::PerRow(per_record(text, count)));
+    }
+    let whole = match (api_errors.as_ref().and_then(|e| e.first()), status) {
+        (_, 300) => RowError::permanent(
+            "MULTIPLE_MATCHES",
+            "the external ID matches more than one record (HTTP 300)",
+        ),
+        (_, 429) => RowError::rate_limited("HTTP_429", "Salesforce is rate limiting", retry_after),
+        (Some(error), _) if classify(&error.error_code) == ErrorClass::RateLimited => {
+            RowError::rate_limited(&error.error_code, &error.message, retry_after)
+        }
+        (Some(error), status) if status < 500 => {
+            let whole = row_error(&error.error_code, error.message.clone());
+            if status != 403 && splittable(&error.error_code) {
+                // A request error names no record: one record's value (malformed
+                // JSON, a bad field value) refuses all of them. Split to find it.
+                return Attempt::Done(Answer::Refused(whole));
+            }
+            whole
+        }
+        (_, status) if status >= 500 || status == 408 => RowError::retryable(
+            format!("HTTP_{status}"),
+            format!("Salesforce answered {}", describe(status, text)),
+        )
+        .with_retry_after(retry_after)
+        .of_a_request_without_answer(),
+        (_, status) => RowError::permanent(
+            format!("HTTP_{status}"),
+            format!("Salesforce refused the request: {}", describe(status, text)),
+        ),
+    };
+    Attempt::Done(Answer::PerRow(vec![Err(whole); count]))
 }
 
 /// Whether a whole-request error may be caused by one record's content (and so is worth
