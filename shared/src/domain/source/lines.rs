@@ -3,7 +3,8 @@
 
 use std::io::BufRead;
 
-/// The longest line resync reads: 1 MiB, four times the 256 KiB of one SQS message.
+/// The longest line (JSON Lines) or record (CSV) resync reads: 1 MiB, four times the
+/// 256 KiB of one SQS message.
 ///
 /// A row travels to delivery in one queue message (the row plus a small envelope) of at
 /// most 256 KiB, so no line longer than that is ever delivered. Lines up to this cap are

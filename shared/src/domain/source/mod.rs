@@ -9,7 +9,8 @@
 //! - [`lines`]: lines read with a cap ([`MAX_LINE_BYTES`]); longer lines are read past
 //!   without being held.
 //! - `jsonl`: JSON Lines rows and keys.
-//! - `csv`: CSV rows (an unterminated quote and a repeated header column are refused).
+//! - `csv`: CSV rows, records delimited with the same cap as lines (an unterminated
+//!   quote and a repeated header column are refused).
 //!
 //! # Keys
 //!

@@ -4,6 +4,8 @@ use super::lines::{read_line_capped, LineRead};
 use super::*;
 use std::io::Write;
 
+mod csv_records;
+
 fn read_all(bytes: &[u8], object: &str) -> (Vec<SourceRow>, Vec<Rejection>) {
     let encoding = encoding_for(object, None).unwrap();
     let mut rows = Vec::new();
