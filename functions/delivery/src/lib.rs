@@ -413,16 +413,7 @@ fn sending(deps: &Delivery, gate: &Gate, probe_left: &mut bool) -> Sending {
             .unwrap_or_else(|| "REQUEST_FAILED".into())
     };
     match gate {
-        Gate::Closed { failures } => Sending::All {
-            failures_before: *failures,
-            held: RowError::rate_limited(
-                "DESTINATION_FAILING",
-                format!(
-                    "destination {destination}: requests in a row failed as a whole; the rows wait without spending an attempt until it answers or its breaker opens"
-                ),
-                Some(Duration::from_secs(policy.pause_secs)),
-            ),
-        },
+        Gate::Closed { .. } => Sending::All,
         Gate::Paused { until, state } => {
             let wait = (*until - timestamp::now())
                 .try_into()

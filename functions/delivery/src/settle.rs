@@ -69,16 +69,8 @@ pub(super) struct Deferral {
 
 /// How many of a run's requests this invocation may send (the destination's breaker).
 pub(super) enum Sending {
-    /// All of them. Once the breaker has counted a whole failure (`failures_before`, or
-    /// an earlier request of this invocation), a request that fails as a whole again
-    /// is the breaker's evidence, not its rows' fault: they are answered `held`
-    /// without spending an attempt, as behind a failed probe.
-    All {
-        /// Whole failures the breaker had counted when the invocation began.
-        failures_before: u32,
-        /// The answer of rows held by a repeated whole failure.
-        held: RowError,
-    },
+    /// All of them.
+    All,
     /// At most `requests`; the rows of the others are answered `held` without a call.
     Limited {
         /// Requests that may go.
@@ -150,12 +142,9 @@ pub(super) async fn deliver_run(
         .enumerate()
         .map(|(i, chunk)| (i * batch_size, chunk))
         .collect();
-    let (allowed, mut failures, held, limited) = match sending {
-        Sending::All {
-            failures_before,
-            held,
-        } => (chunks.len(), failures_before, held, false),
-        Sending::Limited { requests, held } => (requests.min(chunks.len()), 1, held, true),
+    let (allowed, held) = match sending {
+        Sending::All => (chunks.len(), None),
+        Sending::Limited { requests, held } => (requests.min(chunks.len()), Some(held)),
     };
     let (send, hold) = chunks.split_at(allowed);
     let requests: Vec<_> = send
@@ -172,23 +161,17 @@ pub(super) async fn deliver_run(
             Some(error) => {
                 outcome.whole_failures += 1;
                 outcome.last_error = Some(error.code.clone());
-                // A failed probe, or a whole failure after others, is the breaker's
-                // evidence, not the rows' fault: they wait without spending an attempt.
-                if failures > 0 {
+                // A failed probe is the breaker's evidence, not the rows' fault: they
+                // wait with the others, without spending an attempt.
+                if let Some(held) = &held {
                     let count = results.len();
                     *results = vec![Err(held.clone()); count];
                 }
-                failures = failures.saturating_add(1);
             }
-            None if results.is_empty() => {}
-            None => {
-                // An answer: failures are counted in a row.
-                outcome.answered = true;
-                failures = 0;
-            }
+            None => outcome.answered |= !results.is_empty(),
         }
     }
-    if limited {
+    if let Some(held) = held {
         for &(offset, chunk) in hold {
             answers.push((offset, vec![Err(held.clone()); chunk.len()]));
         }
