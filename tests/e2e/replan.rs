@@ -85,7 +85,9 @@ async fn a_row_delivered_by_an_earlier_attempt_of_a_replanned_run_is_not_sent_ag
 /// the destination more often than the threshold in one run (I4; `resync chaos` saw 5
 /// against 4). A locked row that attempt 0 failed after 2 of its 4 attempts, and one
 /// it retried 3 times, get the rest of their attempts from attempt 1, not 4 more: they
-/// end in the index at the threshold, having been sent 2 and 1 more times.
+/// end in the index at the threshold, having been sent once more each (attempt 0 also
+/// counts one send per key that no ledger shows: an invocation may have died between
+/// the destination's answer and its ledger write, so key 3 is carried with 3 spent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_an_earlier_attempt_tried_gets_only_the_rest_of_its_attempts() {
     let env = TestEnv::start().await;
@@ -123,7 +125,7 @@ async fn a_row_an_earlier_attempt_tried_gets_only_the_rest_of_its_attempts() {
 
     assert_eq!(
         env.destination.stats().rows_received[0],
-        18 + 2 + 1,
+        18 + 1 + 1,
         "a row was sent more often than the threshold allows in one run"
     );
     let counts = record.counts.unwrap();

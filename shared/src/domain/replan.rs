@@ -22,6 +22,11 @@
 //!   the run was planned again) is delivered: the destination has it (writes are
 //!   idempotent upserts), so it leaves the index. One outcome per key (I1).
 //!
+//! Every earlier attempt also counts one attempt of every key it may have sent: its
+//! invocation may have died between the destination's answer and the ledger write, and
+//! that message is dropped when it comes back after the re-plan, so no ledger shows the
+//! send ([`EarlierAttempts::carry`]).
+//!
 //! Memory: the earlier attempts' settled and retried keys only, as the tally holds.
 
 use std::collections::{HashMap, HashSet};
@@ -43,6 +48,8 @@ pub struct EarlierAttempts {
     /// deferral, which the ledger does not tell apart: counted as spent, so the
     /// threshold is never passed).
     retries: HashMap<PrimaryKey, u32>,
+    /// The run's planning attempts before the latest one.
+    generations: u32,
 }
 
 /// What the latest attempt does with one planned key.
@@ -64,6 +71,15 @@ pub enum Carry<'a> {
 }
 
 impl EarlierAttempts {
+    /// What `generations` earlier planning attempts did (their ledger items are added
+    /// with [`EarlierAttempts::add`]).
+    pub fn of_generations(generations: u32) -> Self {
+        Self {
+            generations,
+            ..Self::default()
+        }
+    }
+
     /// Adds one ledger item of an earlier attempt.
     pub fn add(&mut self, item: BatchLedger) {
         self.delivered.extend(item.delivered);
@@ -82,9 +98,12 @@ impl EarlierAttempts {
         }
     }
 
-    /// Whether no earlier attempt settled or retried anything.
+    /// Whether there was no earlier attempt (a first planning attempt): nothing to carry.
     pub fn is_empty(&self) -> bool {
-        self.delivered.is_empty() && self.failed.is_empty() && self.retries.is_empty()
+        self.generations == 0
+            && self.delivered.is_empty()
+            && self.failed.is_empty()
+            && self.retries.is_empty()
     }
 
     /// What the latest attempt does with `key`, under the destination's threshold
@@ -100,7 +119,14 @@ impl EarlierAttempts {
             }
         }
         let retried = self.retries.get(key).copied().unwrap_or(0);
-        let spent = retried.max(failed.map_or(0, |row| row.attempts));
+        // Each earlier attempt may have sent the key once more than its ledger shows:
+        // an invocation that died between the destination's answer and its ledger
+        // write, whose message came back after the run was planned again and was
+        // dropped unrecorded. Counted as spent, so the threshold is never passed (I4,
+        // as the destination counts sends); at worst a key gets one attempt fewer.
+        let spent = retried
+            .max(failed.map_or(0, |row| row.attempts))
+            .saturating_add(self.generations);
         if spent == 0 {
             Carry::Fresh
         } else {
@@ -261,6 +287,43 @@ mod tests {
         );
         assert!(!earlier.is_empty());
         assert!(EarlierAttempts::default().is_empty());
+    }
+
+    /// Issue 12, I4 across planning attempts: an invocation of an earlier attempt sent
+    /// a key, died before its ledger write, and its message — back after the run was
+    /// planned again — was dropped unrecorded; the carry counted only the ledger's
+    /// attempts, so the latest attempt had the key's whole remaining threshold and the
+    /// destination received it 5 times at a threshold of 4 (`resync chaos`, seed 3,
+    /// a run planned 3 times: Retry, Delivered [unrecorded], then 3 more sends). Each
+    /// earlier attempt now counts one attempt of every key it may have sent.
+    #[test]
+    fn each_earlier_attempt_counts_one_unrecorded_send_of_every_key() {
+        let mut two_earlier = EarlierAttempts::of_generations(2);
+        two_earlier.add(BatchLedger {
+            retrying: vec![key("r")],
+            ..Default::default()
+        });
+        two_earlier.add(BatchLedger {
+            retrying: vec![key("r")],
+            ..Default::default()
+        });
+        assert_eq!(
+            two_earlier.carry(&key("r"), 5),
+            Carry::Resend { attempts_before: 4 }
+        );
+        // Never more than leaves one attempt to the latest plan.
+        assert_eq!(
+            two_earlier.carry(&key("r"), 4),
+            Carry::Resend { attempts_before: 3 }
+        );
+        // A key no ledger of the earlier attempts names may still have been sent once
+        // by each of them.
+        assert_eq!(
+            two_earlier.carry(&key("new"), 4),
+            Carry::Resend { attempts_before: 2 }
+        );
+        assert!(!EarlierAttempts::of_generations(1).is_empty());
+        assert!(EarlierAttempts::of_generations(0).is_empty());
     }
 
     #[test]

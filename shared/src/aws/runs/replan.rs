@@ -19,7 +19,7 @@ impl RunStore {
         run: &RunId,
         generation: u32,
     ) -> Result<EarlierAttempts, AwsError> {
-        let mut earlier = EarlierAttempts::default();
+        let mut earlier = EarlierAttempts::of_generations(generation);
         if generation == 0 {
             return Ok(earlier);
         }
