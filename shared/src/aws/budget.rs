@@ -125,6 +125,17 @@ impl SharedBudget {
         }
     }
 
+    /// An update of the budget's item.
+    fn update(
+        &self,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&self.pk))
+            .key("sk", s(SK))
+    }
+
     async fn read(&self) -> Result<Seen, AwsError> {
         let output = self
             .client
@@ -149,11 +160,7 @@ impl SharedBudget {
             // Nothing reserved for a whole lease: what is still counted is what dead
             // invocations left. Reset it (if nobody reserved meanwhile).
             let reset = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key("pk", s(&self.pk))
-                .key("sk", s(SK))
+                .update()
                 .update_expression("SET in_flight = :zero")
                 .condition_expression("lease_until = :seen")
                 .expression_attribute_values(":zero", n(0))
@@ -172,11 +179,7 @@ impl SharedBudget {
         decide(&seen, share, now).map_err(Ok)?;
         let lease = now.saturating_add(CALL_LEASE.as_secs() as i64);
         let mut update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(&self.pk))
-            .key("sk", s(SK))
+            .update()
             .update_expression("ADD in_flight :one SET lease_until = :lease")
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":lease", n(lease));
@@ -210,11 +213,7 @@ impl SharedBudget {
     async fn record_reading(&self, reading: ApiReading) -> Result<(), AwsError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let recorded = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(&self.pk))
-            .key("sk", s(SK))
+            .update()
             .update_expression("SET api_used = :used, api_limit = :limit, read_at = :now")
             .condition_expression(
                 "attribute_not_exists(api_used) OR api_used <= :used OR read_at <= :old",
@@ -235,11 +234,7 @@ impl SharedBudget {
 
     async fn give_back(&self) -> Result<(), AwsError> {
         let given = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(&self.pk))
-            .key("sk", s(SK))
+            .update()
             .update_expression("ADD in_flight :minus_one")
             .condition_expression("in_flight > :zero")
             .expression_attribute_values(":minus_one", n(-1))
