@@ -25,7 +25,7 @@ async fn duplicate_deliveries_do_not_change_any_count() {
         panic!("expected a started run, got {started:?}")
     };
     assert_eq!(enqueued, rows as u64);
-    let delivery = env.runtime.deliveries.values().next().unwrap().clone();
+    let delivery = env.runtime.deliveries.values().next().unwrap()[0].clone();
     // The same messages delivered to two invocations, as SQS may do.
     let mut messages = Vec::new();
     while messages.len() < 10 {
@@ -131,12 +131,7 @@ async fn crashed_invocations_leave_counts_exact() {
     // The lost batch's messages were never deleted: either run 1's pollers got them
     // back before it closed, or they wait on the queue until their visibility ends and
     // the next run's pollers drop them as settled.
-    let queue = env
-        .runtime
-        .deliveries
-        .values()
-        .next()
-        .unwrap()
+    let queue = env.runtime.deliveries.values().next().unwrap()[0]
         .queue
         .clone();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -207,7 +202,7 @@ async fn late_copies_of_a_closed_run_are_dropped() {
     env.export_rows("batch.jsonl.gz", 0..10).await;
     let run = env.run().await;
     assert_eq!(run.record.counts.unwrap().delivered, 10);
-    let delivery = env.runtime.deliveries.values().next().unwrap().clone();
+    let delivery = env.runtime.deliveries.values().next().unwrap()[0].clone();
     let copies: Vec<String> = (0..3)
         .map(|i| duplicate_body(&run.record.run_id, i))
         .collect();
@@ -318,7 +313,7 @@ async fn copies_of_an_abandoned_run_are_dropped() {
     let run = ScheduleEvent::new().run_id;
     runs.acquire(&env.sync, &run).await.unwrap();
     runs.open_run(&env.sync, &run).await.unwrap();
-    let delivery = env.runtime.deliveries.values().next().unwrap().clone();
+    let delivery = env.runtime.deliveries.values().next().unwrap()[0].clone();
     let copies: Vec<String> = (0..10).map(|i| duplicate_body(&run, i)).collect();
     assert!(delivery.queue.send_batch(&copies).await.unwrap().is_empty());
     env.backdate_planning(&run, LONGER_THAN_AN_INVOCATION).await;

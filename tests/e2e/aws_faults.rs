@@ -136,12 +136,7 @@ async fn batch_entries_sqs_fails_on_its_own_side_are_tried_again() {
     let Some(faults) = env.faults() else {
         return;
     };
-    let queue = env
-        .runtime
-        .deliveries
-        .values()
-        .next()
-        .unwrap()
+    let queue = env.runtime.deliveries.values().next().unwrap()[0]
         .queue
         .clone();
     let bodies: Vec<String> = (0..2).map(|i| format!("{{\"probe\":{i}}}")).collect();

@@ -645,7 +645,7 @@ impl TestEnv {
     /// them when the invocation succeeded (as Lambda does). Panics with the
     /// invocation's error otherwise.
     pub async fn deliver_in_one_invocation(&self, count: usize) {
-        let delivery = self.runtime.deliveries.values().next().unwrap().clone();
+        let delivery = self.runtime.deliveries.values().next().unwrap()[0].clone();
         let mut messages: Vec<aws_sdk_sqs::types::Message> = Vec::new();
         while messages.len() < count {
             let want = (count - messages.len()).min(10) as i32;

@@ -187,7 +187,7 @@ async fn a_deferred_row_lives_on_as_one_message_when_the_response_is_lost() {
         started,
         SyncStartOutcome::Started { enqueued: 3, .. }
     ));
-    let delivery = env.runtime.deliveries.values().next().unwrap().clone();
+    let delivery = env.runtime.deliveries.values().next().unwrap()[0].clone();
     let mut messages = Vec::new();
     while messages.len() < 3 {
         let want = 3 - messages.len() as i32;
@@ -234,7 +234,7 @@ async fn a_copy_that_comes_back_after_the_last_attempt_is_not_sent_again() {
     let SyncStartOutcome::Started { run_id, .. } = started else {
         panic!("expected a started run, got {started:?}")
     };
-    let delivery = env.runtime.deliveries.values().next().unwrap().clone();
+    let delivery = env.runtime.deliveries.values().next().unwrap()[0].clone();
     // A copy of row 1 whose earlier copies already spent the three attempts.
     let spent = RowMessage {
         run_id: run_id.clone(),

@@ -428,7 +428,7 @@ async fn a_replanned_run_counts_only_its_own_attempt() {
             .to_string()
         })
         .collect();
-    let queue = &env.runtime.deliveries.values().next().unwrap().queue;
+    let queue = &env.runtime.deliveries.values().next().unwrap()[0].queue;
     for chunk in first_attempt_copies.chunks(10) {
         assert!(queue.send_batch(chunk).await.unwrap().is_empty());
     }

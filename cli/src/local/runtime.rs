@@ -91,11 +91,9 @@ pub struct LocalRuntime {
     pub sync_start: SyncStart,
     /// The finalizer.
     pub finalizer: Finalizer,
-    /// One delivery function per destination (its first instance).
-    pub deliveries: HashMap<DestinationId, Arc<Delivery>>,
-    /// Every instance of each destination's delivery function, one per unit of its
-    /// concurrency: each keeps its own memory, as Lambda's execution environments do.
-    pub delivery_instances: HashMap<DestinationId, Vec<Arc<Delivery>>>,
+    /// Each destination's delivery function: one instance per unit of its concurrency,
+    /// each with its own memory, as Lambda's execution environments have.
+    pub deliveries: HashMap<DestinationId, Vec<Arc<Delivery>>>,
     /// EMF metric lines the finalizer emitted.
     pub metrics: Arc<Mutex<Vec<serde_json::Value>>>,
     /// Options.
@@ -153,7 +151,6 @@ impl LocalRuntime {
             None => CrashPoints::none(),
         };
         let mut deliveries = HashMap::new();
-        let mut delivery_instances = HashMap::new();
         for destination_config in &config.destinations {
             let delivery_sdk = sdk_of(Caller::Delivery(destination_config.id.clone()));
             let secrets = SecretResolver::new(aws_sdk_secretsmanager::Client::new(&delivery_sdk));
@@ -169,8 +166,7 @@ impl LocalRuntime {
                 delivery.crash_points = crash_points.clone();
                 instances.push(Arc::new(delivery));
             }
-            deliveries.insert(destination_config.id.clone(), instances[0].clone());
-            delivery_instances.insert(destination_config.id.clone(), instances);
+            deliveries.insert(destination_config.id.clone(), instances);
         }
         let notices = WorkQueue::resolve(
             aws_sdk_sqs::Client::new(&sdk),
@@ -205,7 +201,6 @@ impl LocalRuntime {
             config,
             resources,
             deliveries,
-            delivery_instances,
             metrics,
             options,
         })
@@ -454,7 +449,7 @@ impl LocalRuntime {
             .sync(sync)
             .with_context(|| format!("no sync '{sync}' in the configuration"))?;
         Ok(Pollers::start(
-            &self.delivery_instances[&sync_config.destination],
+            &self.deliveries[&sync_config.destination],
             self.crashes.clone(),
             self.copies.clone(),
             self.clock.clone(),

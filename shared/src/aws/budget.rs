@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use aws_sdk_dynamodb::{error::SdkError, Client};
+use aws_sdk_dynamodb::{error::SdkError, operation::update_item::UpdateItemError, Client};
 use futures::future::BoxFuture;
 use time::OffsetDateTime;
 
@@ -26,7 +26,7 @@ use super::{
     item::{get_n, n, s, Item},
     AwsError,
 };
-use crate::destination::budget::{within_share, ApiReading, CallBudget, Ticket, BUDGET_RECHECK};
+use crate::destination::budget::{admit, ApiReading, CallBudget, Ticket};
 
 /// How long the reservations in flight count without a new one: longer than a call
 /// (the request timeout) and the delivery function's timeout.
@@ -80,39 +80,22 @@ fn seen(item: Option<&Item>) -> Seen {
 
 /// Whether a call may be reserved over what was seen at `now`, or the wait.
 fn decide(seen: &Seen, share: f64, now: i64) -> Result<(), Duration> {
-    let in_flight = seen.in_flight.unwrap_or(0);
-    let Some((reading, read_at)) = seen.reading else {
-        // Until the first reading, one call at a time (it reads the figure).
-        return if in_flight == 0 {
-            Ok(())
-        } else {
-            Err(Duration::from_secs(1))
-        };
-    };
-    if within_share(reading, in_flight, share) {
-        return Ok(());
-    }
-    let age = Duration::from_secs(u64::try_from(now.saturating_sub(read_at)).unwrap_or(0));
-    if age >= BUDGET_RECHECK && in_flight == 0 {
-        // One call re-reads the rolling figure.
-        return Ok(());
-    }
-    if within_share(reading, 0, share) {
-        // The rest of the budget is held by calls in flight: ask again soon.
-        return Err(Duration::from_secs(1));
-    }
-    Err(BUDGET_RECHECK
-        .saturating_sub(age)
-        .max(Duration::from_secs(1)))
+    let reading = seen.reading.map(|(reading, read_at)| {
+        let age = u64::try_from(now.saturating_sub(read_at)).unwrap_or(0);
+        (reading, Duration::from_secs(age))
+    });
+    admit(reading, seen.in_flight.unwrap_or(0), share)
 }
 
-fn conditional_failed<E, R>(err: &SdkError<E, R>) -> bool
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
-{
-    err.as_service_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code == "ConditionalCheckFailedException")
+/// Whether a conditional update was applied: `false` when its condition failed.
+fn applied<R>(result: Result<R, SdkError<UpdateItemError>>) -> Result<bool, AwsError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(SdkError::ServiceError(err)) if err.err().is_conditional_check_failed_exception() => {
+            Ok(false)
+        }
+        Err(err) => Err(AwsError::sdk("DynamoDB.UpdateItem", err)),
+    }
 }
 
 impl SharedBudget {
@@ -167,14 +150,10 @@ impl SharedBudget {
                 .expression_attribute_values(":seen", n(seen.lease_until))
                 .send()
                 .await;
-            return match reset {
-                Ok(_) => {
-                    tracing::warn!(budget = %self.pk, calls = in_flight, "API budget reservations of invocations that ended without giving them back were reset");
-                    Ok(None)
-                }
-                Err(err) if conditional_failed(&err) => Ok(None),
-                Err(err) => Err(Err(AwsError::sdk("DynamoDB.UpdateItem", err))),
-            };
+            if applied(reset).map_err(Err)? {
+                tracing::warn!(budget = %self.pk, calls = in_flight, "API budget reservations of invocations that ended without giving them back were reset");
+            }
+            return Ok(None);
         }
         decide(&seen, share, now).map_err(Ok)?;
         let lease = now.saturating_add(CALL_LEASE.as_secs() as i64);
@@ -203,11 +182,7 @@ impl SharedBudget {
             .condition_expression(format!("{in_flight_unchanged} AND {reading_unchanged}"))
             .send()
             .await;
-        match reserved {
-            Ok(_) => Ok(Some(())),
-            Err(err) if conditional_failed(&err) => Ok(None),
-            Err(err) => Err(Err(AwsError::sdk("DynamoDB.UpdateItem", err))),
-        }
+        Ok(applied(reserved).map_err(Err)?.then_some(()))
     }
 
     async fn record_reading(&self, reading: ApiReading) -> Result<(), AwsError> {
@@ -224,12 +199,8 @@ impl SharedBudget {
             .expression_attribute_values(":old", n(now.saturating_sub(READING_KEEPS)))
             .send()
             .await;
-        match recorded {
-            // A larger reading is there already: it counts this call too.
-            Ok(_) => Ok(()),
-            Err(err) if conditional_failed(&err) => Ok(()),
-            Err(err) => Err(AwsError::sdk("DynamoDB.UpdateItem", err)),
-        }
+        // Not applied: a larger reading is there already, and it counts this call too.
+        applied(recorded).map(|_| ())
     }
 
     async fn give_back(&self) -> Result<(), AwsError> {
@@ -241,12 +212,8 @@ impl SharedBudget {
             .expression_attribute_values(":zero", n(0))
             .send()
             .await;
-        match given {
-            // Reset meanwhile (a lease ran out): nothing to give back.
-            Ok(_) => Ok(()),
-            Err(err) if conditional_failed(&err) => Ok(()),
-            Err(err) => Err(AwsError::sdk("DynamoDB.UpdateItem", err)),
-        }
+        // Not applied: reset meanwhile (a lease ran out), nothing to give back.
+        applied(given).map(|_| ())
     }
 }
 
@@ -287,6 +254,7 @@ impl CallBudget for SharedBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::destination::budget::BUDGET_RECHECK;
 
     fn reading(used: u64, limit: u64, read_at: i64) -> Option<(ApiReading, i64)> {
         Some((ApiReading { used, limit }, read_at))

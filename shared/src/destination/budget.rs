@@ -36,9 +36,41 @@ pub struct ApiReading {
 
 /// Whether `used` + `reserved` + one more call stays within `share × limit` (a limit of
 /// 0 is read as no limit).
-pub fn within_share(reading: ApiReading, reserved: u64, share: f64) -> bool {
+fn within_share(reading: ApiReading, reserved: u64, share: f64) -> bool {
     let committed = reading.used.saturating_add(reserved).saturating_add(1);
     reading.limit == 0 || committed as f64 <= share * reading.limit as f64
+}
+
+/// Whether one more call may be reserved, given the last reading and its age (`None`:
+/// no reading yet) and the calls reserved and not yet given back; otherwise how long
+/// to wait before asking again. The one rule of every budget, wherever it keeps count.
+pub fn admit(
+    reading: Option<(ApiReading, Duration)>,
+    in_flight: u64,
+    share: f64,
+) -> Result<(), Duration> {
+    let Some((reading, age)) = reading else {
+        // Until the first reading, one call at a time (it reads the figure).
+        return if in_flight == 0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs(1))
+        };
+    };
+    if within_share(reading, in_flight, share) {
+        return Ok(());
+    }
+    if age >= BUDGET_RECHECK && in_flight == 0 {
+        // One call re-reads the rolling figure.
+        return Ok(());
+    }
+    if within_share(reading, 0, share) {
+        // The rest of the budget is held by calls in flight: ask again soon.
+        return Err(Duration::from_secs(1));
+    }
+    Err(BUDGET_RECHECK
+        .saturating_sub(age)
+        .max(Duration::from_secs(1)))
 }
 
 /// A reserved call. Give it back with [`CallBudget::release`]; a ticket dropped
@@ -109,15 +141,10 @@ impl CallBudget for LocalBudget {
             // The check and the count are one step under the lock, so concurrent
             // requests never spend the same remainder twice.
             let mut state = self.state();
-            if let Some((reading, read_at)) = state.reading {
-                let age = read_at.elapsed();
-                let recheck = age >= BUDGET_RECHECK && state.in_flight == 0;
-                if !within_share(reading, state.in_flight, share) && !recheck {
-                    return Err(BUDGET_RECHECK
-                        .saturating_sub(age)
-                        .max(Duration::from_secs(1)));
-                }
-            }
+            let reading = state
+                .reading
+                .map(|(reading, read_at)| (reading, read_at.elapsed()));
+            admit(reading, state.in_flight, share)?;
             state.in_flight = state.in_flight.saturating_add(1);
             Ok(Ticket {
                 _local: Some(LocalTicket {
@@ -156,7 +183,12 @@ mod tests {
         // 90% of 10 is 9: two calls may be in flight over a reading of 7, not three.
         let a = budget.reserve(0.9).await.expect("8 of 9");
         let b = budget.reserve(0.9).await.expect("9 of 9");
-        assert!(budget.reserve(0.9).await.is_err(), "10 of 9");
+        // 10 of 9: the rest is held by calls in flight, so ask again soon.
+        assert_eq!(
+            budget.reserve(0.9).await.err(),
+            Some(Duration::from_secs(1)),
+            "10 of 9"
+        );
         drop(a);
         let c = budget
             .reserve(0.9)

@@ -41,16 +41,12 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, SetupError> {
 /// `TRANSPORT`. `peer` names the other end in the message ("the webhook", "HubSpot").
 /// URLs are left out of the message (they may carry tokens).
 pub fn transport_error(err: reqwest::Error, peer: &str) -> RowError {
-    transport_row_error(err, peer).of_a_request_without_answer()
-}
-
-fn transport_row_error(err: reqwest::Error, peer: &str) -> RowError {
     if err.is_timeout() {
-        RowError::retryable("TIMEOUT", format!("{peer} did not answer in time"))
+        RowError::unanswered("TIMEOUT", format!("{peer} did not answer in time"))
     } else if err.is_connect() {
-        RowError::retryable("CONNECTION", format!("cannot connect to {peer}"))
+        RowError::unanswered("CONNECTION", format!("cannot connect to {peer}"))
     } else {
-        RowError::retryable(
+        RowError::unanswered(
             "TRANSPORT",
             format!("request failed: {}", err.without_url()),
         )
@@ -73,21 +69,20 @@ impl BodyError {
     /// not have written them; writes are idempotent upserts), `ANSWER_CUT` or
     /// `ANSWER_TOO_LARGE`.
     pub fn row_error(&self, peer: &str, status: StatusCode) -> RowError {
-        let error = match self {
-            Self::Cut(err) if err.is_timeout() => RowError::retryable(
+        match self {
+            Self::Cut(err) if err.is_timeout() => RowError::unanswered(
                 "ANSWER_CUT",
                 format!("{peer}'s {status} answer did not end in time"),
             ),
-            Self::Cut(_) => RowError::retryable(
+            Self::Cut(_) => RowError::unanswered(
                 "ANSWER_CUT",
                 format!("{peer}'s {status} answer was cut off"),
             ),
-            Self::TooLarge(cap) => RowError::retryable(
+            Self::TooLarge(cap) => RowError::unanswered(
                 "ANSWER_TOO_LARGE",
                 format!("{peer}'s {status} answer is larger than {cap} bytes; not read"),
             ),
-        };
-        error.of_a_request_without_answer()
+        }
     }
 }
 

@@ -267,13 +267,11 @@ impl Webhook {
         let code = format!("HTTP_{}", status.as_u16());
         let whole = match status.as_u16() {
             429 => RowError::rate_limited(code, "the webhook is rate limiting", retry_after),
-            408 => RowError::retryable(code, format!("the webhook answered {status}"))
-                .with_retry_after(retry_after)
-                .of_a_request_without_answer(),
+            408 => RowError::unanswered(code, format!("the webhook answered {status}"))
+                .with_retry_after(retry_after),
             _ if status.is_server_error() => {
-                RowError::retryable(code, format!("the webhook answered {status}"))
+                RowError::unanswered(code, format!("the webhook answered {status}"))
                     .with_retry_after(retry_after)
-                    .of_a_request_without_answer()
             }
             // Credentials: every row would be refused alike; not the rows' fault.
             401 | 403 => RowError::permanent(

@@ -61,7 +61,7 @@ pub struct RowError {
     pub retry_after: Option<Duration>,
     /// The request got no answer about its rows — no connection, a timeout, a body cut
     /// off, a 5xx or a 408 — so the error says the destination may be down, nothing
-    /// about this row ([`RowError::without_answer`]). A destination's answer that
+    /// about this row ([`RowError::unanswered`]). A destination's answer that
     /// refuses or defers rows one by one (each `retry`, say, for a lock) is an answer.
     /// The circuit breaker counts only these. Not stored.
     #[serde(skip)]
@@ -121,12 +121,13 @@ impl RowError {
         }
     }
 
-    /// Marks the error as the request's, which got no answer about its rows
-    /// ([`RowError::without_answer`]).
-    #[must_use]
-    pub fn of_a_request_without_answer(mut self) -> Self {
-        self.without_answer = true;
-        self
+    /// A transient error of a request that got no answer about its rows
+    /// ([`RowError::without_answer`]: a transport error, a cut body, a 5xx or a 408).
+    pub fn unanswered(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            without_answer: true,
+            ..Self::retryable(code, message)
+        }
     }
 
     /// A transient error.

@@ -336,12 +336,11 @@ impl Hubspot {
             ],
             status if status >= 500 || status == 408 => {
                 vec![
-                    Err(RowError::retryable(
+                    Err(RowError::unanswered(
                         format!("HTTP_{status}"),
                         format!("HubSpot answered {status}"),
                     )
-                    .with_retry_after(http::retry_after(&headers))
-                    .of_a_request_without_answer());
+                    .with_retry_after(http::retry_after(&headers)));
                     rows.len()
                 ]
             }

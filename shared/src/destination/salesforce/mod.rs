@@ -326,12 +326,11 @@ fn answer(
             }
             whole
         }
-        (_, status) if status >= 500 || status == 408 => RowError::retryable(
+        (_, status) if status >= 500 || status == 408 => RowError::unanswered(
             format!("HTTP_{status}"),
             format!("Salesforce answered {}", describe(status, text)),
         )
-        .with_retry_after(retry_after)
-        .of_a_request_without_answer(),
+        .with_retry_after(retry_after),
         (_, status) => RowError::permanent(
             format!("HTTP_{status}"),
             format!("Salesforce refused the request: {}", describe(status, text)),
