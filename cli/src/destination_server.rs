@@ -37,6 +37,7 @@ struct ServerState {
     attempts_this_run: HashMap<String, u32>,
     rows_received: Vec<u64>,
     keys_received: Vec<HashSet<String>>,
+    sends: Vec<HashMap<String, u32>>,
     requests: Vec<u64>,
     largest_request: usize,
     delivered: HashMap<String, Vec<usize>>,
@@ -77,6 +78,8 @@ pub struct DestinationStats {
     pub rows_received: Vec<u64>,
     /// Distinct keys received in each run.
     pub keys_received: Vec<HashSet<String>>,
+    /// How many times each key was received in each run (duplicates included).
+    pub sends: Vec<HashMap<String, u32>>,
     /// Requests received in each run.
     pub requests: Vec<u64>,
     /// The largest request, in rows.
@@ -126,6 +129,7 @@ impl DestinationServer {
             secret,
             rows_received: vec![0],
             keys_received: vec![HashSet::new()],
+            sends: vec![HashMap::new()],
             requests: vec![0],
             ..ServerState::default()
         }));
@@ -172,6 +176,7 @@ impl DestinationServer {
         state.run += 1;
         state.rows_received.push(0);
         state.keys_received.push(HashSet::new());
+        state.sends.push(HashMap::new());
         state.requests.push(0);
         state.attempts_this_run.clear();
         state.behaviours.retain(|_, b| {
@@ -190,6 +195,7 @@ impl DestinationServer {
         DestinationStats {
             rows_received: state.rows_received.clone(),
             keys_received: state.keys_received.clone(),
+            sends: state.sends.clone(),
             requests: state.requests.clone(),
             largest_request: state.largest_request,
             delivered_keys: state.delivered.keys().cloned().collect(),
@@ -283,6 +289,12 @@ async fn receive(
             .last_mut()
             .expect("a run")
             .insert(row.key.clone());
+        *state
+            .sends
+            .last_mut()
+            .expect("a run")
+            .entry(row.key.clone())
+            .or_insert(0) += 1;
         if state
             .delivered
             .get(&row.key)
