@@ -22,6 +22,14 @@ pub enum RowBehaviour {
         /// Refused attempts before release.
         until_attempt: Option<u32>,
     },
+    /// Answers `UNABLE_TO_LOCK_ROW` (retryable) with a `retry_after_secs` for its first
+    /// `until_attempt` attempts in a run, then delivers.
+    Busy {
+        /// The wait the answer asks for, in seconds.
+        retry_after_secs: u64,
+        /// Refused attempts before release.
+        until_attempt: u32,
+    },
     /// Answers a validation error (permanent) during the current run only.
     RejectThisRun {
         /// The error code.
@@ -324,6 +332,16 @@ async fn receive(
                     retry_after_secs: None,
                 }
             }
+            Some(RowBehaviour::Busy {
+                retry_after_secs,
+                until_attempt,
+            }) if attempts <= until_attempt => RowStatus {
+                key: row.key.into(),
+                status: "retry".into(),
+                code: Some("UNABLE_TO_LOCK_ROW".into()),
+                message: Some("the record is busy".into()),
+                retry_after_secs: Some(retry_after_secs),
+            },
             Some(RowBehaviour::RejectThisRun { code }) => RowStatus {
                 key: row.key.into(),
                 status: "rejected".into(),

@@ -92,6 +92,7 @@ fn duplicate_body(run_id: &RunId, i: usize) -> String {
         prior_attempts: 0,
         attempts_before: 0,
         rate_limit_deferrals: 0,
+        backoff_until: None,
     }
     .to_body()
 }

@@ -99,6 +99,8 @@ pub struct EnvSettings {
     pub run_deadline_secs: Option<u64>,
     /// More fields of the destination's `retry:` (e.g. `", pause_secs: 1"`).
     pub retry_extra: &'static str,
+    /// The destination's backoff: `base_delay_secs` and `max_delay_secs`.
+    pub backoff_secs: (u64, u64),
 }
 
 impl Default for EnvSettings {
@@ -113,6 +115,7 @@ impl Default for EnvSettings {
             webhook_url: None,
             run_deadline_secs: None,
             retry_extra: "",
+            backoff_secs: (1, 2),
         }
     }
 }
@@ -166,8 +169,11 @@ impl TestEnv {
             "{ value: test-secret }".to_owned()
         };
         let retry = format!(
-            "{{ max_attempts: {}, base_delay_secs: 1, max_delay_secs: 2{} }}",
-            settings.max_attempts, settings.retry_extra
+            "{{ max_attempts: {}, base_delay_secs: {}, max_delay_secs: {}{} }}",
+            settings.max_attempts,
+            settings.backoff_secs.0,
+            settings.backoff_secs.1,
+            settings.retry_extra
         );
         let concurrency = settings.concurrency;
         let mut salesforce = None;
@@ -320,6 +326,12 @@ syncs:
     /// inject faults.
     pub fn faults(&self) -> Option<&resync_emulator::Faults> {
         self._emulator.as_ref().map(Emulator::faults)
+    }
+
+    /// The embedded emulator's in-flight accounting of SQS; `None` on a remote
+    /// endpoint.
+    pub fn sqs_in_flight(&self) -> Option<&resync_emulator::InFlight> {
+        self._emulator.as_ref().map(Emulator::sqs_in_flight)
     }
 
     pub async fn index(&self) -> Vec<IndexEntry> {

@@ -49,6 +49,7 @@ mod dead_letters;
 mod destination_answers;
 mod failed_rows;
 mod hubspot;
+mod in_flight;
 mod item_limits;
 mod rate_limits;
 mod replan;

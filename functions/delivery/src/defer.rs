@@ -1,5 +1,6 @@
-//! Rate-limited rows go back to the queue as delayed copies that carry the attempts
-//! spent so far, so a rate limit spends no attempt.
+//! Rows that wait — for a rate limit, for a retry's backoff — go back to the queue as
+//! delayed copies that carry the attempts spent so far (a rate limit spends none), so
+//! no waiting row is held in flight.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -7,7 +8,7 @@ use resync_shared::{aws::queue::WorkQueue, PrimaryKey};
 
 use super::{settle::Deferral, Received};
 
-/// Re-enqueues rate-limited rows as delayed copies (one per key) that carry the attempts
+/// Re-enqueues waiting rows as delayed copies (one per key) that carry the attempts
 /// spent so far; their originals are then deleted by the caller's partial batch
 /// response. Returns the positions in `deferrals` whose rows must be kept instead
 /// because SQS refused their copy.
@@ -30,9 +31,7 @@ pub(super) async fn defer_rows(
             // that message is kept, so this duplicate can go.
             continue;
         }
-        let mut copy = row.message.clone();
-        copy.attempts_before = row.attempt.saturating_sub(1);
-        copy.rate_limit_deferrals += 1;
+        let copy = deferral.why.copy(row);
         copies.push(DelayedCopy {
             position,
             body: copy.to_body(),

@@ -308,9 +308,10 @@ pub async fn handler(
         deps.crash_points
             .reached(CrashPoint::DeliveryAfterDestinationCall)?;
         ledger.generation = generation;
-        // Re-enqueue rate-limited rows *before* the ledger is written, so a row whose
-        // copy SQS refused is settled the ordinary way (this receive counts) in the
-        // same ledger item — at the threshold that is a terminal failure (I4).
+        // Re-enqueue waiting rows (rate-limited, backing off) *before* the ledger is
+        // written, so a row whose copy SQS refused is settled the ordinary way (this
+        // receive counts, the original is hidden for the wait) in the same ledger
+        // item — at the threshold that is a terminal failure (I4).
         let kept = defer_rows(&deps.queue, &rows, &deferrals).await;
         // The originals of the rows whose copies SQS took are deleted now rather than
         // left for Lambda to delete when the invocation returns: a lost response (a

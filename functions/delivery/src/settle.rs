@@ -11,6 +11,8 @@ use resync_shared::{
     domain::{
         ledger::BatchLedger,
         outcome::{decide, Attempt, Decision, ErrorClass, RowError, RowResult},
+        retry::SQS_MAX_DELAY,
+        timestamp,
     },
     PrimaryKey,
 };
@@ -57,14 +59,74 @@ pub(super) struct Retry {
     pub(super) visibility: Duration,
 }
 
-/// A rate-limited row to re-enqueue as a delayed copy.
+/// A row to re-enqueue as a delayed copy: the row then waits in the queue as a delayed
+/// message, which does not count toward the queue's in-flight limit (120,000 on a
+/// standard queue), rather than as a received message hidden for the wait, which does.
 pub(super) struct Deferral {
     /// Index into the run's rows.
     pub(super) row: usize,
-    /// The copy's delay.
+    /// The copy's delay (at most SQS's 15 minutes).
     pub(super) delay: Duration,
-    /// What to do if SQS refuses the copy (`RetryLater` or `TerminalFailure`).
+    /// What to do if SQS refuses the copy (`RetryLater`: hide the original instead, or
+    /// `TerminalFailure`).
     pub(super) if_refused: Decision,
+    /// Why the row waits, which says what the copy carries.
+    pub(super) why: Waiting,
+}
+
+/// Why a row goes back to the queue as a delayed copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Waiting {
+    /// A rate limit: the receive spent no attempt, one more deferral is counted.
+    RateLimit,
+    /// A retry's backoff: the receive spent its attempt. A backoff longer than SQS's
+    /// longest delay is carried to its end (unix seconds) by the copies.
+    Backoff {
+        /// When the backoff ends, if after the copy's delay.
+        until: Option<i64>,
+    },
+    /// A copy received before its backoff's end: not sent, no attempt spent, it goes
+    /// back until then.
+    BackingOff {
+        /// When the backoff ends.
+        until: i64,
+    },
+}
+
+impl Waiting {
+    /// The copy of `row` that waits for this reason.
+    pub(super) fn copy(self, row: &Received) -> resync_shared::domain::message::RowMessage {
+        let mut copy = row.message.clone();
+        match self {
+            Waiting::RateLimit => {
+                copy.attempts_before = row.attempt.saturating_sub(1);
+                copy.rate_limit_deferrals += 1;
+            }
+            Waiting::Backoff { until } => {
+                copy.attempts_before = row.attempt;
+                copy.backoff_until = until;
+            }
+            Waiting::BackingOff { until } => {
+                copy.attempts_before = row.attempt.saturating_sub(1);
+                copy.backoff_until = Some(until);
+            }
+        }
+        copy
+    }
+}
+
+/// How a retry waits out `visibility`: as a delayed copy of at most SQS's 15 minutes,
+/// whose copies carry a longer backoff's end; if SQS refuses the copy, the received
+/// message is hidden for the backoff instead.
+fn backoff(row: usize, visibility: Duration, error: RowError, now: i64) -> Deferral {
+    let until = (visibility > SQS_MAX_DELAY)
+        .then(|| now.saturating_add(i64::try_from(visibility.as_secs()).unwrap_or(i64::MAX)));
+    Deferral {
+        row,
+        delay: visibility.min(SQS_MAX_DELAY),
+        if_refused: Decision::RetryLater { visibility, error },
+        why: Waiting::Backoff { until },
+    }
 }
 
 /// How many of a run's requests this invocation may send (the destination's breaker).
@@ -119,11 +181,14 @@ pub(super) async fn deliver_run(
     // Copies of one key (at-least-once delivery) are sent once and share the answer:
     // a destination request never upserts the same record twice. A copy past the
     // threshold is not sent at all (I4): it gets no answer slot (see below).
+    // A copy received before its backoff's end is not sent either: it goes back.
+    let now = timestamp::now().unix_timestamp();
+    let backing_off = |row: &Received| row.message.backoff_until.filter(|&until| until > now);
     let mut first_copy: HashMap<&PrimaryKey, usize> = HashMap::with_capacity(rows.len());
     let mut unique: Vec<&Received> = Vec::with_capacity(rows.len());
     let mut answer_of: Vec<Option<usize>> = Vec::with_capacity(rows.len());
     for row in rows {
-        if policy.past_threshold(row.attempt) {
+        if policy.past_threshold(row.attempt) || backing_off(row).is_some() {
             answer_of.push(None);
             continue;
         }
@@ -192,6 +257,19 @@ pub(super) async fn deliver_run(
     }
     let ledger = &mut settlement.ledger;
     for (index, row) in rows.iter().enumerate() {
+        if let (None, Some(until)) = (answer_of[index], backing_off(row)) {
+            let left = Duration::from_secs(u64::try_from(until - now).unwrap_or(0));
+            settlement.deferrals.push(Deferral {
+                row: index,
+                delay: left.min(SQS_MAX_DELAY),
+                if_refused: Decision::RetryLater {
+                    visibility: left,
+                    error: RowError::retryable("BACKING_OFF", "the row waits out its backoff"),
+                },
+                why: Waiting::BackingOff { until },
+            });
+            continue;
+        }
         let Some(slot) = answer_of[index] else {
             // A copy past the threshold (a duplicate receive, a lost delete, an
             // invocation that died at the threshold): not sent (I4) and not settled
@@ -223,10 +301,9 @@ pub(super) async fn deliver_run(
             Decision::RetryLater { visibility, error } => {
                 tracing::debug!(key = %row.message.key, code = %error.code, attempt = row.attempt, "retrying later");
                 ledger.retrying.push(row.message.key.clone());
-                settlement.retries.push(Retry {
-                    row: index,
-                    visibility,
-                });
+                settlement
+                    .deferrals
+                    .push(backoff(index, visibility, error, now));
             }
             Decision::Defer {
                 delay,
@@ -239,6 +316,7 @@ pub(super) async fn deliver_run(
                     row: index,
                     delay,
                     if_refused: *if_refused,
+                    why: Waiting::RateLimit,
                 });
             }
             Decision::TerminalFailure(error) => {
@@ -321,6 +399,7 @@ mod tests {
                 prior_attempts: 0,
                 attempts_before: 0,
                 rate_limit_deferrals: 0,
+                backoff_until: None,
             },
         }
     }

@@ -118,6 +118,7 @@ impl<'a> Sender<'a> {
             prior_attempts: planned.carried.as_ref().map_or(0, |c| c.attempts),
             attempts_before,
             rate_limit_deferrals: 0,
+            backoff_until: None,
         };
         self.batch.push(Pending {
             key: planned.key,

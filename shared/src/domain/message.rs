@@ -44,6 +44,13 @@ pub struct RowMessage {
     /// How often a rate limit deferred the row in this run (bounded; see delivery).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rate_limit_deferrals: u32,
+    /// When a retry's backoff ends (unix seconds), for a backoff longer than SQS's
+    /// 15-minute delay: the row waits as delayed copies, each gone back to the queue
+    /// until then without being sent or spending an attempt (a row waiting out a
+    /// backoff is never held invisible, so it does not count toward the queue's
+    /// in-flight limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_until: Option<i64>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -89,6 +96,7 @@ mod tests {
             prior_attempts: 0,
             attempts_before: 0,
             rate_limit_deferrals: 0,
+            backoff_until: None,
         };
         let body = message.to_body();
         assert!(!body.contains("carried_over"));
