@@ -274,11 +274,21 @@ pub(crate) async fn plan(
         }
         outcomes.push(outcome(&object.listed, damage.as_ref(), planned_through));
     }
-    let (leftovers, waiting) = planner.leftovers();
-    for planned in leftovers {
-        sender.push(planned, &mut rejections.log).await?;
-        rejections.flush().await?;
+    // The failed keys the source did not mention, retried from their stored payloads,
+    // read back from the index page by page (planning holds keys, not payloads).
+    let mut leftovers = planner.leftovers();
+    if !leftovers.is_empty() {
+        deps.index
+            .read_payloads(&sync.id, async |key, payload| {
+                if let Some(planned) = leftovers.plan(&key, payload) {
+                    sender.push(planned, &mut rejections.log).await?;
+                    rejections.flush().await?;
+                }
+                Ok::<(), SyncStartError>(())
+            })
+            .await?;
     }
+    let waiting = leftovers.waiting();
     let sent = sender.finish(&mut rejections.log).await?;
     let (enqueued, carried_over) = replan
         .record(&deps.runs, &sync.id, run_id, generation, sent)

@@ -10,6 +10,7 @@ use aws_sdk_dynamodb::{
     types::{DeleteRequest, PutRequest, WriteRequest},
     Client,
 };
+use futures::StreamExt;
 use serde_json::{Map, Value};
 
 use super::{
@@ -126,8 +127,9 @@ impl FailedRowIndex {
         Ok(entries)
     }
 
-    /// The sync's index as planning needs it: only key, payload text, first failure
-    /// and attempts are read (a projection), and payloads stay unparsed.
+    /// The sync's index as planning holds it: key, first failure and attempts (a
+    /// projection), no payloads — those of the keys the source does not mention are
+    /// read back afterwards by [`FailedRowIndex::read_payloads`].
     pub async fn load_for_planning(
         &self,
         sync: &SyncId,
@@ -135,7 +137,7 @@ impl FailedRowIndex {
         let mut index = HashMap::new();
         let mut pages = self
             .query_sync(sync)
-            .projection_expression("#key, payload, first_failed_at, attempts")
+            .projection_expression("#key, first_failed_at, attempts")
             .expression_attribute_names("#key", "key")
             .consistent_read(true)
             .into_paginator()
@@ -149,13 +151,44 @@ impl FailedRowIndex {
             index.insert(
                 key,
                 CarriedEntry {
-                    payload: get_s(&item, "payload").map(String::into_boxed_str),
                     first_failed_at: get_s(&item, "first_failed_at").unwrap_or_default(),
                     attempts: get_n::<u32>(&item, "attempts"),
                 },
             );
         }
         Ok(index)
+    }
+
+    /// Reads the sync's index again, key and stored payload only, one page (1 MB) at a
+    /// time in key order, handing each entry to `each` as it comes: planning holds one
+    /// page of payloads, never the index's. A query reads (and DynamoDB bills) whole
+    /// items whatever the projection, so this second read is made only when the source
+    /// left keys to retry from their payloads.
+    pub async fn read_payloads<E: From<AwsError>>(
+        &self,
+        sync: &SyncId,
+        mut each: impl AsyncFnMut(PrimaryKey, Option<String>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut pages = self
+            .query_sync(sync)
+            .projection_expression("#key, payload")
+            .expression_attribute_names("#key", "key")
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let mut item = item.map_err(|e| AwsError::sdk("DynamoDB.Query", e))?;
+            let Some(key) = get_s(&item, "key").and_then(|k| PrimaryKey::parse(k).ok()) else {
+                continue;
+            };
+            let payload = match item.remove("payload") {
+                Some(aws_sdk_dynamodb::types::AttributeValue::S(text)) => Some(text),
+                _ => None,
+            };
+            each(key, payload).await?;
+        }
+        Ok(())
     }
 
     /// Size and oldest failure of a sync's index.
@@ -249,10 +282,7 @@ impl FailedRowIndex {
             requests.push(WriteRequest::builder().delete_request(delete).build());
         }
         requests.extend(puts);
-        for chunk in requests.chunks(MAX_BATCH_WRITE_ITEMS) {
-            self.batch_write(chunk.to_vec()).await?;
-        }
-        Ok(())
+        self.write_all(requests).await
     }
 
     /// Writes one chunk of a closed run's keyed rejections into the index, after
@@ -280,15 +310,29 @@ impl FailedRowIndex {
             }
             requests.push(put(rejection_item(sync, key, run, &now, rejection))?);
         }
-        for chunk in requests.chunks(MAX_BATCH_WRITE_ITEMS) {
-            self.batch_write(chunk.to_vec()).await?;
-        }
-        Ok(())
+        self.write_all(requests).await
     }
 
     /// Sends one `BatchWriteItem`, retrying unprocessed items. Refuses a request that
     /// DynamoDB would refuse (over 25 items, a key twice) before sending it, so no
     /// emulator's leniency hides it.
+    /// Writes `requests` (each key at most once) in `BatchWriteItem` calls of 25,
+    /// [`INDEX_WRITES_IN_FLIGHT`] at once: a run's failures and recovered keys are
+    /// written at that many calls' pace, not one call's (the order of the calls does not
+    /// matter, as no key is in two of them).
+    async fn write_all(&self, requests: Vec<WriteRequest>) -> Result<(), AwsError> {
+        let mut calls = futures::stream::iter(
+            requests
+                .chunks(MAX_BATCH_WRITE_ITEMS)
+                .map(|chunk| self.batch_write(chunk.to_vec())),
+        )
+        .buffer_unordered(INDEX_WRITES_IN_FLIGHT);
+        while let Some(written) = calls.next().await {
+            written?;
+        }
+        Ok(())
+    }
+
     async fn batch_write(&self, mut pending: Vec<WriteRequest>) -> Result<(), AwsError> {
         check_batch_write(&pending)?;
         let mut delay = Duration::from_millis(50);
@@ -319,6 +363,9 @@ impl FailedRowIndex {
 
 /// Items in one `BatchWriteItem`, at most.
 const MAX_BATCH_WRITE_ITEMS: usize = 25;
+
+/// `BatchWriteItem` calls of one index update in flight at once.
+pub const INDEX_WRITES_IN_FLIGHT: usize = 8;
 
 /// DynamoDB's rules for one `BatchWriteItem` of this table: at most 25 requests, each
 /// key at most once (a put and a delete of the same key count as twice).

@@ -14,6 +14,11 @@
 //! second plans. Memory is 9 bytes a distinct key instead of the whole source; a hash
 //! collision (≈ 3·10⁻⁸ for a million keys) would wrongly reject two rows as duplicates,
 //! never deliver a duplicate.
+//!
+//! The index is held as keys, not payloads ([`CarriedEntry`]: the key, when it first
+//! failed, its attempts — about 100 bytes a failed key whatever its row's width). The
+//! stored payloads of the keys the source did not mention ([`Leftovers`]) are read back
+//! from the index after the source, one page at a time, and sent as they come.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -23,13 +28,9 @@ use std::{
 
 use crate::domain::{ids::PrimaryKey, row::RowFields, source::Rejection, source::SourceRow};
 
-/// A failed-row index entry as planning needs it.
+/// A failed-row index entry as planning holds it: no payload (see [`Leftovers`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CarriedEntry {
-    /// The stored payload as JSON text (`None` for rows that were rejected). Kept as
-    /// text: a parsed map costs several times the memory, and most carried keys are
-    /// replaced by the source's values anyway.
-    pub payload: Option<Box<str>>,
     /// When the key first failed.
     pub first_failed_at: String,
     /// Attempts spent by earlier runs.
@@ -168,29 +169,58 @@ impl RunPlanner {
         })
     }
 
-    /// After the source: failed keys it did not mention, retried from their stored
-    /// payload, and the number of keys that wait for the source (no payload).
-    pub fn leftovers(self) -> (Vec<PlannedRow>, usize) {
-        let mut waiting = 0;
-        let mut rows = Vec::new();
-        for (key, entry) in self.index {
-            let fields = entry.payload.as_deref().map(RowFields::from_text);
-            match fields {
-                Some(Ok(fields)) => rows.push(PlannedRow {
-                    key,
-                    fields,
-                    carried: Some(entry),
-                    origin: None,
-                }),
-                Some(Err(err)) => {
-                    tracing::error!(key = %key, error = %err, "unreadable stored payload; the key waits for the source");
-                    waiting += 1;
-                }
-                None => waiting += 1,
+    /// After the source: the failed keys it did not mention, to be retried from their
+    /// stored payloads.
+    pub fn leftovers(self) -> Leftovers {
+        Leftovers {
+            index: self.index,
+            waiting: 0,
+        }
+    }
+}
+
+/// The failed keys the source did not mention. Their stored payloads are read back from
+/// the index (every entry, in the index's key order) and each is planned as it comes
+/// ([`Leftovers::plan`]); what is left at the end waits for the source.
+#[derive(Debug)]
+pub struct Leftovers {
+    index: HashMap<PrimaryKey, CarriedEntry>,
+    waiting: usize,
+}
+
+impl Leftovers {
+    /// Whether no key is left (the index need not be read again).
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// One index entry read back with its stored payload (`None`: it has none, as a
+    /// rejected row): the row to retry if the key is a leftover whose payload reads.
+    pub fn plan(&mut self, key: &PrimaryKey, payload: Option<String>) -> Option<PlannedRow> {
+        let (key, entry) = self.index.remove_entry(key)?;
+        match payload.map(RowFields::from_text) {
+            Some(Ok(fields)) => Some(PlannedRow {
+                key,
+                fields,
+                carried: Some(entry),
+                origin: None,
+            }),
+            Some(Err(err)) => {
+                tracing::error!(key = %key, error = %err, "unreadable stored payload; the key waits for the source");
+                self.waiting += 1;
+                None
+            }
+            None => {
+                self.waiting += 1;
+                None
             }
         }
-        rows.sort_by(|a, b| a.key.cmp(&b.key));
-        (rows, waiting)
+    }
+
+    /// After the index was read back: the keys that wait for the source (no payload, an
+    /// unreadable one, or an entry gone from the index since it was loaded).
+    pub fn waiting(self) -> usize {
+        self.waiting + self.index.len()
     }
 }
 
@@ -216,12 +246,15 @@ mod tests {
         }
     }
 
-    fn carried(v: i64) -> CarriedEntry {
+    fn carried(attempts: u32) -> CarriedEntry {
         CarriedEntry {
-            payload: Some(json!({"v": v}).to_string().into()),
             first_failed_at: "2026-11-01T00:00:00Z".into(),
-            attempts: 5,
+            attempts,
         }
+    }
+
+    fn payload(v: i64) -> Option<String> {
+        Some(json!({"v": v}).to_string())
     }
 
     fn planner(index: Vec<(&str, CarriedEntry)>, source: &[SourceRow]) -> RunPlanner {
@@ -245,9 +278,10 @@ mod tests {
             planned.carried.unwrap().first_failed_at,
             "2026-11-01T00:00:00Z"
         );
-        let (leftovers, waiting) = planner.leftovers();
+        let mut leftovers = planner.leftovers();
         assert!(leftovers.is_empty(), "a key is planned once");
-        assert_eq!(waiting, 0);
+        assert_eq!(leftovers.plan(&key("a"), payload(1)), None);
+        assert_eq!(leftovers.waiting(), 0);
     }
 
     #[test]
@@ -258,10 +292,17 @@ mod tests {
             planner.plan(source[0].clone(), &"o".into()),
             Planned::Enqueue(PlannedRow { carried: None, .. })
         ));
-        let (leftovers, _) = planner.leftovers();
-        assert_eq!(leftovers.len(), 1);
-        assert_eq!(leftovers[0].key.as_str(), "b");
-        assert_eq!(leftovers[0].fields.to_map().unwrap()["v"], json!(7));
+        let mut leftovers = planner.leftovers();
+        assert_eq!(
+            leftovers.plan(&key("a"), payload(1)),
+            None,
+            "not a leftover"
+        );
+        let planned = leftovers.plan(&key("b"), payload(7)).unwrap();
+        assert_eq!(planned.key.as_str(), "b");
+        assert_eq!(planned.fields.to_map().unwrap()["v"], json!(7));
+        assert_eq!(planned.carried.unwrap().attempts, 7);
+        assert_eq!(leftovers.waiting(), 0);
     }
 
     #[test]
@@ -302,21 +343,26 @@ mod tests {
             planner.plan(source[1].clone(), &"o".into()),
             Planned::Reject(_, None)
         ));
-        let (leftovers, waiting) = planner.leftovers();
+        let leftovers = planner.leftovers();
         assert!(leftovers.is_empty());
-        assert_eq!(waiting, 0);
+        assert_eq!(leftovers.waiting(), 0);
     }
 
     #[test]
     fn rejected_index_entries_wait_for_the_source() {
-        let entry = CarriedEntry {
-            payload: None,
-            ..carried(0)
-        };
-        let planner = planner(vec![("z", entry)], &[]);
-        let (leftovers, waiting) = planner.leftovers();
-        assert!(leftovers.is_empty());
-        assert_eq!(waiting, 1);
+        let planner = planner(
+            vec![("y", carried(0)), ("z", carried(0)), ("gone", carried(0))],
+            &[],
+        );
+        let mut leftovers = planner.leftovers();
+        assert_eq!(leftovers.plan(&key("y"), None), None, "no payload");
+        assert_eq!(
+            leftovers.plan(&key("z"), Some("not json".into())),
+            None,
+            "an unreadable payload"
+        );
+        // "gone" is not read back (deleted since it was loaded): it waits too.
+        assert_eq!(leftovers.waiting(), 3);
     }
 
     /// Issue 13, item 2: a source repeating one line (7 MB of gzip expanding to 2 GB)

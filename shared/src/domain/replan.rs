@@ -236,7 +236,6 @@ mod tests {
             key: key(k),
             fields: RowFields::from_text(r#"{"v":"new"}"#.to_owned()).unwrap(),
             carried: carried.then(|| CarriedEntry {
-                payload: None,
                 first_failed_at: "2026-01-01T00:00:00Z".into(),
                 attempts: 7,
             }),
