@@ -1,6 +1,6 @@
 //! The memory case: sync-start's peak resident memory on many rows and failed keys,
 //! measured in a child process (`resync bench-sync-start`) so that nothing else this
-//! process holds counts.
+//! process holds counts; and how fast its failed keys were written into the index.
 
 use std::{sync::Arc, time::Instant};
 
@@ -22,6 +22,9 @@ use super::{
 pub(super) struct MemoryCase {
     /// Peak resident memory of sync-start, MB.
     pub(super) peak_rss_mb: f64,
+    /// Failed-row index items written per second by one index update (as a run's close
+    /// writes its failures).
+    pub(super) index_items_per_s: f64,
     /// Source rows.
     pub(super) rows: usize,
     /// Keys in the failed-row index.
@@ -36,25 +39,39 @@ pub(super) async fn memory_case(
     if options.memory_rows == 0 {
         return Ok(None);
     }
-    prepare(bench, options).await?;
+    let index_items_per_s = prepare(bench, options).await?;
     let peak_rss_mb = sync_start_peak_rss_mb(bench, options).await?;
     Ok(Some(MemoryCase {
         peak_rss_mb,
+        index_items_per_s,
         rows: options.memory_rows,
         failed_keys: options.memory_failed_keys,
     }))
 }
 
+/// The row number of failed key `i`: the even ones are among the source's `rows` while
+/// there are enough, the others are not in the source.
+fn failed_key_index(i: usize, rows: usize) -> usize {
+    if i.is_multiple_of(2) && i / 2 < rows {
+        i / 2
+    } else {
+        rows + i
+    }
+}
+
 /// Prepares the memory case: its source rows and its keys in the failed-row index.
-async fn prepare(bench: &Bench, options: &BenchOptions) -> anyhow::Result<()> {
+/// Returns the index items written per second.
+async fn prepare(bench: &Bench, options: &BenchOptions) -> anyhow::Result<f64> {
     bench.export("memory", options.memory_rows).await?;
     let sync = SyncId::parse("memory")?;
     let run = RunId::parse("seed-run")?;
-    // Half the failed keys are in the source (source values win), half are not (retried
-    // from their stored payload).
+    // Up to half the failed keys are in the source (source values win), the rest are not (retried
+    // from their stored payload). Stored rows of about 1 KB, as wide as a warehouse row
+    // with a few text columns: the index's payloads outweigh its keys tenfold.
+    let notes = "n".repeat(900);
     let failures: Vec<FailedRow> = (0..options.memory_failed_keys)
         .map(|i| {
-            let index = if i % 2 == 0 { i } else { options.memory_rows + i };
+            let index = failed_key_index(i, options.memory_rows);
             FailedRow {
                 key: PrimaryKey::parse(key("memory", index)).expect("valid key"),
                 error: RowError::retryable("UNABLE_TO_LOCK_ROW", "locked"),
@@ -64,22 +81,22 @@ async fn prepare(bench: &Bench, options: &BenchOptions) -> anyhow::Result<()> {
                 first_failed_at: None,
                 failed_at: None,
                 payload: RowFields::from_text(
-                    serde_json::json!({"id": key("memory", index), "email": "x@example.com", "plan": "pro", "mrr": 1})
+                    serde_json::json!({"id": key("memory", index), "email": "x@example.com", "plan": "pro", "mrr": 1, "notes": notes})
                         .to_string(),
                 )
                 .expect("an object"),
             }
         })
         .collect();
+    // Written as a run's close writes its failures (one index update), and timed.
     let refs: Vec<&FailedRow> = failures.iter().collect();
-    for chunk in refs.chunks(5_000) {
-        bench
-            .runtime
-            .index()
-            .apply_run(&sync, &run, chunk, &[], &[])
-            .await?;
-    }
-    Ok(())
+    let started = Instant::now();
+    bench
+        .runtime
+        .index()
+        .apply_run(&sync, &run, &refs, &[], &[])
+        .await?;
+    Ok(refs.len() as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }
 
 /// Runs sync-start in a child process against this emulator; returns the child's peak
@@ -106,7 +123,10 @@ async fn sync_start_peak_rss_mb(bench: &Bench, options: &BenchOptions) -> anyhow
         String::from_utf8_lossy(&output.stderr)
     );
     let result: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let expected = options.memory_rows + options.memory_failed_keys / 2;
+    let expected = options.memory_rows
+        + (0..options.memory_failed_keys)
+            .filter(|&i| failed_key_index(i, options.memory_rows) >= options.memory_rows)
+            .count();
     anyhow::ensure!(
         result["enqueued"] == expected,
         "the memory case enqueued {} rows, expected {expected}",

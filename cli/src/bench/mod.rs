@@ -59,6 +59,17 @@ pub struct BenchOptions {
     pub concurrency: u32,
 }
 
+/// One function's figures in [`BenchReport::functions`].
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct FunctionFigures {
+    /// Peak resident memory of the function's own process, MB (`None`: not measured).
+    pub peak_rss_mb: Option<f64>,
+    /// The longest single invocation, seconds of handler work.
+    pub longest_invocation_s: f64,
+    /// Invocations.
+    pub invocations: u64,
+}
+
 /// The measured figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -118,8 +129,16 @@ pub struct BenchReport {
     pub sync_start_peak_rss_mb: Option<f64>,
     /// Memory case: rows and failed keys.
     pub memory_case: Option<(usize, usize)>,
+    /// Memory case: its failed keys written into the index by one index update, as a
+    /// run's close writes its failures, in items per second (a timing).
+    pub index_items_per_s: Option<f64>,
     /// Handler time per function on the clean run: (invocations, seconds).
     pub handler_seconds: BTreeMap<&'static str, (u64, f64)>,
+    /// Per function (`sync-start`, `delivery`, `finalizer`): invocations and the longest
+    /// single invocation of the clean run, and peak resident memory where it is measured
+    /// in the function's own process (sync-start, in the memory case; `null` for the
+    /// others, which run inside the benchmark's process).
+    pub functions: BTreeMap<&'static str, FunctionFigures>,
     /// resync's cost per million rows.
     pub usd_per_million_rows: f64,
     /// Cost breakdown per million rows.
@@ -204,6 +223,24 @@ fn report(
         next_run_resent_delivered_rows: retry.next_run_resent_delivered_rows,
         sync_start_peak_rss_mb: memory.map(|m| m.peak_rss_mb),
         memory_case: memory.map(|m| (m.rows, m.failed_keys)),
+        index_items_per_s: memory.map(|m| m.index_items_per_s),
+        functions: ["sync-start", "delivery", "finalizer"]
+            .into_iter()
+            .map(|name| {
+                let figures = FunctionFigures {
+                    peak_rss_mb: memory
+                        .filter(|_| name == "sync-start")
+                        .map(|m| m.peak_rss_mb),
+                    longest_invocation_s: pipeline
+                        .longest_invocation_s
+                        .get(name)
+                        .copied()
+                        .unwrap_or(0.0),
+                    invocations: pipeline.handler_seconds.get(name).map_or(0, |(n, _)| *n),
+                };
+                (name, figures)
+            })
+            .collect(),
         handler_seconds: pipeline.handler_seconds,
         requests,
         usd_per_million_rows: cost.usd_per_million_rows,

@@ -128,6 +128,8 @@ pub(super) struct PipelineRun {
     pub(super) requests: RequestCounts,
     /// Handler time per function: (invocations, seconds).
     pub(super) handler_seconds: BTreeMap<&'static str, (u64, f64)>,
+    /// The longest single invocation per function, in seconds.
+    pub(super) longest_invocation_s: BTreeMap<&'static str, f64>,
     /// Rows the run delivered (all of them).
     pub(super) delivered: u64,
     /// Destination calls of the run.
@@ -155,6 +157,7 @@ pub(super) async fn pipeline_run(
     perf_control("pipeline", "disable");
     let requests = bench.counter.snapshot();
     let handler_seconds = runtime.clock.snapshot();
+    let longest_invocation_s = runtime.clock.longest();
     let counts = run.record.counts.context("the clean run has no counts")?;
     anyhow::ensure!(
         counts.delivered == options.rows as u64,
@@ -178,6 +181,7 @@ pub(super) async fn pipeline_run(
         phases_s: pipeline_phases_s,
         requests,
         handler_seconds,
+        longest_invocation_s,
         delivered: counts.delivered,
         destination_calls: stats.requests[0],
     })

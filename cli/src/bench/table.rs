@@ -90,6 +90,12 @@ pub fn table(report: &BenchReport) -> String {
             format!("{rss:.1} MB"),
         );
     }
+    if let (Some(rate), Some((_, keys))) = (report.index_items_per_s, report.memory_case) {
+        line(
+            &format!("index update: {keys} failed rows written"),
+            format!("{rate:.0} items/s"),
+        );
+    }
     line(
         "resync: USD per million rows",
         format!("{:.3}", report.usd_per_million_rows),

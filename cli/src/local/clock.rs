@@ -14,6 +14,7 @@ pub struct HandlerClock {
 struct Billed {
     invocations: u64,
     time: Duration,
+    longest: Duration,
 }
 
 impl HandlerClock {
@@ -23,6 +24,7 @@ impl HandlerClock {
         let entry = inner.entry(function).or_default();
         entry.invocations += 1;
         entry.time += elapsed;
+        entry.longest = entry.longest.max(elapsed);
     }
 
     /// Invocations and handler seconds per function.
@@ -32,6 +34,16 @@ impl HandlerClock {
             .expect("clock")
             .iter()
             .map(|(k, billed)| (*k, (billed.invocations, billed.time.as_secs_f64())))
+            .collect()
+    }
+
+    /// The longest single invocation per function, in seconds.
+    pub fn longest(&self) -> BTreeMap<&'static str, f64> {
+        self.inner
+            .lock()
+            .expect("clock")
+            .iter()
+            .map(|(k, billed)| (*k, billed.longest.as_secs_f64()))
             .collect()
     }
 
