@@ -591,3 +591,76 @@ async fn one_syncs_error_does_not_stop_the_finalizer_for_the_others() {
     assert!(message.contains("unreadable ledger item"), "{message}");
     assert!(!message.contains("customers"), "{message}");
 }
+
+/// Issue 14, item 4: a close wrote the whole index update in one finalizer invocation,
+/// restarting from the first key on every try, so a run whose failed and recovered rows
+/// take longer to write than one invocation lives (one outage on a large run) never
+/// closed. A close now writes in key order, records how far it got when the invocation's
+/// time runs short, and the next invocation resumes there: with a deadline that is
+/// always near, 2,000 failed rows take several invocations, and the index ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_that_runs_short_of_time_resumes_where_it_stopped() {
+    use resync_finalizer::CLOSE_MARGIN;
+
+    let rows = 2_000;
+    let env = TestEnv::with(EnvSettings {
+        max_attempts: 1,
+        ..EnvSettings::default()
+    })
+    .await;
+    for i in 0..rows {
+        env.destination.set(
+            key(i),
+            resync::destination_server::RowBehaviour::Locked {
+                until_attempt: None,
+            },
+        );
+    }
+    env.export_rows("batch.jsonl.gz", 0..rows).await;
+    let run_id = env.start_run().await;
+    env.deliver_in_one_invocation(rows).await;
+
+    let mut invocations = 0;
+    let mut paused_at: Vec<String> = Vec::new();
+    let counts = loop {
+        invocations += 1;
+        assert!(invocations <= 50, "the close does not get through");
+        let mut event: aws_lambda_events::eventbridge::EventBridgeEvent<
+            resync_finalizer::FinalizerDetail,
+        > = Default::default();
+        event.detail.sync_id = Some(env.sync.to_string());
+        // Less than the margin left: every invocation stops after its first step.
+        let deadline = std::time::SystemTime::now() + CLOSE_MARGIN / 2;
+        let output = resync_finalizer::handler(
+            &env.runtime.finalizer,
+            resync::local::lambda_invocation_until(event, Some(deadline)),
+        )
+        .await
+        .unwrap();
+        match output.syncs.into_iter().next().unwrap() {
+            SyncReport::Closing {
+                run_id: closing,
+                index_through,
+                ..
+            } => {
+                assert_eq!(closing, run_id);
+                paused_at.push(index_through.unwrap_or_default());
+            }
+            SyncReport::Closed { counts, .. } => break counts,
+            other => panic!("expected the close to go on, got {other:?}"),
+        }
+    };
+
+    assert!(
+        paused_at.len() >= 2,
+        "the close was written in one invocation: {paused_at:?}"
+    );
+    assert!(
+        paused_at.windows(2).all(|w| w[0] <= w[1]),
+        "each invocation resumes after the last: {paused_at:?}"
+    );
+    assert_eq!((counts.delivered, counts.failed), (0, rows as u64));
+    let index = env.index().await;
+    let keys: std::collections::HashSet<String> = index.iter().map(|e| e.key.to_string()).collect();
+    assert_eq!(keys, (0..rows).map(key).collect());
+}

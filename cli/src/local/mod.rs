@@ -34,7 +34,7 @@ pub use at_least_once::AtLeastOnce;
 pub use clock::HandlerClock;
 pub use crashes::{CrashRule, CrashRules};
 pub use event_source::sqs_event;
-pub use lambda::lambda_invocation;
+pub use lambda::{lambda_invocation, lambda_invocation_until};
 pub use options::LocalOptions;
 pub use provision::provision;
 pub use runtime::{LocalRun, LocalRuntime, Progress};

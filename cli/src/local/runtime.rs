@@ -492,7 +492,9 @@ impl LocalRuntime {
                     // No lock, or a stray one released: the run's record says how it
                     // ended.
                     SyncReport::Idle { .. } | SyncReport::Released { .. } => ended = true,
-                    SyncReport::Closed { .. } | SyncReport::Abandoned { .. } => {}
+                    SyncReport::Closed { .. }
+                    | SyncReport::Abandoned { .. }
+                    | SyncReport::Closing { .. } => {}
                 }
             }
             if ended {

@@ -48,7 +48,7 @@ use resync_shared::{
         ledger::{BatchLedger, FailedRow, RunCounts, RunTally},
         message::RowMessage,
         outcome::{ErrorClass, RowError},
-        run::{RunRecord, RunStatus},
+        run::{CloseProgress, RunRecord, RunStatus},
         timestamp,
     },
     resources::Resources,
@@ -67,6 +67,40 @@ pub const STALE_PLANNING: Duration = Duration::from_secs(16 * 60);
 /// A close claimed longer ago than this lost its finalizer (whose timeout is two
 /// minutes); another may take it over.
 pub const CLOSE_CLAIM_STALE: Duration = Duration::from_secs(150);
+
+/// The time an invocation keeps for what follows a close's index writes (the close
+/// itself, the report) and for its other syncs: a close whose writes reach into it stops,
+/// records how far it got, and the next invocation resumes it (the schedule's, a minute
+/// later), so a run with any number of failed or recovered rows closes.
+pub const CLOSE_MARGIN: Duration = Duration::from_secs(30);
+
+/// Index writes between two looks at the deadline (32 `BatchWriteItem` calls of 25).
+const CLOSE_STEP: usize = 800;
+
+/// When the invocation must have returned (Lambda's deadline; none locally).
+#[derive(Debug, Clone, Copy)]
+struct Deadline(Option<std::time::Instant>);
+
+impl Deadline {
+    /// From the invocation's context (`deadline` in Unix milliseconds; 0: none).
+    fn of(context: &lambda_runtime::Context) -> Self {
+        if context.deadline == 0 {
+            return Self(None);
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let left = Duration::from_millis(context.deadline.saturating_sub(now_ms));
+        Self(Some(std::time::Instant::now() + left))
+    }
+
+    /// Whether less than [`CLOSE_MARGIN`] is left.
+    fn near(self) -> bool {
+        self.0.is_some_and(|deadline| {
+            deadline.saturating_duration_since(std::time::Instant::now()) < CLOSE_MARGIN
+        })
+    }
+}
 
 /// The `detail` of the finalizer's event: one sync, or all when absent.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -106,6 +140,16 @@ pub enum SyncReport {
         counts: RunCounts,
         /// Index size after.
         failed_index_size: u64,
+    },
+    /// Its close ran short of the invocation's time: how far it got is recorded, and
+    /// the next invocation resumes it.
+    Closing {
+        /// The sync.
+        sync_id: SyncId,
+        /// The run.
+        run_id: RunId,
+        /// The last key of the index update written so far.
+        index_through: Option<String>,
     },
     /// A stale planning run was abandoned.
     Abandoned {
@@ -304,13 +348,14 @@ pub async fn handler(
     } else {
         event.context.request_id.clone()
     };
+    let deadline = Deadline::of(&event.context);
     // One sync's error does not stop the others: each is finalized and its pending
     // reports sent; the errors are returned together at the end (the invocation fails,
     // so they show in the function's error metric and logs, and the next one retries).
     let mut output = FinalizerOutput::default();
     let mut failures = Vec::new();
     for sync in &syncs {
-        match finalize_sync(deps, sync, &invocation).await {
+        match finalize_sync(deps, sync, &invocation, deadline).await {
             Ok(report) => output.syncs.push(report),
             Err(err) => {
                 tracing::error!(sync = %sync.id, error = %err, "sync not finalized; retried at the next tick");
@@ -338,6 +383,7 @@ async fn finalize_sync(
     deps: &Finalizer,
     sync: &SyncConfig,
     invocation: &str,
+    deadline: Deadline,
 ) -> Result<SyncReport, FinalizerError> {
     let state = deps.runs.state(&sync.id).await?;
     let Some(run_id) = state.open_run else {
@@ -429,7 +475,7 @@ async fn finalize_sync(
         return Ok(in_flight(tally.settled() as u64, record.enqueued));
     }
     replan::carry_earlier_deliveries(&deps.runs, &record, &mut tally).await?;
-    close(deps, sync, &record, &tally, invocation).await
+    close(deps, sync, &record, &tally, invocation, deadline).await
 }
 
 /// Releases a lock that names a run which is not open (if it still does), and says so
@@ -479,29 +525,75 @@ async fn release_stray_lock(
     })
 }
 
+/// Stops a close that ran short of time: records how far it got (and gives up its
+/// claim) for the next invocation to resume.
+async fn pause_close(
+    deps: &Finalizer,
+    sync: &SyncConfig,
+    record: &RunRecord,
+    invocation: &str,
+    progress: &CloseProgress,
+) -> Result<SyncReport, FinalizerError> {
+    if !deps
+        .runs
+        .record_close_progress(&sync.id, &record.run_id, invocation, progress)
+        .await?
+    {
+        tracing::warn!(sync = %sync.id, run = %record.run_id, "another finalizer took this close over; its progress stands");
+    }
+    tracing::info!(sync = %sync.id, run = %record.run_id, rejection_chunks = progress.rejection_chunks, "the close ran short of the invocation's time; the next invocation resumes it");
+    Ok(SyncReport::Closing {
+        sync_id: sync.id.clone(),
+        run_id: record.run_id.clone(),
+        index_through: progress.index_through.clone(),
+    })
+}
+
 async fn close(
     deps: &Finalizer,
     sync: &SyncConfig,
     record: &RunRecord,
     tally: &RunTally,
     invocation: &str,
+    deadline: Deadline,
 ) -> Result<SyncReport, FinalizerError> {
     let failures = tally.failures();
     let recovered: Vec<_> = tally.recovered_keys().collect();
-    deps.index
-        .apply_run(&sync.id, &record.run_id, &failures, &[], &recovered)
-        .await?;
+    // The index update in key order, from after the last key an earlier invocation
+    // wrote, a step at a time until the invocation's time runs short.
+    let update = FailedRowIndex::run_update(&sync.id, &record.run_id, &failures, &[], &recovered)?;
+    let mut progress = record.close_progress.clone();
+    let start = progress.index_through.as_deref().map_or(0, |through| {
+        update.partition_point(|w| w.key.as_str() <= through)
+    });
+    for step in update[start..].chunks(CLOSE_STEP) {
+        deps.index.write(step).await?;
+        progress.index_through = step.last().map(|w| w.key.clone());
+        if deadline.near() {
+            return pause_close(deps, sync, record, invocation, &progress).await;
+        }
+    }
     // The keyed rejections, one stored chunk at a time (after the deletes, so they win
-    // over them; a failure of the same key wins over its rejection).
+    // over them; a failure of the same key wins over its rejection), from the first
+    // chunk no earlier invocation wrote.
     let mut chunks = deps
         .runs
         .rejection_chunks(&record.run_id, record.generation);
+    let mut chunk_number = 0u64;
     while let Some(chunk) = chunks.next().await? {
+        chunk_number += 1;
+        if chunk_number <= progress.rejection_chunks {
+            continue;
+        }
         deps.index
             .apply_rejections(&sync.id, &record.run_id, &chunk, &|key| {
                 tally.failed_in_run(key)
             })
             .await?;
+        progress.rejection_chunks = chunk_number;
+        if deadline.near() {
+            return pause_close(deps, sync, record, invocation, &progress).await;
+        }
     }
     // The objects the run tried become read (or stay pending) only now that it closes.
     let outcomes = deps

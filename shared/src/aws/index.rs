@@ -214,17 +214,8 @@ impl FailedRowIndex {
     }
 
     /// Applies a closed run to the index: writes its failures and keyed rejections,
-    /// deletes its recovered keys. Idempotent, so a finalizer that crashes midway can
-    /// simply run again.
-    ///
-    /// Each key is written once (DynamoDB refuses a `BatchWriteItem` naming a key twice,
-    /// and across requests the last would win by accident). When a key is in several
-    /// lists: a failure wins over a rejection (it holds the payload the next run
-    /// retries with, and the error of the row's latest attempt), and either wins over a
-    /// delete (I2: the index is the old one less the delivered keys, plus the run's
-    /// failed and rejected keys). Deletes are sent first, so that rejections written
-    /// after this call ([`FailedRowIndex::apply_rejections`], chunk by chunk) win over
-    /// them too.
+    /// deletes its recovered keys ([`FailedRowIndex::run_update`], all of it).
+    /// Idempotent, so a finalizer that crashes midway can simply run again.
     pub async fn apply_run(
         &self,
         sync: &SyncId,
@@ -233,10 +224,33 @@ impl FailedRowIndex {
         rejections: &[&RecordedRejection],
         recovered: &[&PrimaryKey],
     ) -> Result<(), AwsError> {
+        let update = Self::run_update(sync, run, failures, rejections, recovered)?;
+        self.write(&update).await
+    }
+
+    /// The writes that apply a closed run to the index, in key order (a close that
+    /// stops midway resumes after the last key it wrote): puts of its failures and keyed
+    /// rejections, deletes of its recovered keys.
+    ///
+    /// Each key is written once (DynamoDB refuses a `BatchWriteItem` naming a key twice,
+    /// and across requests the last would win by accident). When a key is in several
+    /// lists: a failure wins over a rejection (it holds the payload the next run
+    /// retries with, and the error of the row's latest attempt), and either wins over a
+    /// delete (I2: the index is the old one less the delivered keys, plus the run's
+    /// failed and rejected keys). Rejections written after these
+    /// ([`FailedRowIndex::apply_rejections`], chunk by chunk) win over the deletes too.
+    pub fn run_update(
+        sync: &SyncId,
+        run: &RunId,
+        failures: &[&FailedRow],
+        rejections: &[&RecordedRejection],
+        recovered: &[&PrimaryKey],
+    ) -> Result<Vec<IndexWrite>, AwsError> {
         let now = timestamp::rfc3339(timestamp::now());
         let mut written: HashSet<&PrimaryKey> =
             HashSet::with_capacity(failures.len() + rejections.len() + recovered.len());
-        let mut puts = Vec::with_capacity(failures.len() + rejections.len());
+        let mut writes: Vec<(&PrimaryKey, WriteRequest)> =
+            Vec::with_capacity(failures.len() + rejections.len() + recovered.len());
         for row in failures {
             if !written.insert(&row.key) {
                 continue;
@@ -257,7 +271,7 @@ impl FailedRowIndex {
                 s(row.first_failed_at.as_deref().unwrap_or(failed_at)),
             );
             item.insert("payload".into(), s(row.payload.as_str()));
-            puts.push(put(item)?);
+            writes.push((&row.key, put(item)?));
         }
         for rejection in rejections {
             let Some(key) = &rejection.rejection.key else {
@@ -267,9 +281,8 @@ impl FailedRowIndex {
             if !written.insert(key) {
                 continue;
             }
-            puts.push(put(rejection_item(sync, key, run, &now, rejection))?);
+            writes.push((key, put(rejection_item(sync, key, run, &now, rejection))?));
         }
-        let mut requests = Vec::with_capacity(puts.len() + recovered.len());
         for key in recovered {
             if !written.insert(key) {
                 continue;
@@ -279,10 +292,22 @@ impl FailedRowIndex {
                 .key("key", s(key.as_str()))
                 .build()
                 .map_err(|e| AwsError::response("DynamoDB.BatchWriteItem", e.to_string()))?;
-            requests.push(WriteRequest::builder().delete_request(delete).build());
+            writes.push((key, WriteRequest::builder().delete_request(delete).build()));
         }
-        requests.extend(puts);
-        self.write_all(requests).await
+        writes.sort_by(|a, b| a.0.cmp(b.0));
+        Ok(writes
+            .into_iter()
+            .map(|(key, request)| IndexWrite {
+                key: key.as_str().to_owned(),
+                request,
+            })
+            .collect())
+    }
+
+    /// Writes `writes` (each key at most once), [`INDEX_WRITES_IN_FLIGHT`] calls at once.
+    pub async fn write(&self, writes: &[IndexWrite]) -> Result<(), AwsError> {
+        self.write_all(writes.iter().map(|w| w.request.clone()).collect())
+            .await
     }
 
     /// Writes one chunk of a closed run's keyed rejections into the index, after
@@ -359,6 +384,14 @@ impl FailedRowIndex {
             format!("{} items still unprocessed after 10 tries", pending.len()),
         ))
     }
+}
+
+/// One write of a run's index update (a put or a delete) and its key.
+#[derive(Debug, Clone)]
+pub struct IndexWrite {
+    /// The key written.
+    pub key: String,
+    request: WriteRequest,
 }
 
 /// Items in one `BatchWriteItem`, at most.

@@ -99,6 +99,21 @@ pub struct RunRecord {
     pub failed_index_size: Option<u64>,
     /// When it closed (or was abandoned).
     pub closed_at: Option<OffsetDateTime>,
+    /// How far earlier finalizer invocations got with its close, which resumes there.
+    pub close_progress: CloseProgress,
+}
+
+/// How far a run's close got before its finalizer invocation ran short of time: the
+/// close writes the index in key order, then the keyed rejections chunk by chunk, and an
+/// invocation near its deadline records this and leaves the rest to the next one (every
+/// write is idempotent, so one that died without recording only repeats writes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CloseProgress {
+    /// The last key of the index update written (its failures, as puts, and recovered
+    /// keys, as deletes, one list in key order).
+    pub index_through: Option<String>,
+    /// Keyed rejection chunks written.
+    pub rejection_chunks: u64,
 }
 
 impl RunRecord {

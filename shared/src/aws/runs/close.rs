@@ -13,7 +13,7 @@ use crate::{
     domain::{
         ids::{RunId, SyncId},
         ledger::RunCounts,
-        run::{RunRecord, RunStatus},
+        run::{CloseProgress, RunRecord, RunStatus},
         timestamp,
     },
 };
@@ -48,6 +48,50 @@ impl RunStore {
             stale_after,
         )
         .await
+    }
+
+    /// Records how far `claimant`'s close of a run got and gives its claim up, so the
+    /// next finalizer invocation claims the close at once and resumes there. Returns
+    /// `false` when the claim was no longer the claimant's (another finalizer took a
+    /// stale claim over): that one's progress stands.
+    pub async fn record_close_progress(
+        &self,
+        sync: &SyncId,
+        run: &RunId,
+        claimant: &str,
+        progress: &CloseProgress,
+    ) -> Result<bool, AwsError> {
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(sync)))
+            .key("sk", s(run_sk(run)))
+            .condition_expression("#status = :delivering AND close_claim = :me")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":delivering", s(RunStatus::Delivering.as_str()))
+            .expression_attribute_values(":me", s(claimant))
+            .expression_attribute_values(":chunks", n(progress.rejection_chunks));
+        let set = match &progress.index_through {
+            Some(key) => {
+                update = update.expression_attribute_values(":through", s(key));
+                "SET close_index_through = :through, close_rejection_chunks = :chunks"
+            }
+            None => "SET close_rejection_chunks = :chunks",
+        };
+        match update
+            .update_expression(format!("{set} REMOVE close_claim, close_claimed_at"))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(aws_sdk_dynamodb::error::SdkError::ServiceError(err))
+                if err.err().is_conditional_check_failed_exception() =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(AwsError::sdk("DynamoDB.UpdateItem", err)),
+        }
     }
 
     /// Closes a run and releases the sync in one transaction: the run gets its counts,

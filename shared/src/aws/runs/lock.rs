@@ -205,7 +205,7 @@ impl RunStore {
         let result = update
             .update_expression(format!(
                 "SET #status = :planning, planning_since = :now, #generation = if_not_exists(#generation, :zero) + :one{set_deadline} \
-                 REMOVE{remove_deadline} enqueued, rejected, rejected_by_code, carried_over, waiting, cursor_after, watermark_after, pending_objects, source_objects, settled_hint, abandon_reason, closed_at, close_claim, close_claimed_at",
+                 REMOVE{remove_deadline} enqueued, rejected, rejected_by_code, carried_over, waiting, cursor_after, watermark_after, pending_objects, source_objects, settled_hint, abandon_reason, closed_at, close_claim, close_claimed_at, close_index_through, close_rejection_chunks",
             ))
             .condition_expression("#status IN (:planning, :abandoned)")
             .expression_attribute_names("#status", "status")

@@ -44,7 +44,7 @@ use crate::{
     domain::{
         ids::{RunId, SyncId},
         ledger::RunCounts,
-        run::{RunProgress, RunRecord, RunStatus},
+        run::{CloseProgress, RunProgress, RunRecord, RunStatus},
         timestamp,
     },
     resources::LEDGER_TTL_SECS,
@@ -340,6 +340,10 @@ fn parse_run(item: &Item, sync: &SyncId, run: &RunId) -> RunRecord {
             .contains_key("failed_index_size")
             .then(|| get_n(item, "failed_index_size")),
         closed_at: get_s(item, "closed_at").and_then(|t| timestamp::parse_rfc3339(&t)),
+        close_progress: CloseProgress {
+            index_through: get_s(item, "close_index_through"),
+            rejection_chunks: get_n(item, "close_rejection_chunks"),
+        },
     }
 }
 
