@@ -71,6 +71,9 @@ pub struct ChaosReport {
     /// copy was delivered, unrecorded (README, Known limits; delivered again by the
     /// next run).
     pub kept_after_replan: u64,
+    /// Keys kept in the index after a delivery no ledger recorded, whose returning copy
+    /// was then refused (README, Known limits; delivered again by the next run).
+    pub kept_after_unrecorded_delivery: u64,
     /// Rows re-sent after a delivered answer without a reason (I3).
     pub resent_after_delivery: u64,
     /// The most attempts of one key in one run (I4), against [`THRESHOLD`].
@@ -401,6 +404,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         index_exact: findings.index_exact,
         resent_after_delivery: findings.resent_after_delivery,
         kept_after_replan: findings.kept_after_replan,
+        kept_after_unrecorded_delivery: findings.kept_after_unrecorded_delivery,
         max_attempts_seen: findings.max_attempts_seen,
         threshold: THRESHOLD,
         overlapping_runs: findings.overlapping_runs,
@@ -447,6 +451,11 @@ pub fn table(report: &ChaosReport) -> String {
         &mut out,
         "kept after a re-plan",
         report.kept_after_replan.to_string(),
+    );
+    line(
+        &mut out,
+        "kept after an unrecorded delivery",
+        report.kept_after_unrecorded_delivery.to_string(),
     );
     line(
         &mut out,
