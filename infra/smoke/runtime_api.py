@@ -9,9 +9,10 @@ emulator (`resync emulator`), with the event shapes of tests/fixtures:
 
 1. sync-start, invoked with the scheduled EventBridge event, plans a run of the rows
    uploaded to S3 and puts one message per row on the delivery queue;
-2. delivery, invoked with an SQS event built from those messages, answers a partial
-   batch response naming exactly the row the destination keeps locked; invoked again
-   once the row is unlocked and visible again, it answers no failures;
+2. delivery, invoked with an SQS event built from those messages, answers no batch item
+   failures: the row the destination keeps locked goes back to the queue as a delayed
+   copy carrying its spent attempt, and its original is deleted; invoked again with the
+   copy once the row is unlocked, it answers no failures;
 3. the finalizer, invoked with the every-minute scheduled event (detail {}), closes the
    run with exact counts.
 
@@ -251,7 +252,8 @@ syncs:
     started = invoke(invoke_port, "sync-start", scheduled)
     assert started.get("status") == "started" and started.get("enqueued") == len(ROWS), started
 
-    # 2. delivery with an SQS event of those messages: a partial batch response.
+    # 2. delivery with an SQS event of those messages: no batch item failures, the locked
+    # row waits out its backoff as a delayed copy (not held in flight).
     queue_url = sqs.get_queue_url(QueueName=f"{STACK}-hook-delivery")["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     messages = receive(sqs, queue_url, len(ROWS))
@@ -259,17 +261,20 @@ syncs:
     assert sorted(by_key) == sorted(r["id"] for r in ROWS), sorted(by_key)
     answer = invoke(invoke_port, "delivery", sqs_event(queue_arn, messages))
     failures = [f["itemIdentifier"] for f in answer.get("batchItemFailures", [])]
-    assert failures == [by_key[LOCKED]["MessageId"]], f"want only {LOCKED} retried, got {failures}"
-    # What Lambda does with the rest of a partial batch response: delete it.
-    done = [m for m in messages if m["MessageId"] not in failures]
+    assert failures == [], f"want no batch item failures (a retry is a delayed copy), got {failures}"
+    # What Lambda does with a batch none of whose items failed: delete it (the locked
+    # row's original is deleted by delivery itself, once its copy is queued).
+    done = [m for m in messages if json.loads(m["Body"])["key"] != LOCKED]
     sqs.delete_message_batch(QueueUrl=queue_url, Entries=[
         {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)])
 
-    # The locked row comes back after its backoff (ChangeMessageVisibility) and is delivered.
+    # The locked row's copy arrives after its backoff, carrying the attempt it spent, and
+    # is delivered.
     Webhook.unlocked.set()
     again = receive(sqs, queue_url, 1)
     assert [json.loads(m["Body"])["key"] for m in again] == [LOCKED], again
-    assert int(again[0]["Attributes"]["ApproximateReceiveCount"]) == 2, again[0]["Attributes"]
+    assert int(again[0]["Attributes"]["ApproximateReceiveCount"]) == 1, again[0]["Attributes"]
+    assert json.loads(again[0]["Body"]).get("attempts_before") == 1, again[0]["Body"]
     answer = invoke(invoke_port, "delivery", sqs_event(queue_arn, again))
     assert answer.get("batchItemFailures", []) == [], answer
     sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=again[0]["ReceiptHandle"])
@@ -283,8 +288,8 @@ syncs:
     assert (counts["delivered"], counts["failed"], counts["rejected"]) == (3, 0, 0), counts
     assert counts["retried_in_run"] >= 1, counts
     assert sorted(Webhook.received) == sorted([r["id"] for r in ROWS] + [LOCKED]), Webhook.received
-    print("runtime API smoke: sync-start planned 3 rows, delivery answered a partial batch response "
-          "then none, the finalizer closed the run (3 delivered, 1 retried in run)")
+    print("runtime API smoke: sync-start planned 3 rows, delivery sent the locked row back as a "
+          "delayed copy and delivered it, the finalizer closed the run (3 delivered, 1 retried in run)")
 
 
 if __name__ == "__main__":
