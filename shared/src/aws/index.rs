@@ -83,6 +83,19 @@ impl FailedRowIndex {
             .expression_attribute_values(":sync", s(sync.as_str()))
     }
 
+    /// A consistent query of the sync's index reading only `projection`, where `#key`
+    /// names the key.
+    fn projected(
+        &self,
+        sync: &SyncId,
+        projection: &str,
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        self.query_sync(sync)
+            .projection_expression(projection)
+            .expression_attribute_names("#key", "key")
+            .consistent_read(true)
+    }
+
     /// Wraps a client and the table name.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
@@ -136,10 +149,7 @@ impl FailedRowIndex {
     ) -> Result<HashMap<PrimaryKey, CarriedEntry>, AwsError> {
         let mut index = HashMap::new();
         let mut pages = self
-            .query_sync(sync)
-            .projection_expression("#key, first_failed_at, attempts")
-            .expression_attribute_names("#key", "key")
-            .consistent_read(true)
+            .projected(sync, "#key, first_failed_at, attempts")
             .into_paginator()
             .items()
             .send();
@@ -170,10 +180,7 @@ impl FailedRowIndex {
         mut each: impl AsyncFnMut(PrimaryKey, Option<String>) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut pages = self
-            .query_sync(sync)
-            .projection_expression("#key, payload")
-            .expression_attribute_names("#key", "key")
-            .consistent_read(true)
+            .projected(sync, "#key, payload")
             .into_paginator()
             .items()
             .send();
@@ -306,8 +313,7 @@ impl FailedRowIndex {
 
     /// Writes `writes` (each key at most once), [`INDEX_WRITES_IN_FLIGHT`] calls at once.
     pub async fn write(&self, writes: &[IndexWrite]) -> Result<(), AwsError> {
-        self.write_all(writes.iter().map(|w| w.request.clone()).collect())
-            .await
+        self.write_all(writes, |w| &w.request).await
     }
 
     /// Writes one chunk of a closed run's keyed rejections into the index, after
@@ -335,7 +341,7 @@ impl FailedRowIndex {
             }
             requests.push(put(rejection_item(sync, key, run, &now, rejection))?);
         }
-        self.write_all(requests).await
+        self.write_all(&requests, |r| r).await
     }
 
     /// Sends one `BatchWriteItem`, retrying unprocessed items. Refuses a request that
@@ -345,11 +351,16 @@ impl FailedRowIndex {
     /// [`INDEX_WRITES_IN_FLIGHT`] at once: a run's failures and recovered keys are
     /// written at that many calls' pace, not one call's (the order of the calls does not
     /// matter, as no key is in two of them).
-    async fn write_all(&self, requests: Vec<WriteRequest>) -> Result<(), AwsError> {
+    /// Each request is copied once, into its call.
+    async fn write_all<T>(
+        &self,
+        requests: &[T],
+        request: impl Fn(&T) -> &WriteRequest + Copy,
+    ) -> Result<(), AwsError> {
         let mut calls = futures::stream::iter(
             requests
                 .chunks(MAX_BATCH_WRITE_ITEMS)
-                .map(|chunk| self.batch_write(chunk.to_vec())),
+                .map(|chunk| self.batch_write(chunk.iter().map(|r| request(r).clone()).collect())),
         )
         .buffer_unordered(INDEX_WRITES_IN_FLIGHT);
         while let Some(written) = calls.next().await {
