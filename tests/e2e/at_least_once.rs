@@ -552,3 +552,59 @@ async fn every_batch_delivered_to_two_invocations_changes_no_count() {
     assert_eq!(env.destination.stats().delivered_keys.len(), rows);
     assert!(env.index().await.is_empty());
 }
+
+/// Issue 12, a row living as two messages: SQS delivered a batch to two invocations, so
+/// each copy of a failing row went on retrying on its own receive count, each forking
+/// again when its batch was delivered twice, and the destination saw the row far more
+/// often than the threshold in one run (I4; `resync chaos --rows 100000` saw 5 sends
+/// against 4). With every batch delivered twice (rate 1), the run's count of sends per
+/// key bounds them: a row that keeps failing reaches the destination at most
+/// `max_attempts` times, fails once, and is kept in the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_received_twice_spends_its_attempts_once() {
+    let env = TestEnv::with(EnvSettings {
+        max_attempts: 3,
+        options: LocalOptions {
+            at_least_once: AtLeastOnce {
+                seed: 9,
+                duplicate_batch: 1.0,
+                ..AtLeastOnce::default()
+            },
+            ..LocalOptions::default()
+        },
+        ..EnvSettings::default()
+    })
+    .await;
+    env.export_rows("1.jsonl.gz", 0..20).await;
+    for i in [3, 4] {
+        env.destination.set(
+            key(i),
+            resync::destination_server::RowBehaviour::Locked {
+                until_attempt: None,
+            },
+        );
+    }
+    let run = env.run().await;
+
+    let sends = env.destination.stats().sends[0].clone();
+    assert_eq!(sends.len(), 20, "every row reaches the destination");
+    assert!(
+        sends[&key(3)] <= 3 && sends[&key(4)] <= 3,
+        "a failing row was sent more often than the threshold of 3: {} and {} sends",
+        sends[&key(3)],
+        sends[&key(4)]
+    );
+    assert!(env.runtime.injected()["duplicate:delivery_batch"] >= 2);
+    let counts = run.record.counts.unwrap();
+    assert_eq!(
+        (counts.planned, counts.delivered, counts.failed),
+        (20, 18, 2)
+    );
+    let kept: Vec<String> = env
+        .index()
+        .await
+        .into_iter()
+        .map(|entry| entry.key.as_str().to_owned())
+        .collect();
+    assert_eq!(kept, [key(3), key(4)]);
+}

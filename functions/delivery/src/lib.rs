@@ -270,7 +270,7 @@ pub async fn handler(
     };
     let mut probe_left = matches!(gate, Gate::Probe { .. });
     let mut requests = RequestsOutcome::default();
-    for ((sync_id, run_id, generation), rows) in by_run {
+    for ((sync_id, run_id, generation), mut rows) in by_run {
         // A copy that comes back after its run closed (a duplicate, or a crashed
         // invocation's message) is already settled: drop it rather than send it again.
         // So is a copy of an abandoned run: the next run plans the same rows again,
@@ -301,7 +301,7 @@ pub async fn handler(
             mut retries,
             deferrals,
             requests: sent,
-        } = deliver_run(deps, &rows, until_deadline, sending).await;
+        } = deliver_run(deps, &run_id, &mut rows, until_deadline, sending).await;
         requests.whole_failures += sent.whole_failures;
         requests.answered |= sent.answered;
         requests.last_error = sent.last_error.or(requests.last_error.take());

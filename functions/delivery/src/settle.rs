@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Duration};
 
 use futures::StreamExt;
 use resync_shared::{
-    aws::breaker::RequestsOutcome,
+    aws::{breaker::RequestsOutcome, runs::SendCount},
     destination::{Destination, OutboundRow},
     domain::{
         ledger::BatchLedger,
@@ -14,17 +14,13 @@ use resync_shared::{
         retry::SQS_MAX_DELAY,
         timestamp,
     },
-    PrimaryKey,
+    PrimaryKey, RunId,
 };
 
 use super::{failed_row, Delivery, Received, REQUESTS_IN_FLIGHT};
 
 /// Sends one destination request; a wrong result count retries the request's rows.
-async fn send_chunk(
-    destination: &dyn Destination,
-    offset: usize,
-    chunk: &[&Received],
-) -> (usize, Vec<RowResult>) {
+async fn send_chunk(destination: &dyn Destination, chunk: &[&Received]) -> Vec<RowResult> {
     let outbound: Vec<OutboundRow<'_>> = chunk
         .iter()
         .map(|r| OutboundRow {
@@ -33,14 +29,14 @@ async fn send_chunk(
             fields: &r.message.row,
         })
         .collect();
-    let mut results = destination.send(&outbound).await;
+    let results = destination.send(&outbound).await;
     if results.len() != chunk.len() {
         tracing::error!(
             expected = chunk.len(),
             got = results.len(),
             "the destination answered a wrong number of results; retrying the request's rows"
         );
-        results = vec![
+        return vec![
             Err(RowError::retryable(
                 "RESULT_COUNT_MISMATCH",
                 "the destination's answer did not match the request",
@@ -48,7 +44,7 @@ async fn send_chunk(
             chunk.len()
         ];
     }
-    (offset, results)
+    results
 }
 
 /// A row to hide for a backoff and report in `batchItemFailures`.
@@ -169,11 +165,18 @@ pub(super) struct Settlement {
     pub(super) requests: RequestsOutcome,
 }
 
+/// Updates of the run's count of sends (see [`resync_shared::aws::runs::sends`]) in
+/// flight at once.
+const COUNTS_IN_FLIGHT: usize = 10;
+
 /// Sends one run's rows and decides each by the destination's answer.
 /// `until_deadline` is the time left until the run's deadline (`None`: it has none).
+/// A row's attempt is raised to the run's count of its sends when that is higher (the
+/// row has another message, which spent attempts too).
 pub(super) async fn deliver_run(
     deps: &Delivery,
-    rows: &[Received],
+    run: &RunId,
+    rows: &mut [Received],
     until_deadline: Option<Duration>,
     sending: Sending,
 ) -> Settlement {
@@ -184,37 +187,98 @@ pub(super) async fn deliver_run(
     // A copy received before its backoff's end is not sent either: it goes back.
     let now = timestamp::now().unix_timestamp();
     let backing_off = |row: &Received| row.message.backoff_until.filter(|&until| until > now);
-    let mut first_copy: HashMap<&PrimaryKey, usize> = HashMap::with_capacity(rows.len());
-    let mut unique: Vec<&Received> = Vec::with_capacity(rows.len());
+    // `unique`: the row of each key's first copy; `answer_of`: each row's key's slot.
+    let mut unique: Vec<usize> = Vec::with_capacity(rows.len());
     let mut answer_of: Vec<Option<usize>> = Vec::with_capacity(rows.len());
-    for row in rows {
-        if policy.past_threshold(row.attempt) || backing_off(row).is_some() {
-            answer_of.push(None);
-            continue;
+    {
+        let mut first_copy: HashMap<&PrimaryKey, usize> = HashMap::with_capacity(rows.len());
+        for (index, row) in rows.iter().enumerate() {
+            if policy.past_threshold(row.attempt) || backing_off(row).is_some() {
+                answer_of.push(None);
+                continue;
+            }
+            let slot = *first_copy.entry(&row.message.key).or_insert_with(|| {
+                unique.push(index);
+                unique.len() - 1
+            });
+            answer_of.push(Some(slot));
         }
-        let slot = *first_copy.entry(&row.message.key).or_insert_with(|| {
-            unique.push(row);
-            unique.len() - 1
-        });
-        answer_of.push(Some(slot));
     }
-    // Order by the destination's key (stable), remembering where each row came from.
-    let order = send_order(deps.destination.as_ref(), &unique);
-    let sorted: Vec<&Received> = order.iter().map(|&i| unique[i]).collect();
-    let batch_size = deps.destination.batch_size().max(1);
-    let chunks: Vec<(usize, &[&Received])> = sorted
-        .chunks(batch_size)
-        .enumerate()
-        .map(|(i, chunk)| (i * batch_size, chunk))
-        .collect();
-    let (allowed, held) = match sending {
-        Sending::All => (chunks.len(), None),
-        Sending::Limited { requests, held } => (requests.min(chunks.len()), Some(held)),
+    // Slots in sending order: by the destination's key (stable).
+    let order = {
+        let unique_rows: Vec<&Received> = unique.iter().map(|&i| &rows[i]).collect();
+        send_order(deps.destination.as_ref(), &unique_rows)
     };
-    let (send, hold) = chunks.split_at(allowed);
-    let requests: Vec<_> = send
+    let batch_size = deps.destination.batch_size().max(1);
+    let (sendable, held) = match sending {
+        Sending::All => (order.len(), None),
+        Sending::Limited { requests, held } => (
+            requests.saturating_mul(batch_size).min(order.len()),
+            Some(held),
+        ),
+    };
+
+    // I4 across a row's messages: a row sent before in this run (attempt 2 on) is
+    // counted before it goes, and does not go once the run's count of its sends has
+    // reached the threshold (another of its messages spent them).
+    let counts: Vec<(usize, Result<SendCount, _>)> = {
+        let runs = &deps.runs;
+        let rows = &*rows;
+        let unique = &unique;
+        futures::stream::iter(
+            order[..sendable]
+                .iter()
+                .copied()
+                .filter(|&slot| rows[unique[slot]].attempt >= 2),
+        )
+        .map(|slot| async move {
+            let key = &rows[unique[slot]].message.key;
+            (slot, runs.count_send(run, key, policy.max_attempts).await)
+        })
+        .buffer_unordered(COUNTS_IN_FLIGHT)
+        .collect()
+        .await
+    };
+    let mut counted = vec![false; unique.len()];
+    let mut spent = vec![false; unique.len()];
+    let mut raised: Vec<u32> = vec![0; unique.len()];
+    for (slot, count) in counts {
+        match count {
+            Ok(SendCount::Counted(sends)) => {
+                counted[slot] = true;
+                raised[slot] = sends;
+            }
+            Ok(SendCount::Spent) => {
+                spent[slot] = true;
+                raised[slot] = policy.max_attempts;
+            }
+            Err(err) => {
+                // The row's own count still bounds this message's sends.
+                tracing::warn!(key = %rows[unique[slot]].message.key, error = %err, "cannot count the row's send; sending on its own attempt count");
+            }
+        }
+    }
+    for (row, slot) in rows.iter_mut().zip(&answer_of) {
+        if let Some(slot) = slot {
+            row.attempt = row.attempt.max(raised[*slot]);
+        }
+    }
+    let rows: &[Received] = rows;
+
+    let to_send: Vec<usize> = order[..sendable]
         .iter()
-        .map(|&(offset, chunk)| send_chunk(deps.destination.as_ref(), offset, chunk))
+        .copied()
+        .filter(|&slot| !spent[slot])
+        .collect();
+    let chunks: Vec<&[usize]> = to_send.chunks(batch_size).collect();
+    let destination = deps.destination.as_ref();
+    let requests: Vec<_> = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, slots)| {
+            let chunk: Vec<&Received> = slots.iter().map(|&slot| &rows[unique[slot]]).collect();
+            async move { (i, send_chunk(destination, &chunk).await) }
+        })
         .collect();
     let mut answers: Vec<(usize, Vec<RowResult>)> = futures::stream::iter(requests)
         .buffer_unordered(REQUESTS_IN_FLIGHT)
@@ -236,13 +300,9 @@ pub(super) async fn deliver_run(
             None => outcome.answered |= !results.is_empty(),
         }
     }
-    if let Some(held) = held {
-        for &(offset, chunk) in hold {
-            answers.push((offset, vec![Err(held.clone()); chunk.len()]));
-        }
-    }
 
-    let mut rng = rand::thread_rng();
+    // A `Send` generator (the invocation's future crosses threads); seeded once.
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
     let mut settlement = Settlement {
         ledger: BatchLedger::default(),
         retries: Vec::new(),
@@ -250,11 +310,21 @@ pub(super) async fn deliver_run(
         requests: outcome,
     };
     let mut unique_results: Vec<Option<RowResult>> = vec![None; unique.len()];
-    for (offset, results) in answers {
-        for (i, result) in results.into_iter().enumerate() {
-            unique_results[order[offset + i]] = Some(result);
+    for (chunk, results) in answers {
+        for (&slot, result) in chunks[chunk].iter().zip(results) {
+            unique_results[slot] = Some(result);
         }
     }
+    if let Some(held) = held {
+        for &slot in &order[sendable..] {
+            unique_results[slot] = Some(Err(held.clone()));
+        }
+    }
+    // Changes to the run's count of sends once the answers are known: a first send
+    // to be retried is counted (+1), a counted send a rate limit refused is given back
+    // (-1); once per key.
+    let mut adjustments: Vec<(usize, i64)> = Vec::new();
+    let mut adjusted = vec![false; unique.len()];
     let ledger = &mut settlement.ledger;
     for (index, row) in rows.iter().enumerate() {
         if let (None, Some(until)) = (answer_of[index], backing_off(row)) {
@@ -285,15 +355,39 @@ pub(super) async fn deliver_run(
             });
             continue;
         };
-        let result = unique_results[slot]
-            .clone()
-            .expect("every unique row was sent");
-        let attempt = Attempt {
-            number: row.attempt,
-            rate_limit_deferrals: row.message.rate_limit_deferrals,
-            until_deadline,
+        let decision = if spent[slot] {
+            // Settled here: the message whose send reached the threshold settles the
+            // row too (a delivery wins over this failure), but it may have died after
+            // its send.
+            Decision::TerminalFailure(RowError::retryable(
+                "ATTEMPTS_SPENT",
+                format!(
+                    "another message of the row spent its {} attempts in this run",
+                    policy.max_attempts
+                ),
+            ))
+        } else {
+            let result = unique_results[slot]
+                .clone()
+                .expect("every unique row was sent or held");
+            let attempt = Attempt {
+                number: row.attempt,
+                rate_limit_deferrals: row.message.rate_limit_deferrals,
+                until_deadline,
+            };
+            decide(result, attempt, policy, &mut rng)
         };
-        match decide(result, attempt, policy, &mut rng) {
+        let adjustment = match &decision {
+            Decision::RetryLater { .. } if !counted[slot] => Some(1),
+            Decision::Defer { .. } if counted[slot] => Some(-1),
+            _ => None,
+        };
+        if let Some(sends) = adjustment {
+            if !std::mem::replace(&mut adjusted[slot], true) {
+                adjustments.push((slot, sends));
+            }
+        }
+        match decision {
             Decision::Delivered if row.message.carried_over => {
                 ledger.recovered.push(row.message.key.clone())
             }
@@ -324,6 +418,25 @@ pub(super) async fn deliver_run(
                 ledger.failed.push(failed_row(row, error));
             }
         }
+    }
+    // Written before the copies go back to the queue, so a copy never runs ahead of
+    // its count. A count that cannot be written leaves each message its own count.
+    let runs = &deps.runs;
+    let unique = &unique;
+    let failed: Vec<_> = futures::stream::iter(adjustments)
+        .map(|(slot, sends)| async move {
+            let key = &rows[unique[slot]].message.key;
+            runs.add_sends(run, key, sends)
+                .await
+                .err()
+                .map(|err| (key, err))
+        })
+        .buffer_unordered(COUNTS_IN_FLIGHT)
+        .filter_map(|failed| async move { failed })
+        .collect()
+        .await;
+    for (key, err) in failed {
+        tracing::warn!(key = %key, error = %err, "cannot update the row's count of sends");
     }
     settlement
 }

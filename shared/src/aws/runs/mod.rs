@@ -15,6 +15,8 @@
 //! - `run#{run}` / `reject#{n}` — keyed rejections written by sync-start's first
 //!   planning attempt as it plans, chunk by chunk; `reject#{attempt}#{n}` by a later
 //!   one (each with `generation`), in items of at most 400 KB
+//! - `run#{run}` / `sends#{key}` — how often a key that failed at least once went to
+//!   the destination in the run, whichever message sent it (see [`sends`])
 //! - `run#{run}` / `sample#{attempt}#{n}` — the sample of the attempt's rejections
 //!   (the first 100 of each code; the exact counts are the run record's
 //!   `rejected_by_code`)
@@ -25,6 +27,7 @@
 //! - [`objects`]: the source cursor's object records, a run's object outcomes, skips.
 //! - [`close`]: the close claim and the closing transaction.
 //! - [`reports`]: closed runs' reports waiting to be sent.
+//! - [`sends`]: the run's count of sends per key (I4 across a row's messages).
 //! - `replan`: the earlier planning attempts' ledger items, for a run planned again.
 //!
 //! [`BatchLedger`]: crate::domain::ledger::BatchLedger
@@ -56,8 +59,10 @@ mod lock;
 mod objects;
 mod replan;
 pub mod reports;
+pub mod sends;
 
 pub use reports::{PendingReport, ReportPart};
+pub use sends::SendCount;
 
 pub use ledger::RejectionChunks;
 pub use lock::PlanNotRecorded;

@@ -1,0 +1,111 @@
+//! The run's count of sends per key: how many times a row has gone to the destination
+//! in the run, whichever of its messages sent it.
+//!
+//! A row may live as more than one message: SQS delivers a message twice, a delete SQS
+//! refused leaves an original beside its delayed copy, a planning attempt re-sends
+//! what an earlier one sent. Each message counts its own attempts
+//! (`ApproximateReceiveCount` plus what it carries), so without a shared count each
+//! would spend the whole threshold on its own and the destination would see the row
+//! more often than the threshold allows (I4).
+//!
+//! The count is kept only for rows that fail: a row's first send is counted after its
+//! answer, and only when it is to be retried (a clean run writes nothing here); every
+//! later send is counted before it goes, on the condition that the count stays within
+//! the threshold. A send refused by a rate limit is given back (rate limits spend no
+//! attempt). One item per key that failed at least once: `run#{run}` / `sends#{key}`,
+//! with the ledger's expiry.
+
+use aws_sdk_dynamodb::{error::SdkError, types::ReturnValue};
+
+use super::{expires_at, ledger_pk, RunStore};
+use crate::{
+    aws::{
+        item::{get_n, n, s},
+        AwsError,
+    },
+    domain::ids::{PrimaryKey, RunId},
+};
+
+const OPERATION: &str = "DynamoDB.UpdateItem";
+
+fn sends_sk(key: &PrimaryKey) -> String {
+    format!("sends#{}", key.as_str())
+}
+
+/// What counting one more send of a key came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendCount {
+    /// The send is counted: the key's sends in the run, this one included.
+    Counted(u32),
+    /// The key's sends already reached the threshold: this one must not go.
+    Spent,
+}
+
+impl RunStore {
+    /// Counts one more send of `key` in `run`, unless the key already had `max` sends.
+    pub async fn count_send(
+        &self,
+        run: &RunId,
+        key: &PrimaryKey,
+        max: u32,
+    ) -> Result<SendCount, AwsError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(ledger_pk(run)))
+            .key("sk", s(sends_sk(key)))
+            .update_expression("ADD sends :one SET expires_at = :expires")
+            .condition_expression("attribute_not_exists(sends) OR sends < :max")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":max", n(max))
+            .expression_attribute_values(":expires", expires_at())
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        match result {
+            Ok(output) => {
+                let sends: u32 = output
+                    .attributes
+                    .as_ref()
+                    .map_or(0, |item| get_n(item, "sends"));
+                if sends == 0 {
+                    return Err(AwsError::response(
+                        OPERATION,
+                        "the send count came back without its value",
+                    ));
+                }
+                Ok(SendCount::Counted(sends))
+            }
+            Err(SdkError::ServiceError(err))
+                if err.err().is_conditional_check_failed_exception() =>
+            {
+                Ok(SendCount::Spent)
+            }
+            Err(err) => Err(AwsError::sdk(OPERATION, err)),
+        }
+    }
+
+    /// Adds `sends` (negative: gives sends back) to the count of `key` in `run`,
+    /// without a condition: a first send counted after its answer, or a rate-limited
+    /// send given back.
+    pub async fn add_sends(
+        &self,
+        run: &RunId,
+        key: &PrimaryKey,
+        sends: i64,
+    ) -> Result<(), AwsError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(ledger_pk(run)))
+            .key("sk", s(sends_sk(key)))
+            .update_expression("ADD sends :sends SET expires_at = :expires")
+            .expression_attribute_values(":sends", n(sends))
+            .expression_attribute_values(":expires", expires_at())
+            .send()
+            .await
+            .map_err(|err| AwsError::sdk(OPERATION, err))?;
+        Ok(())
+    }
+}
