@@ -93,6 +93,7 @@ fn duplicate_body(run_id: &RunId, i: usize) -> String {
         attempts_before: 0,
         rate_limit_deferrals: 0,
         backoff_until: None,
+        copied: false,
     }
     .to_body()
 }

@@ -103,6 +103,7 @@ async fn a_rate_limited_row_whose_copy_sqs_refuses_is_kept_not_lost() {
             attempts_before: 0,
             rate_limit_deferrals: deferrals,
             backoff_until: None,
+            copied: false,
         }
         .to_body()
         .len()
@@ -253,6 +254,7 @@ async fn a_copy_that_comes_back_after_the_last_attempt_is_not_sent_again() {
         attempts_before: 3,
         rate_limit_deferrals: 0,
         backoff_until: None,
+        copied: false,
         generation: 0,
     };
     assert!(delivery

@@ -285,6 +285,11 @@ impl ChaosDestination {
         self.lock().log.clone()
     }
 
+    /// Rows received so far (the log's length).
+    pub fn received(&self) -> usize {
+        self.lock().log.len()
+    }
+
     /// Faults injected so far, by kind.
     pub fn injected(&self) -> HashMap<&'static str, u64> {
         self.lock().injected.clone()

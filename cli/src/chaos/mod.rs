@@ -29,8 +29,14 @@ use destination::{ChaosDestination, DestinationFaults};
 /// The failure threshold of the chaos destination (attempts per row per run).
 pub const THRESHOLD: u32 = 4;
 
-/// How long one run may take before its sync counts as stuck.
-const RUN_DEADLINE: Duration = Duration::from_secs(300);
+/// How long a run may go without progress (a row reaching the destination, a change
+/// of its record) before its sync counts as stuck: longer than anything a healthy run
+/// waits on here (a backoff of at most 2 s, a paused destination's probe, a crashed
+/// invocation's messages coming back after 20 s).
+const STALL: Duration = Duration::from_secs(120);
+
+/// The longest one run may take, progress or not.
+const RUN_BOUND: Duration = Duration::from_secs(1800);
 
 /// Planning attempts of one run (a failed one is abandoned and planned again, as the
 /// schedule's next firing would).
@@ -88,6 +94,70 @@ pub struct ChaosReport {
     pub planning_retries: u64,
     /// What did not hold (empty when all did).
     pub violations: Vec<String>,
+}
+
+/// What shows a run making progress: rows reaching the destination, and the sync's
+/// open run with its status and planning attempt.
+async fn run_progress(
+    runtime: &LocalRuntime,
+    sync: &SyncId,
+    destination: &ChaosDestination,
+) -> String {
+    let received = destination.received();
+    let open = match runtime.runs().state(sync).await {
+        Ok(state) => state.open_run,
+        Err(err) => {
+            return format!("{received} rows received; the sync's state unreadable ({err})")
+        }
+    };
+    let Some(open) = open else {
+        return format!("{received} rows received; no open run");
+    };
+    match runtime.runs().run(sync, &open).await {
+        Ok(Some(record)) => format!(
+            "{received} rows received; run {open} {} at planning attempt {}, {} rows enqueued",
+            record.status.as_str(),
+            record.generation,
+            record.enqueued
+        ),
+        Ok(None) => format!("{received} rows received; run {open} without a record"),
+        Err(err) => format!("{received} rows received; run {open} unreadable ({err})"),
+    }
+}
+
+/// Runs `work` while it makes progress (what `progress` reports changes at least every
+/// [`STALL`], within [`RUN_BOUND`]); otherwise stops it and says where it stood.
+async fn until_stalled<T, P, F>(
+    work: impl std::future::Future<Output = T>,
+    progress: P,
+) -> Result<T, String>
+where
+    P: Fn() -> F,
+    F: std::future::Future<Output = String>,
+{
+    const POLL: Duration = Duration::from_secs(5);
+    tokio::pin!(work);
+    let started = tokio::time::Instant::now();
+    let mut last = progress().await;
+    let mut since = started;
+    loop {
+        tokio::select! {
+            done = &mut work => return Ok(done),
+            () = tokio::time::sleep(POLL) => {
+                let now = progress().await;
+                if now != last {
+                    last = now;
+                    since = tokio::time::Instant::now();
+                }
+                if since.elapsed() >= STALL {
+                    return Err(format!("no progress for {} s ({last})", STALL.as_secs()));
+                }
+                if started.elapsed() >= RUN_BOUND {
+                    return Err(format!("still open after {} s ({last})", RUN_BOUND.as_secs()));
+                }
+            }
+        }
+    }
 }
 
 fn chaos_yaml(url: &str) -> String {
@@ -270,6 +340,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let mut facts: Vec<RunFacts> = Vec::new();
     let mut left_locked: Vec<String> = Vec::new();
     let mut stuck = 0;
+    let mut stuck_at: Vec<String> = Vec::new();
     let mut planning_retries = 0;
     let mut next_key = 0;
     let mut seen = 0;
@@ -297,8 +368,12 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
 
         let mut closed = None;
         for _ in 0..PLANNING_ATTEMPTS {
-            match tokio::time::timeout(RUN_DEADLINE, runtime.run_sync(&sync, &|_| {})).await {
-                Err(_) => break,
+            let progress = || run_progress(&runtime, &sync, &destination);
+            match until_stalled(runtime.run_sync(&sync, &|_| {}), progress).await {
+                Err(stalled) => {
+                    stuck_at.push(stalled);
+                    break;
+                }
                 Ok(Ok(done)) => {
                     closed = Some(done.record);
                     break;
@@ -308,12 +383,16 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
                     tracing::warn!(error = %format!("{err:#}"), "a chaos run did not complete; trying again");
                     // A run left open (its planning finished) is driven to its close.
                     if let Some(open) = runtime.runs().state(&sync).await?.open_run {
-                        if let Ok(Ok((record, _))) =
-                            tokio::time::timeout(RUN_DEADLINE, runtime.drive(&sync, &open, &|_| {}))
-                                .await
-                        {
-                            closed = Some(record);
-                            break;
+                        match until_stalled(runtime.drive(&sync, &open, &|_| {}), progress).await {
+                            Ok(Ok((record, _))) => {
+                                closed = Some(record);
+                                break;
+                            }
+                            Ok(Err(_)) => {}
+                            Err(stalled) => {
+                                stuck_at.push(stalled);
+                                break;
+                            }
                         }
                     }
                 }
@@ -366,8 +445,8 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     violations.extend(left_locked);
     if stuck > 0 {
         violations.push(format!(
-            "the sync did not close a run within {} s ({stuck} time)",
-            RUN_DEADLINE.as_secs()
+            "the sync did not close a run: {}",
+            stuck_at.join("; ")
         ));
     }
     if let Some(last) = facts.last() {
@@ -489,4 +568,53 @@ pub fn table(report: &ChaosReport) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A run whose progress stops is stuck once [`STALL`] passes without a change
+    /// (issue 12: the fixed 300 s bound counted a slow, busy machine as a stuck sync).
+    #[tokio::test(start_paused = true)]
+    async fn a_run_without_progress_counts_as_stuck() {
+        let result = until_stalled(std::future::pending::<()>(), || async {
+            "40 rows received".to_owned()
+        })
+        .await;
+        let stalled = result.unwrap_err();
+        assert_eq!(stalled, "no progress for 120 s (40 rows received)");
+    }
+
+    /// A run that keeps making progress is waited for, however long it takes within
+    /// [`RUN_BOUND`].
+    #[tokio::test(start_paused = true)]
+    async fn a_run_that_makes_progress_is_waited_for() {
+        let polls = AtomicUsize::new(0);
+        let work = async {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            7
+        };
+        let progress = || {
+            let n = polls.fetch_add(1, Ordering::SeqCst);
+            async move { format!("{n} rows received") }
+        };
+        assert_eq!(until_stalled(work, progress).await, Ok(7));
+    }
+
+    /// Progress or not, a run still open after [`RUN_BOUND`] is stuck.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_open_past_the_bound_counts_as_stuck() {
+        let polls = AtomicUsize::new(0);
+        let progress = || {
+            let n = polls.fetch_add(1, Ordering::SeqCst);
+            async move { format!("{n} rows received") }
+        };
+        let stalled = until_stalled(std::future::pending::<()>(), progress)
+            .await
+            .unwrap_err();
+        assert!(stalled.starts_with("still open after 1800 s"), "{stalled}");
+    }
 }

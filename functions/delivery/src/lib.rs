@@ -192,7 +192,18 @@ struct Received {
     message_id: String,
     receipt_handle: String,
     attempt: u32,
+    /// Whether SQS delivered this message before (`ApproximateReceiveCount` > 1).
+    received_before: bool,
     message: RowMessage,
+}
+
+impl Received {
+    /// Whether the row may live as another message too (this one was received before,
+    /// or is a copy delivery made, whose original may have survived): its sends are
+    /// then counted before they go.
+    fn may_have_a_twin(&self) -> bool {
+        self.received_before || self.message.copied
+    }
 }
 
 /// The Lambda handler.
@@ -213,16 +224,16 @@ pub async fn handler(
             .transpose();
         match (parsed, record.receipt_handle) {
             (Ok(Some(message)), Some(receipt_handle)) => {
-                let attempt = record
+                let receive_count = record
                     .attributes
                     .get("ApproximateReceiveCount")
                     .and_then(|v| v.parse::<u32>().ok())
-                    .unwrap_or(1)
-                    .saturating_add(message.attempts_before);
+                    .unwrap_or(1);
                 let received = Received {
                     message_id,
                     receipt_handle,
-                    attempt,
+                    attempt: receive_count.saturating_add(message.attempts_before),
+                    received_before: receive_count > 1,
                     message,
                 };
                 let group = by_run

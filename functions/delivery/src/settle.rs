@@ -93,6 +93,7 @@ impl Waiting {
     /// The copy of `row` that waits for this reason.
     pub(super) fn copy(self, row: &Received) -> resync_shared::domain::message::RowMessage {
         let mut copy = row.message.clone();
+        copy.copied = true;
         match self {
             Waiting::RateLimit => {
                 copy.attempts_before = row.attempt.saturating_sub(1);
@@ -218,9 +219,12 @@ pub(super) async fn deliver_run(
         ),
     };
 
-    // I4 across a row's messages: a row sent before in this run (attempt 2 on) is
-    // counted before it goes, and does not go once the run's count of its sends has
-    // reached the threshold (another of its messages spent them).
+    // I4 across a row's messages: a message that may have a twin (received before, or
+    // a copy delivery made) is counted before it goes, and does not go once the run's
+    // count of its row's sends has reached the threshold (another of its messages
+    // spent them). A planning attempt's message on its first receive is counted only
+    // after its answer, when it is to be retried: a clean run, or a run planned again,
+    // writes nothing here for its rows' first sends.
     let counts: Vec<(usize, Result<SendCount, _>)> = {
         let runs = &deps.runs;
         let rows = &*rows;
@@ -229,7 +233,7 @@ pub(super) async fn deliver_run(
             order[..sendable]
                 .iter()
                 .copied()
-                .filter(|&slot| rows[unique[slot]].attempt >= 2),
+                .filter(|&slot| rows[unique[slot]].may_have_a_twin()),
         )
         .map(|slot| async move {
             let key = &rows[unique[slot]].message.key;
@@ -239,6 +243,13 @@ pub(super) async fn deliver_run(
         .collect()
         .await
     };
+    if !counts.is_empty() {
+        tracing::debug!(
+            rows = counts.len(),
+            of = unique.len(),
+            "counted the sends of rows sent before in this run"
+        );
+    }
     let mut counted = vec![false; unique.len()];
     let mut spent = vec![false; unique.len()];
     let mut raised: Vec<u32> = vec![0; unique.len()];
@@ -501,6 +512,7 @@ mod tests {
             message_id: key.into(),
             receipt_handle: key.into(),
             attempt: 1,
+            received_before: false,
             message: RowMessage {
                 run_id: RunId::parse("r").unwrap(),
                 generation: 0,
@@ -513,6 +525,7 @@ mod tests {
                 attempts_before: 0,
                 rate_limit_deferrals: 0,
                 backoff_until: None,
+                copied: false,
             },
         }
     }

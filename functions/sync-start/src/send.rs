@@ -119,6 +119,7 @@ impl<'a> Sender<'a> {
             attempts_before,
             rate_limit_deferrals: 0,
             backoff_until: None,
+            copied: false,
         };
         self.batch.push(Pending {
             key: planned.key,

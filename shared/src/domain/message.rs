@@ -51,6 +51,12 @@ pub struct RowMessage {
     /// in-flight limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_until: Option<i64>,
+    /// Whether delivery re-enqueued this message as a copy of a waiting row: its
+    /// original may still be alive beside it (a delete SQS refused, an invocation that
+    /// died before the delete), so its sends are counted before they go (see
+    /// `resync_shared::aws::runs::sends`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copied: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -97,6 +103,7 @@ mod tests {
             attempts_before: 0,
             rate_limit_deferrals: 0,
             backoff_until: None,
+            copied: false,
         };
         let body = message.to_body();
         assert!(!body.contains("carried_over"));
