@@ -124,9 +124,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// (Used by `bench`.) Run sync-start once against an endpoint and print its peak memory.
+    /// (Used by `bench`.) Run one function of the memory case against an endpoint, in
+    /// this process, and print its figures (peak memory, invocations).
     #[command(hide = true)]
-    BenchSyncStart {
+    BenchFunction {
+        #[arg(value_enum)]
+        function: resync::bench::BenchedFunction,
         #[arg(long)]
         endpoint: String,
         #[arg(long)]
@@ -306,13 +309,15 @@ async fn main() -> anyhow::Result<()> {
                 print!("{}", resync::bench::table(&report));
             }
         }
-        Command::BenchSyncStart {
+        Command::BenchFunction {
+            function,
             endpoint,
             config,
             stack,
             sync,
         } => {
-            let result = resync::bench::sync_start_once(&endpoint, &config, &stack, &sync).await?;
+            let result =
+                resync::bench::function_once(function, &endpoint, &config, &stack, &sync).await?;
             println!("{result}");
         }
         Command::Run {

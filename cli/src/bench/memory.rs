@@ -1,10 +1,11 @@
-//! The memory case: sync-start's peak resident memory on many rows and failed keys,
-//! measured in a child process (`resync bench-sync-start`) so that nothing else this
-//! process holds counts; and how fast its failed keys were written into the index.
+//! The memory case: a run of many rows and failed keys end to end, each function in a
+//! child process of its own (`resync bench-function`: sync-start once, then delivery's
+//! pollers until the queue drains, then the finalizer until the run closes) so that
+//! nothing else this process holds counts in its peak resident memory; and how fast the
+//! failed keys were written into the index.
 
-use std::{sync::Arc, time::Instant};
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
-use anyhow::Context as _;
 use resync_shared::{
     config::Config,
     domain::{ledger::FailedRow, outcome::RowError},
@@ -14,14 +15,14 @@ use resync_shared::{
 use super::{
     fixture::{key, Bench},
     process::peak_rss_mb,
-    BenchOptions,
+    BenchOptions, FunctionFigures,
 };
 
 /// The memory case as measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct MemoryCase {
-    /// Peak resident memory of sync-start, MB.
-    pub(super) peak_rss_mb: f64,
+    /// Each function's figures, measured in its own process.
+    pub(super) functions: BTreeMap<&'static str, FunctionFigures>,
     /// Failed-row index items written per second by one index update (as a run's close
     /// writes its failures).
     pub(super) index_items_per_s: f64,
@@ -40,9 +41,41 @@ pub(super) async fn memory_case(
         return Ok(None);
     }
     let index_items_per_s = prepare(bench, options).await?;
-    let peak_rss_mb = sync_start_peak_rss_mb(bench, options).await?;
+    let expected = options.memory_rows
+        + (0..options.memory_failed_keys)
+            .filter(|&i| failed_key_index(i, options.memory_rows) >= options.memory_rows)
+            .count();
+    let mut functions = BTreeMap::new();
+    for function in BenchedFunction::ALL {
+        let result = in_child_process(bench, function).await?;
+        let check = |field: &str, want: usize| {
+            anyhow::ensure!(
+                result[field] == want,
+                "the memory case's {} counted {} {field} rows, expected {want}",
+                function.name(),
+                result[field]
+            );
+            Ok(())
+        };
+        match function {
+            BenchedFunction::SyncStart => check("enqueued", expected)?,
+            BenchedFunction::Delivery => {}
+            BenchedFunction::Finalizer => {
+                check("delivered", expected)?;
+                check("failed", 0)?;
+            }
+        }
+        functions.insert(
+            function.name(),
+            FunctionFigures {
+                peak_rss_mb: result["peak_rss_mb"].as_f64(),
+                longest_invocation_s: result["longest_invocation_s"].as_f64().unwrap_or(0.0),
+                invocations: result["invocations"].as_u64().unwrap_or(0),
+            },
+        );
+    }
     Ok(Some(MemoryCase {
-        peak_rss_mb,
+        functions,
         index_items_per_s,
         rows: options.memory_rows,
         failed_keys: options.memory_failed_keys,
@@ -99,13 +132,41 @@ async fn prepare(bench: &Bench, options: &BenchOptions) -> anyhow::Result<f64> {
     Ok(refs.len() as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }
 
-/// Runs sync-start in a child process against this emulator; returns the child's peak
-/// RSS in MB.
-async fn sync_start_peak_rss_mb(bench: &Bench, options: &BenchOptions) -> anyhow::Result<f64> {
+/// A function the memory case runs in a child process of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchedFunction {
+    /// Plans the run once.
+    SyncStart,
+    /// Delivers until the queue drains.
+    Delivery,
+    /// Closes the run.
+    Finalizer,
+}
+
+impl BenchedFunction {
+    /// In the order a run uses them.
+    const ALL: [Self; 3] = [Self::SyncStart, Self::Delivery, Self::Finalizer];
+
+    /// As the report names it.
+    fn name(self) -> &'static str {
+        match self {
+            Self::SyncStart => "sync-start",
+            Self::Delivery => "delivery",
+            Self::Finalizer => "finalizer",
+        }
+    }
+}
+
+/// Runs `function` in a child process against this emulator; returns what it printed.
+async fn in_child_process(
+    bench: &Bench,
+    function: BenchedFunction,
+) -> anyhow::Result<serde_json::Value> {
     let config_file = tempfile_path("resync-bench-config.yaml");
     std::fs::write(&config_file, &bench.yaml)?;
     let output = tokio::process::Command::new(std::env::current_exe()?)
-        .arg("bench-sync-start")
+        .arg("bench-function")
+        .arg(function.name())
         .arg("--endpoint")
         .arg(bench.emulator.endpoint_url())
         .arg("--config")
@@ -119,20 +180,11 @@ async fn sync_start_peak_rss_mb(bench: &Bench, options: &BenchOptions) -> anyhow
     let _ = std::fs::remove_file(&config_file);
     anyhow::ensure!(
         output.status.success(),
-        "the sync-start process failed: {}",
+        "the {} process failed: {}",
+        function.name(),
         String::from_utf8_lossy(&output.stderr)
     );
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let expected = options.memory_rows
-        + (0..options.memory_failed_keys)
-            .filter(|&i| failed_key_index(i, options.memory_rows) >= options.memory_rows)
-            .count();
-    anyhow::ensure!(
-        result["enqueued"] == expected,
-        "the memory case enqueued {} rows, expected {expected}",
-        result["enqueued"]
-    );
-    result["peak_rss_mb"].as_f64().context("no peak_rss_mb")
+    Ok(serde_json::from_slice(&output.stdout)?)
 }
 
 /// A path in the temporary folder, named for this process.
@@ -140,27 +192,74 @@ fn tempfile_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("{}-{name}", std::process::id()))
 }
 
-/// The child side of the memory case: runs sync-start once and prints its peak RSS.
-pub async fn sync_start_once(
+/// The child side of the memory case: runs `function` against an endpoint (sync-start
+/// once; delivery's pollers until the queue drains; the finalizer until the run
+/// closes) and reports its invocations, its longest invocation, its peak resident
+/// memory and what it counted.
+pub async fn function_once(
+    function: BenchedFunction,
     endpoint: &str,
     config: &std::path::Path,
     stack: &str,
     sync: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let config = Arc::new(Config::load(config)?);
+    let config = Config::load(config)?;
     let sdk = crate::aws::for_endpoint(endpoint).await;
+    let sync = SyncId::parse(sync)?;
+    if function == BenchedFunction::SyncStart {
+        return sync_start_once(sdk, config, stack, &sync).await;
+    }
+    let runtime =
+        crate::local::LocalRuntime::new(sdk, config, stack, crate::local::LocalOptions::default())
+            .await?;
+    let mut figures = match function {
+        BenchedFunction::Delivery => {
+            runtime.deliver_until_drained(&sync).await?;
+            serde_json::json!({})
+        }
+        _ => {
+            let counts = runtime.finalize_until_closed_alone(&sync).await?;
+            serde_json::json!({"delivered": counts.delivered, "failed": counts.failed})
+        }
+    };
+    let name = function.name();
+    let (invocations, _) = runtime
+        .clock
+        .snapshot()
+        .get(name)
+        .copied()
+        .unwrap_or_default();
+    figures["invocations"] = invocations.into();
+    figures["longest_invocation_s"] = runtime
+        .clock
+        .longest()
+        .get(name)
+        .copied()
+        .unwrap_or(0.0)
+        .into();
+    figures["peak_rss_mb"] = peak_rss_mb().into();
+    Ok(figures)
+}
+
+/// Runs sync-start once, as its schedule would.
+async fn sync_start_once(
+    sdk: aws_config::SdkConfig,
+    config: Config,
+    stack: &str,
+    sync: &SyncId,
+) -> anyhow::Result<serde_json::Value> {
     let resources = resync_shared::resources::Resources::for_stack(stack);
     let reporter = resync_shared::aws::report::Reporter::new(
         None,
         None,
         resync_shared::aws::report::MetricsSink::Memory(Default::default()),
     );
-    let deps = resync_sync_start::SyncStart::new(&sdk, config, resources, reporter);
+    let deps = resync_sync_start::SyncStart::new(&sdk, Arc::new(config), resources, reporter);
     let mut event: aws_lambda_events::eventbridge::EventBridgeEvent<
         resync_sync_start::SyncStartDetail,
     > = Default::default();
     event.id = Some("bench-memory".into());
-    event.detail.sync_id = sync.to_owned();
+    event.detail.sync_id = sync.to_string();
     let started = Instant::now();
     let outcome = resync_sync_start::handler(&deps, crate::local::lambda_invocation(event)).await?;
     let enqueued = match outcome {
@@ -169,7 +268,8 @@ pub async fn sync_start_once(
     };
     Ok(serde_json::json!({
         "enqueued": enqueued,
-        "seconds": started.elapsed().as_secs_f64(),
+        "invocations": 1,
+        "longest_invocation_s": started.elapsed().as_secs_f64(),
         "peak_rss_mb": peak_rss_mb(),
     }))
 }

@@ -12,7 +12,8 @@
 //!   configuration and its source exports.
 //! - `phases`: the measured phases: the SQS ceiling, the clean pipeline run, the retry
 //!   run.
-//! - `memory`: the memory case, sync-start in a child process ([`sync_start_once`]).
+//! - `memory`: the memory case end to end, each function in a child process
+//!   ([`function_once`]).
 //! - `cost`: [`prices`] and the cost per million rows.
 //! - `process`: this process's CPU time and peak memory, the machine, `perf` control.
 //! - `table`: [`table`], the report as text.
@@ -31,7 +32,7 @@ mod process;
 mod table;
 
 pub use cost::prices;
-pub use memory::sync_start_once;
+pub use memory::{function_once, BenchedFunction};
 pub use process::{peak_rss_mb, process_cpu_seconds};
 pub use table::table;
 
@@ -125,7 +126,7 @@ pub struct BenchReport {
     pub next_run_rows_sent: u64,
     /// Delivered rows sent again by the next run (must be 0).
     pub next_run_resent_delivered_rows: u64,
-    /// Memory case: peak resident memory of sync-start, MB.
+    /// Memory case: peak resident memory of sync-start, MB (as in `functions`).
     pub sync_start_peak_rss_mb: Option<f64>,
     /// Memory case: rows and failed keys.
     pub memory_case: Option<(usize, usize)>,
@@ -134,10 +135,11 @@ pub struct BenchReport {
     pub index_items_per_s: Option<f64>,
     /// Handler time per function on the clean run: (invocations, seconds).
     pub handler_seconds: BTreeMap<&'static str, (u64, f64)>,
-    /// Per function (`sync-start`, `delivery`, `finalizer`): invocations and the longest
-    /// single invocation of the clean run, and peak resident memory where it is measured
-    /// in the function's own process (sync-start, in the memory case; `null` for the
-    /// others, which run inside the benchmark's process).
+    /// Per function (`sync-start`, `delivery`, `finalizer`): peak resident memory,
+    /// invocations and the longest single invocation (seconds of handler work) of the
+    /// memory case's run, each function in a process of its own; without a memory case,
+    /// the clean run's invocations and longest invocation, and no memory (`null`: the
+    /// functions share the benchmark's process).
     pub functions: BTreeMap<&'static str, FunctionFigures>,
     /// resync's cost per million rows.
     pub usd_per_million_rows: f64,
@@ -221,26 +223,32 @@ fn report(
             as u64,
         next_run_rows_sent: retry.next_run_rows_sent,
         next_run_resent_delivered_rows: retry.next_run_resent_delivered_rows,
-        sync_start_peak_rss_mb: memory.map(|m| m.peak_rss_mb),
-        memory_case: memory.map(|m| (m.rows, m.failed_keys)),
-        index_items_per_s: memory.map(|m| m.index_items_per_s),
-        functions: ["sync-start", "delivery", "finalizer"]
-            .into_iter()
-            .map(|name| {
-                let figures = FunctionFigures {
-                    peak_rss_mb: memory
-                        .filter(|_| name == "sync-start")
-                        .map(|m| m.peak_rss_mb),
-                    longest_invocation_s: pipeline
-                        .longest_invocation_s
-                        .get(name)
-                        .copied()
-                        .unwrap_or(0.0),
-                    invocations: pipeline.handler_seconds.get(name).map_or(0, |(n, _)| *n),
-                };
-                (name, figures)
-            })
-            .collect(),
+        sync_start_peak_rss_mb: memory
+            .as_ref()
+            .and_then(|m| m.functions.get("sync-start"))
+            .and_then(|f| f.peak_rss_mb),
+        memory_case: memory.as_ref().map(|m| (m.rows, m.failed_keys)),
+        index_items_per_s: memory.as_ref().map(|m| m.index_items_per_s),
+        // The memory case's, each function in its own process; without it, the clean
+        // run's (no memory measured: they share the benchmark's process).
+        functions: match memory {
+            Some(memory) => memory.functions,
+            None => ["sync-start", "delivery", "finalizer"]
+                .into_iter()
+                .map(|name| {
+                    let figures = FunctionFigures {
+                        peak_rss_mb: None,
+                        longest_invocation_s: pipeline
+                            .longest_invocation_s
+                            .get(name)
+                            .copied()
+                            .unwrap_or(0.0),
+                        invocations: pipeline.handler_seconds.get(name).map_or(0, |(n, _)| *n),
+                    };
+                    (name, figures)
+                })
+                .collect(),
+        },
         handler_seconds: pipeline.handler_seconds,
         requests,
         usd_per_million_rows: cost.usd_per_million_rows,

@@ -84,11 +84,18 @@ pub fn table(report: &BenchReport) -> String {
             report.next_run_rows_sent, report.next_run_resent_delivered_rows
         ),
     );
-    if let (Some(rss), Some((rows, keys))) = (report.sync_start_peak_rss_mb, report.memory_case) {
-        line(
-            &format!("sync-start peak RSS, {rows} rows + {keys} failed keys"),
-            format!("{rss:.1} MB"),
-        );
+    if let Some((rows, keys)) = report.memory_case {
+        for (name, figures) in &report.functions {
+            if let Some(rss) = figures.peak_rss_mb {
+                line(
+                    &format!("{name}, {rows} rows + {keys} failed keys: peak RSS / invocations / longest"),
+                    format!(
+                        "{rss:.1} MB / {} / {:.1} s",
+                        figures.invocations, figures.longest_invocation_s
+                    ),
+                );
+            }
+        }
     }
     if let (Some(rate), Some((_, keys))) = (report.index_items_per_s, report.memory_case) {
         line(

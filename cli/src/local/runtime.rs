@@ -12,7 +12,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
@@ -30,7 +30,10 @@ use resync_shared::{
     },
     config::Config,
     crash_points::CrashPoints,
-    domain::run::{RunRecord, RunStatus},
+    domain::{
+        ledger::RunCounts,
+        run::{RunRecord, RunStatus},
+    },
     resources::Resources,
     secrets::SecretResolver,
     DestinationId, RunId, SyncId,
@@ -408,6 +411,54 @@ impl LocalRuntime {
             closed_at: closed.closed_at,
             resumed,
         })
+    }
+
+    /// Runs the sync's delivery pollers alone, without the finalizer, until its
+    /// destination's queue holds nothing visible or in flight at two readings a second
+    /// apart; returns the delivery invocations made. The benchmark's memory case runs
+    /// each function in a process of its own this way (delayed messages are not
+    /// waited for: that case has no retries).
+    pub async fn deliver_until_drained(&self, sync: &SyncId) -> anyhow::Result<usize> {
+        let sync_config = self
+            .config
+            .sync(sync)
+            .with_context(|| format!("no sync '{sync}' in the configuration"))?;
+        let queue = self.deliveries[&sync_config.destination]
+            .first()
+            .context("the destination has no delivery instance")?
+            .queue
+            .clone();
+        let ((), invocations) = self
+            .polling(sync, async |_| {
+                let mut empty_readings = 0;
+                while empty_readings < 2 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let (visible, in_flight) = queue.depth().await?;
+                    empty_readings = if visible + in_flight == 0 {
+                        empty_readings + 1
+                    } else {
+                        0
+                    };
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(invocations)
+    }
+
+    /// Runs the finalizer alone, as its schedule would (a second apart while the run
+    /// is in flight), until the sync's open run closes; returns its counts.
+    pub async fn finalize_until_closed_alone(&self, sync: &SyncId) -> anyhow::Result<RunCounts> {
+        const PASSES: usize = 600;
+        for _ in 0..PASSES {
+            match self.finalize(sync).await? {
+                SyncReport::Closed { counts, .. } => return Ok(counts),
+                SyncReport::Closing { .. } => {}
+                SyncReport::InFlight { .. } => tokio::time::sleep(Duration::from_secs(1)).await,
+                other => bail!("the run did not close: {other:?}"),
+            }
+        }
+        bail!("the run did not close in {PASSES} finalizer passes")
     }
 
     /// Polls the sync's delivery queue and runs the finalizer until the run closes.

@@ -170,6 +170,16 @@ pub(super) struct Settlement {
 /// flight at once.
 const COUNTS_IN_FLIGHT: usize = 10;
 
+/// A change of the run's count of a row's sends once its answer is known.
+#[derive(Debug, Clone, Copy)]
+enum Adjustment {
+    /// A send not counted before it went, to be retried: counted now (raised to the
+    /// row's attempt).
+    Sent(u32),
+    /// A counted send a rate limit refused: given back.
+    GiveBack,
+}
+
 /// Sends one run's rows and decides each by the destination's answer.
 /// `until_deadline` is the time left until the run's deadline (`None`: it has none).
 /// A row's attempt is raised to the run's count of its sends when that is higher (the
@@ -236,8 +246,11 @@ pub(super) async fn deliver_run(
                 .filter(|&slot| rows[unique[slot]].may_have_a_twin()),
         )
         .map(|slot| async move {
-            let key = &rows[unique[slot]].message.key;
-            (slot, runs.count_send(run, key, policy.max_attempts).await)
+            let row = &rows[unique[slot]];
+            let count = runs
+                .count_send(run, &row.message.key, row.attempt, policy.max_attempts)
+                .await;
+            (slot, count)
         })
         .buffer_unordered(COUNTS_IN_FLIGHT)
         .collect()
@@ -334,7 +347,7 @@ pub(super) async fn deliver_run(
     // Changes to the run's count of sends once the answers are known: a first send
     // to be retried is counted (+1), a counted send a rate limit refused is given back
     // (-1); once per key.
-    let mut adjustments: Vec<(usize, i64)> = Vec::new();
+    let mut adjustments: Vec<(usize, Adjustment)> = Vec::new();
     let mut adjusted = vec![false; unique.len()];
     let ledger = &mut settlement.ledger;
     for (index, row) in rows.iter().enumerate() {
@@ -389,13 +402,13 @@ pub(super) async fn deliver_run(
             decide(result, attempt, policy, &mut rng)
         };
         let adjustment = match &decision {
-            Decision::RetryLater { .. } if !counted[slot] => Some(1),
-            Decision::Defer { .. } if counted[slot] => Some(-1),
+            Decision::RetryLater { .. } if !counted[slot] => Some(Adjustment::Sent(row.attempt)),
+            Decision::Defer { .. } if counted[slot] => Some(Adjustment::GiveBack),
             _ => None,
         };
-        if let Some(sends) = adjustment {
+        if let Some(adjustment) = adjustment {
             if !std::mem::replace(&mut adjusted[slot], true) {
-                adjustments.push((slot, sends));
+                adjustments.push((slot, adjustment));
             }
         }
         match decision {
@@ -435,12 +448,13 @@ pub(super) async fn deliver_run(
     let runs = &deps.runs;
     let unique = &unique;
     let failed: Vec<_> = futures::stream::iter(adjustments)
-        .map(|(slot, sends)| async move {
+        .map(|(slot, adjustment)| async move {
             let key = &rows[unique[slot]].message.key;
-            runs.add_sends(run, key, sends)
-                .await
-                .err()
-                .map(|err| (key, err))
+            let result = match adjustment {
+                Adjustment::Sent(attempt) => runs.count_sent(run, key, attempt).await,
+                Adjustment::GiveBack => runs.give_back_send(run, key).await,
+            };
+            result.err().map(|err| (key, err))
         })
         .buffer_unordered(COUNTS_IN_FLIGHT)
         .filter_map(|failed| async move { failed })

@@ -561,14 +561,15 @@ async fn close(
     let recovered: Vec<_> = tally.recovered_keys().collect();
     // The index update in key order, from after the last key an earlier invocation
     // wrote, a step at a time until the invocation's time runs short.
-    let update = FailedRowIndex::run_update(&sync.id, &record.run_id, &failures, &[], &recovered)?;
+    let update = FailedRowIndex::run_update(&sync.id, &record.run_id, &failures, &[], &recovered);
+    let writes = update.writes();
     let mut progress = record.close_progress.clone();
     let start = progress.index_through.as_deref().map_or(0, |through| {
-        update.partition_point(|w| w.key.as_str() <= through)
+        writes.partition_point(|w| w.key.as_str() <= through)
     });
-    for step in update[start..].chunks(CLOSE_STEP) {
-        deps.index.write(step).await?;
-        progress.index_through = step.last().map(|w| w.key.clone());
+    for step in writes[start..].chunks(CLOSE_STEP) {
+        deps.index.write(&update, step).await?;
+        progress.index_through = step.last().map(|w| w.key.as_str().to_owned());
         if deadline.near() {
             return pause_close(deps, sync, record, invocation, &progress).await;
         }

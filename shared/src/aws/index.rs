@@ -231,8 +231,8 @@ impl FailedRowIndex {
         rejections: &[&RecordedRejection],
         recovered: &[&PrimaryKey],
     ) -> Result<(), AwsError> {
-        let update = Self::run_update(sync, run, failures, rejections, recovered)?;
-        self.write(&update).await
+        let update = Self::run_update(sync, run, failures, rejections, recovered);
+        self.write(&update, update.writes()).await
     }
 
     /// The writes that apply a closed run to the index, in key order (a close that
@@ -246,74 +246,63 @@ impl FailedRowIndex {
     /// delete (I2: the index is the old one less the delivered keys, plus the run's
     /// failed and rejected keys). Rejections written after these
     /// ([`FailedRowIndex::apply_rejections`], chunk by chunk) win over the deletes too.
-    pub fn run_update(
-        sync: &SyncId,
-        run: &RunId,
-        failures: &[&FailedRow],
-        rejections: &[&RecordedRejection],
-        recovered: &[&PrimaryKey],
-    ) -> Result<Vec<IndexWrite>, AwsError> {
-        let now = timestamp::rfc3339(timestamp::now());
+    pub fn run_update<'a>(
+        sync: &'a SyncId,
+        run: &'a RunId,
+        failures: &[&'a FailedRow],
+        rejections: &[&'a RecordedRejection],
+        recovered: &[&'a PrimaryKey],
+    ) -> RunUpdate<'a> {
         let mut written: HashSet<&PrimaryKey> =
             HashSet::with_capacity(failures.len() + rejections.len() + recovered.len());
-        let mut writes: Vec<(&PrimaryKey, WriteRequest)> =
+        let mut writes: Vec<IndexWrite<'a>> =
             Vec::with_capacity(failures.len() + rejections.len() + recovered.len());
         for row in failures {
-            if !written.insert(&row.key) {
-                continue;
+            if written.insert(&row.key) {
+                writes.push(IndexWrite {
+                    key: &row.key,
+                    what: What::Failure(row),
+                });
             }
-            // When the row failed (recorded by delivery), not when its run closed.
-            let failed_at = row.failed_at.as_deref().unwrap_or(&now);
-            let mut item = base_item(sync, &row.key, run, failed_at);
-            item.insert("error_class".into(), s(row.error.class.as_str()));
-            item.insert("error_code".into(), s(&row.error.code));
-            item.insert("error_message".into(), s(&row.error.message));
-            item.insert(
-                "attempts".into(),
-                n(row.prior_attempts.saturating_add(row.attempts)),
-            );
-            item.insert("attempts_last_run".into(), n(row.attempts));
-            item.insert(
-                "first_failed_at".into(),
-                s(row.first_failed_at.as_deref().unwrap_or(failed_at)),
-            );
-            item.insert("payload".into(), s(row.payload.as_str()));
-            writes.push((&row.key, put(item)?));
         }
         for rejection in rejections {
             let Some(key) = &rejection.rejection.key else {
                 continue;
             };
             // Every copy of a non-unique key is rejected; the index keeps one entry.
-            if !written.insert(key) {
-                continue;
+            if written.insert(key) {
+                writes.push(IndexWrite {
+                    key,
+                    what: What::Rejection(rejection),
+                });
             }
-            writes.push((key, put(rejection_item(sync, key, run, &now, rejection))?));
         }
         for key in recovered {
-            if !written.insert(key) {
-                continue;
+            if written.insert(key) {
+                writes.push(IndexWrite {
+                    key,
+                    what: What::Delete,
+                });
             }
-            let delete = DeleteRequest::builder()
-                .key("sync_id", s(sync.as_str()))
-                .key("key", s(key.as_str()))
-                .build()
-                .map_err(|e| AwsError::response("DynamoDB.BatchWriteItem", e.to_string()))?;
-            writes.push((key, WriteRequest::builder().delete_request(delete).build()));
         }
-        writes.sort_by(|a, b| a.0.cmp(b.0));
-        Ok(writes
-            .into_iter()
-            .map(|(key, request)| IndexWrite {
-                key: key.as_str().to_owned(),
-                request,
-            })
-            .collect())
+        drop(written);
+        writes.sort_by(|a, b| a.key.cmp(b.key));
+        RunUpdate {
+            sync,
+            run,
+            now: timestamp::rfc3339(timestamp::now()),
+            writes,
+        }
     }
 
-    /// Writes `writes` (each key at most once), [`INDEX_WRITES_IN_FLIGHT`] calls at once.
-    pub async fn write(&self, writes: &[IndexWrite]) -> Result<(), AwsError> {
-        self.write_all(writes, |w| &w.request).await
+    /// Writes `writes`, a part of `update` (each key at most once),
+    /// [`INDEX_WRITES_IN_FLIGHT`] calls at once; each request is built as its call is.
+    pub async fn write(
+        &self,
+        update: &RunUpdate<'_>,
+        writes: &[IndexWrite<'_>],
+    ) -> Result<(), AwsError> {
+        self.write_all(writes, |w| update.request(w)).await
     }
 
     /// Writes one chunk of a closed run's keyed rejections into the index, after
@@ -341,27 +330,25 @@ impl FailedRowIndex {
             }
             requests.push(put(rejection_item(sync, key, run, &now, rejection))?);
         }
-        self.write_all(&requests, |r| r).await
+        self.write_all(&requests, |r| Ok(r.clone())).await
     }
 
-    /// Sends one `BatchWriteItem`, retrying unprocessed items. Refuses a request that
-    /// DynamoDB would refuse (over 25 items, a key twice) before sending it, so no
-    /// emulator's leniency hides it.
-    /// Writes `requests` (each key at most once) in `BatchWriteItem` calls of 25,
+    /// Writes `writes` (each key at most once) in `BatchWriteItem` calls of 25,
     /// [`INDEX_WRITES_IN_FLIGHT`] at once: a run's failures and recovered keys are
     /// written at that many calls' pace, not one call's (the order of the calls does not
-    /// matter, as no key is in two of them).
-    /// Each request is copied once, into its call.
+    /// matter, as no key is in two of them). Each call's requests are made by `request`
+    /// as the call is.
     async fn write_all<T>(
         &self,
-        requests: &[T],
-        request: impl Fn(&T) -> &WriteRequest + Copy,
+        writes: &[T],
+        request: impl Fn(&T) -> Result<WriteRequest, AwsError> + Copy,
     ) -> Result<(), AwsError> {
-        let mut calls = futures::stream::iter(
-            requests
-                .chunks(MAX_BATCH_WRITE_ITEMS)
-                .map(|chunk| self.batch_write(chunk.iter().map(|r| request(r).clone()).collect())),
-        )
+        let mut calls = futures::stream::iter(writes.chunks(MAX_BATCH_WRITE_ITEMS).map(
+            |chunk| async move {
+                let requests = chunk.iter().map(request).collect::<Result<Vec<_>, _>>()?;
+                self.batch_write(requests).await
+            },
+        ))
         .buffer_unordered(INDEX_WRITES_IN_FLIGHT);
         while let Some(written) = calls.next().await {
             written?;
@@ -369,6 +356,9 @@ impl FailedRowIndex {
         Ok(())
     }
 
+    /// Sends one `BatchWriteItem`, retrying unprocessed items. Refuses a request that
+    /// DynamoDB would refuse (over 25 items, a key twice) before sending it, so no
+    /// emulator's leniency hides it.
     async fn batch_write(&self, mut pending: Vec<WriteRequest>) -> Result<(), AwsError> {
         check_batch_write(&pending)?;
         let mut delay = Duration::from_millis(50);
@@ -397,12 +387,79 @@ impl FailedRowIndex {
     }
 }
 
+/// A closed run's index update: one write per key, in key order, each request built
+/// only when its call is sent (a run with many failed or recovered keys holds a
+/// reference per key, not a request).
+#[derive(Debug)]
+pub struct RunUpdate<'a> {
+    sync: &'a SyncId,
+    run: &'a RunId,
+    /// When the update was made: the failure time of a row that has none.
+    now: String,
+    writes: Vec<IndexWrite<'a>>,
+}
+
+impl<'a> RunUpdate<'a> {
+    /// The writes, in key order.
+    pub fn writes(&self) -> &[IndexWrite<'a>] {
+        &self.writes
+    }
+
+    /// The request of one write.
+    fn request(&self, write: &IndexWrite<'_>) -> Result<WriteRequest, AwsError> {
+        let (sync, run) = (self.sync, self.run);
+        match write.what {
+            What::Failure(row) => {
+                // When the row failed (recorded by delivery), not when its run closed.
+                let failed_at = row.failed_at.as_deref().unwrap_or(&self.now);
+                let mut item = base_item(sync, &row.key, run, failed_at);
+                item.insert("error_class".into(), s(row.error.class.as_str()));
+                item.insert("error_code".into(), s(&row.error.code));
+                item.insert("error_message".into(), s(&row.error.message));
+                item.insert(
+                    "attempts".into(),
+                    n(row.prior_attempts.saturating_add(row.attempts)),
+                );
+                item.insert("attempts_last_run".into(), n(row.attempts));
+                item.insert(
+                    "first_failed_at".into(),
+                    s(row.first_failed_at.as_deref().unwrap_or(failed_at)),
+                );
+                item.insert("payload".into(), s(row.payload.as_str()));
+                put(item)
+            }
+            What::Rejection(rejection) => {
+                put(rejection_item(sync, write.key, run, &self.now, rejection))
+            }
+            What::Delete => {
+                let delete = DeleteRequest::builder()
+                    .key("sync_id", s(sync.as_str()))
+                    .key("key", s(write.key.as_str()))
+                    .build()
+                    .map_err(|e| AwsError::response("DynamoDB.BatchWriteItem", e.to_string()))?;
+                Ok(WriteRequest::builder().delete_request(delete).build())
+            }
+        }
+    }
+}
+
 /// One write of a run's index update (a put or a delete) and its key.
-#[derive(Debug, Clone)]
-pub struct IndexWrite {
+#[derive(Debug, Clone, Copy)]
+pub struct IndexWrite<'a> {
     /// The key written.
-    pub key: String,
-    request: WriteRequest,
+    pub key: &'a PrimaryKey,
+    what: What<'a>,
+}
+
+/// What one write of a run's index update writes.
+#[derive(Debug, Clone, Copy)]
+enum What<'a> {
+    /// The row's failure.
+    Failure(&'a FailedRow),
+    /// The row's rejection.
+    Rejection(&'a RecordedRejection),
+    /// A delete: the row was delivered.
+    Delete,
 }
 
 /// Items in one `BatchWriteItem`, at most.

@@ -8,11 +8,13 @@
 //! would spend the whole threshold on its own and the destination would see the row
 //! more often than the threshold allows (I4).
 //!
-//! The count is kept only for rows that fail: a row's first send is counted after its
-//! answer, and only when it is to be retried (a clean run writes nothing here); every
-//! later send is counted before it goes, on the condition that the count stays within
-//! the threshold. A send refused by a rate limit is given back (rate limits spend no
-//! attempt). One item per key that failed at least once: `run#{run}` / `sends#{key}`,
+//! The count is kept only for rows that fail: a planning attempt's message is counted
+//! after its first answer, and only when it is to be retried (a clean run writes
+//! nothing here); a message that may have a twin (received before, or a copy delivery
+//! made) is counted before it goes, on the condition that the count stays within the
+//! threshold. Every count is raised to the sending message's own count of attempts when
+//! that is higher, so it is at least what any of the row's messages has seen. A send
+//! refused by a rate limit is given back (rate limits spend no attempt). One item per key that failed at least once: `run#{run}` / `sends#{key}`,
 //! with the ledger's expiry.
 
 use aws_sdk_dynamodb::{error::SdkError, types::ReturnValue};
@@ -42,11 +44,16 @@ pub enum SendCount {
 }
 
 impl RunStore {
-    /// Counts one more send of `key` in `run`, unless the key already had `max` sends.
+    /// Counts one more send of `key` in `run`, unless the key already had `max` sends,
+    /// and raises the count to `attempt` (the sending message's own count of its
+    /// attempts, this one included) when it is lower: the count is then at least what
+    /// any message of the row has seen, even when an earlier send was never counted (a
+    /// planning attempt's first send that was delivered, its ledger lost).
     pub async fn count_send(
         &self,
         run: &RunId,
         key: &PrimaryKey,
+        attempt: u32,
         max: u32,
     ) -> Result<SendCount, AwsError> {
         let result = self
@@ -75,7 +82,10 @@ impl RunStore {
                         "the send count came back without its value",
                     ));
                 }
-                Ok(SendCount::Counted(sends))
+                if sends < attempt {
+                    self.raise_sends(run, key, attempt).await?;
+                }
+                Ok(SendCount::Counted(sends.max(attempt)))
             }
             Err(SdkError::ServiceError(err))
                 if err.err().is_conditional_check_failed_exception() =>
@@ -86,22 +96,71 @@ impl RunStore {
         }
     }
 
-    /// Adds `sends` (negative: gives sends back) to the count of `key` in `run`,
-    /// without a condition: a first send counted after its answer, or a rate-limited
-    /// send given back.
-    pub async fn add_sends(
+    /// Counts a send of `key` in `run` after its answer (a first send to be retried),
+    /// raised to `attempt` like [`RunStore::count_send`].
+    pub async fn count_sent(
         &self,
         run: &RunId,
         key: &PrimaryKey,
-        sends: i64,
+        attempt: u32,
     ) -> Result<(), AwsError> {
+        let output = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(ledger_pk(run)))
+            .key("sk", s(sends_sk(key)))
+            .update_expression("ADD sends :one SET expires_at = :expires")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":expires", expires_at())
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|err| AwsError::sdk(OPERATION, err))?;
+        let sends: u32 = output
+            .attributes
+            .as_ref()
+            .map_or(0, |item| get_n(item, "sends"));
+        if sends < attempt {
+            self.raise_sends(run, key, attempt).await?;
+        }
+        Ok(())
+    }
+
+    /// Raises the count of `key` in `run` to `sends`, unless it is already as high.
+    async fn raise_sends(&self, run: &RunId, key: &PrimaryKey, sends: u32) -> Result<(), AwsError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(ledger_pk(run)))
+            .key("sk", s(sends_sk(key)))
+            .update_expression("SET sends = :sends, expires_at = :expires")
+            .condition_expression("attribute_not_exists(sends) OR sends < :sends")
+            .expression_attribute_values(":sends", n(sends))
+            .expression_attribute_values(":expires", expires_at())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(err))
+                if err.err().is_conditional_check_failed_exception() =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(AwsError::sdk(OPERATION, err)),
+        }
+    }
+
+    /// Gives back a counted send of `key` in `run` that a rate limit refused.
+    pub async fn give_back_send(&self, run: &RunId, key: &PrimaryKey) -> Result<(), AwsError> {
         self.client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(ledger_pk(run)))
             .key("sk", s(sends_sk(key)))
-            .update_expression("ADD sends :sends SET expires_at = :expires")
-            .expression_attribute_values(":sends", n(sends))
+            .update_expression("ADD sends :minus_one SET expires_at = :expires")
+            .expression_attribute_values(":minus_one", n(-1))
             .expression_attribute_values(":expires", expires_at())
             .send()
             .await
