@@ -17,7 +17,9 @@
 //! refused by a rate limit is given back (rate limits spend no attempt). One item per key that failed at least once: `run#{run}` / `sends#{key}`,
 //! with the ledger's expiry.
 
-use aws_sdk_dynamodb::{error::SdkError, types::ReturnValue};
+use aws_sdk_dynamodb::{
+    error::SdkError, operation::update_item::builders::UpdateItemFluentBuilder, types::ReturnValue,
+};
 
 use super::{expires_at, ledger_pk, RunStore};
 use crate::{
@@ -44,6 +46,16 @@ pub enum SendCount {
 }
 
 impl RunStore {
+    /// An update of the count item of `key` in `run` (its expiry renewed: `:expires`).
+    fn update(&self, run: &RunId, key: &PrimaryKey) -> UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(ledger_pk(run)))
+            .key("sk", s(sends_sk(key)))
+            .expression_attribute_values(":expires", expires_at())
+    }
+
     /// Counts one more send of `key` in `run`, unless the key already had `max` sends,
     /// and raises the count to `attempt` (the sending message's own count of its
     /// attempts, this one included) when it is lower: the count is then at least what
@@ -57,16 +69,11 @@ impl RunStore {
         max: u32,
     ) -> Result<SendCount, AwsError> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(ledger_pk(run)))
-            .key("sk", s(sends_sk(key)))
+            .update(run, key)
             .update_expression("ADD sends :one SET expires_at = :expires")
             .condition_expression("attribute_not_exists(sends) OR sends < :max")
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":max", n(max))
-            .expression_attribute_values(":expires", expires_at())
             .return_values(ReturnValue::UpdatedNew)
             .send()
             .await;
@@ -105,14 +112,9 @@ impl RunStore {
         attempt: u32,
     ) -> Result<(), AwsError> {
         let output = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(ledger_pk(run)))
-            .key("sk", s(sends_sk(key)))
+            .update(run, key)
             .update_expression("ADD sends :one SET expires_at = :expires")
             .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":expires", expires_at())
             .return_values(ReturnValue::UpdatedNew)
             .send()
             .await
@@ -130,15 +132,10 @@ impl RunStore {
     /// Raises the count of `key` in `run` to `sends`, unless it is already as high.
     async fn raise_sends(&self, run: &RunId, key: &PrimaryKey, sends: u32) -> Result<(), AwsError> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(ledger_pk(run)))
-            .key("sk", s(sends_sk(key)))
+            .update(run, key)
             .update_expression("SET sends = :sends, expires_at = :expires")
             .condition_expression("attribute_not_exists(sends) OR sends < :sends")
             .expression_attribute_values(":sends", n(sends))
-            .expression_attribute_values(":expires", expires_at())
             .send()
             .await;
         match result {
@@ -154,14 +151,9 @@ impl RunStore {
 
     /// Gives back a counted send of `key` in `run` that a rate limit refused.
     pub async fn give_back_send(&self, run: &RunId, key: &PrimaryKey) -> Result<(), AwsError> {
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(ledger_pk(run)))
-            .key("sk", s(sends_sk(key)))
+        self.update(run, key)
             .update_expression("ADD sends :minus_one SET expires_at = :expires")
             .expression_attribute_values(":minus_one", n(-1))
-            .expression_attribute_values(":expires", expires_at())
             .send()
             .await
             .map_err(|err| AwsError::sdk(OPERATION, err))?;
