@@ -199,7 +199,7 @@ struct Received {
 
 impl Received {
     /// Whether the row may live as another message too (this one was received before,
-    /// or is a copy delivery made, whose original may have survived): its sends are
+    /// or is a retry's copy, whose original may have survived): its sends are
     /// then counted before they go.
     fn may_have_a_twin(&self) -> bool {
         self.received_before || self.message.copied

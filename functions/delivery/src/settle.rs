@@ -93,15 +93,20 @@ impl Waiting {
     /// The copy of `row` that waits for this reason.
     pub(super) fn copy(self, row: &Received) -> resync_shared::domain::message::RowMessage {
         let mut copy = row.message.clone();
-        copy.copied = true;
         match self {
             Waiting::RateLimit => {
                 copy.attempts_before = row.attempt.saturating_sub(1);
                 copy.rate_limit_deferrals += 1;
+                // Counted after its answer, like a planning attempt's message: a row
+                // waiting out a long limit is deferred many times, and counting each
+                // try before it goes (and giving it back) would cost two writes a
+                // deferral.
+                copy.copied = false;
             }
             Waiting::Backoff { until } => {
                 copy.attempts_before = row.attempt;
                 copy.backoff_until = until;
+                copy.copied = true;
             }
             Waiting::BackingOff { until } => {
                 copy.attempts_before = row.attempt.saturating_sub(1);
@@ -230,7 +235,7 @@ pub(super) async fn deliver_run(
     };
 
     // I4 across a row's messages: a message that may have a twin (received before, or
-    // a copy delivery made) is counted before it goes, and does not go once the run's
+    // a retry's copy) is counted before it goes, and does not go once the run's
     // count of its row's sends has reached the threshold (another of its messages
     // spent them). A planning attempt's message on its first receive is counted only
     // after its answer, when it is to be retried: a clean run, or a run planned again,

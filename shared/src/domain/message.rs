@@ -51,10 +51,11 @@ pub struct RowMessage {
     /// in-flight limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_until: Option<i64>,
-    /// Whether delivery re-enqueued this message as a copy of a waiting row: its
-    /// original may still be alive beside it (a delete SQS refused, an invocation that
-    /// died before the delete), so its sends are counted before they go (see
-    /// `resync_shared::aws::runs::sends`).
+    /// Whether delivery re-enqueued this message as the copy of a row to retry after a
+    /// backoff: its original may still be alive beside it (a delete SQS refused, an
+    /// invocation that died before the delete), so its sends are counted before they
+    /// go (see `resync_shared::aws::runs::sends`). A rate limit's copy is not marked:
+    /// it is counted after its answer, so a long limit costs no write per deferral.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub copied: bool,
 }

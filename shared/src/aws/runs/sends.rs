@@ -10,8 +10,8 @@
 //!
 //! The count is kept only for rows that fail: a planning attempt's message is counted
 //! after its first answer, and only when it is to be retried (a clean run writes
-//! nothing here); a message that may have a twin (received before, or a copy delivery
-//! made) is counted before it goes, on the condition that the count stays within the
+//! nothing here); a message that may have a twin (received before, or a retry's copy)
+//! is counted before it goes, on the condition that the count stays within the
 //! threshold. Every count is raised to the sending message's own count of attempts when
 //! that is higher, so it is at least what any of the row's messages has seen. A send
 //! refused by a rate limit is given back (rate limits spend no attempt). One item per key that failed at least once: `run#{run}` / `sends#{key}`,
