@@ -14,8 +14,8 @@
 //! is counted before it goes, on the condition that the count stays within the
 //! threshold. Every count is raised to the sending message's own count of attempts when
 //! that is higher, so it is at least what any of the row's messages has seen. A send
-//! refused by a rate limit is given back (rate limits spend no attempt). One item per key that failed at least once: `run#{run}` / `sends#{key}`,
-//! with the ledger's expiry.
+//! refused by a rate limit is given back (rate limits spend no attempt). One item per
+//! key that failed at least once: `run#{run}` / `sends#{key}`, with the ledger's expiry.
 
 use aws_sdk_dynamodb::{
     error::SdkError, operation::update_item::builders::UpdateItemFluentBuilder, types::ReturnValue,
@@ -68,16 +68,40 @@ impl RunStore {
         attempt: u32,
         max: u32,
     ) -> Result<SendCount, AwsError> {
-        let result = self
+        self.add_send(run, key, attempt, Some(max)).await
+    }
+
+    /// Counts a send of `key` in `run` after its answer (a first send to be retried),
+    /// raised to `attempt` like [`RunStore::count_send`].
+    pub async fn count_sent(
+        &self,
+        run: &RunId,
+        key: &PrimaryKey,
+        attempt: u32,
+    ) -> Result<(), AwsError> {
+        self.add_send(run, key, attempt, None).await.map(|_| ())
+    }
+
+    /// Adds one send to the count of `key` in `run` (only while it is below `max`, if
+    /// given) and raises it to `attempt` when lower.
+    async fn add_send(
+        &self,
+        run: &RunId,
+        key: &PrimaryKey,
+        attempt: u32,
+        max: Option<u32>,
+    ) -> Result<SendCount, AwsError> {
+        let mut update = self
             .update(run, key)
             .update_expression("ADD sends :one SET expires_at = :expires")
-            .condition_expression("attribute_not_exists(sends) OR sends < :max")
             .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":max", n(max))
-            .return_values(ReturnValue::UpdatedNew)
-            .send()
-            .await;
-        match result {
+            .return_values(ReturnValue::UpdatedNew);
+        if let Some(max) = max {
+            update = update
+                .condition_expression("attribute_not_exists(sends) OR sends < :max")
+                .expression_attribute_values(":max", n(max));
+        }
+        match update.send().await {
             Ok(output) => {
                 let sends: u32 = output
                     .attributes
@@ -101,32 +125,6 @@ impl RunStore {
             }
             Err(err) => Err(AwsError::sdk(OPERATION, err)),
         }
-    }
-
-    /// Counts a send of `key` in `run` after its answer (a first send to be retried),
-    /// raised to `attempt` like [`RunStore::count_send`].
-    pub async fn count_sent(
-        &self,
-        run: &RunId,
-        key: &PrimaryKey,
-        attempt: u32,
-    ) -> Result<(), AwsError> {
-        let output = self
-            .update(run, key)
-            .update_expression("ADD sends :one SET expires_at = :expires")
-            .expression_attribute_values(":one", n(1))
-            .return_values(ReturnValue::UpdatedNew)
-            .send()
-            .await
-            .map_err(|err| AwsError::sdk(OPERATION, err))?;
-        let sends: u32 = output
-            .attributes
-            .as_ref()
-            .map_or(0, |item| get_n(item, "sends"));
-        if sends < attempt {
-            self.raise_sends(run, key, attempt).await?;
-        }
-        Ok(())
     }
 
     /// Raises the count of `key` in `run` to `sends`, unless it is already as high.
