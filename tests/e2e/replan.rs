@@ -5,9 +5,13 @@
 
 use std::collections::HashSet;
 
-use resync::destination_server::RowBehaviour;
+use resync::{
+    destination_server::RowBehaviour,
+    local::{CrashRules, LocalOptions},
+};
 use resync_finalizer::SyncReport;
 use resync_shared::{
+    crash_points::CrashPoint,
     domain::{
         ledger::{BatchLedger, FailedRow},
         outcome::RowError,
@@ -16,7 +20,7 @@ use resync_shared::{
 };
 use resync_sync_start::SyncStartOutcome;
 
-use crate::helpers::{key, row, ScheduleEvent, TestEnv, LONGER_THAN_AN_INVOCATION};
+use crate::helpers::{key, row, EnvSettings, ScheduleEvent, TestEnv, LONGER_THAN_AN_INVOCATION};
 
 fn keys(range: std::ops::Range<usize>) -> Vec<PrimaryKey> {
     range.map(|i| PrimaryKey::parse(key(i)).unwrap()).collect()
@@ -227,4 +231,120 @@ async fn a_replanned_run_whose_rows_were_all_delivered_sends_nothing_and_closes(
         (20, 20, 0)
     );
     assert!(env.index().await.is_empty());
+}
+
+/// Issue 12, I4 across planning attempts (`resync chaos --rows 10000 --seed 5`: 5 sends
+/// against 4 in a run planned twice): a re-plan read the earlier attempt's ledgers
+/// while that attempt's deliveries were still at the destination. SQS had handed one
+/// batch of attempt 0 to two invocations; both sent its rows and recorded a retry after
+/// the re-plan had read nothing, so attempt 1 sent every row of the batch again: 3
+/// sends at a threshold of 2. The re-plan now waits out the delivery function's timeout
+/// before it reads, and a key whose recorded sends reached the threshold is settled as
+/// failed without another send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replan_counts_the_sends_of_deliveries_still_in_flight() {
+    let env = TestEnv::with(EnvSettings {
+        max_attempts: 2,
+        options: LocalOptions {
+            crash_points: CrashRules::none().first(CrashPoint::SyncStartMidSend, 1),
+            ..LocalOptions::default()
+        },
+        ..EnvSettings::default()
+    })
+    .await;
+    env.export_rows("1.jsonl.gz", 0..20).await;
+    for i in 0..20 {
+        env.destination.set(
+            key(i),
+            RowBehaviour::Locked {
+                until_attempt: None,
+            },
+        );
+    }
+    let event = ScheduleEvent::new();
+    // Attempt 0 enqueues its rows and dies before recording its plan.
+    let died = env.fire(&event).await;
+    assert!(died.is_err(), "{died:?}");
+
+    // SQS hands one batch of attempt 0 to two invocations, and the destination takes
+    // its time; the event comes again while both are at the destination.
+    env.destination
+        .answer_after(std::time::Duration::from_secs(3));
+    let delivery = env.runtime.deliveries.values().next().unwrap()[0].clone();
+    let messages = delivery
+        .queue
+        .receive(10, std::time::Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(!messages.is_empty());
+    let twin = || {
+        let event =
+            resync::local::sqs_event(messages.clone(), "arn:aws:sqs:us-east-1:000000000000:q");
+        resync_delivery::handler(&delivery, resync::local::lambda_invocation(event))
+    };
+    let again = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while env.destination.stats().max_in_flight < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the two invocations never were at the destination together"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        env.fire(&event).await
+    };
+    let (first, second, replanned) = tokio::join!(twin(), twin(), again);
+    first.unwrap();
+    second.unwrap();
+    assert!(
+        matches!(replanned, Ok(SyncStartOutcome::Started { .. })),
+        "{replanned:?}"
+    );
+    let twice: Vec<String> = env.destination.stats().sends[0]
+        .iter()
+        .filter(|(_, &n)| n == 2)
+        .map(|(key, _)| key.clone())
+        .collect();
+    assert_eq!(
+        twice.len(),
+        messages.len(),
+        "each invocation sent the batch once"
+    );
+
+    env.destination.answer_after(std::time::Duration::ZERO);
+    let (record, _) = env
+        .runtime
+        .drive(&env.sync, &event.run_id, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(record.generation, 1);
+    // From the destination's side: the batch's rows had spent both attempts and were
+    // not sent again; the others went out once in attempt 1 (I4).
+    let sends = &env.destination.stats().sends[0];
+    for key in &twice {
+        assert_eq!(
+            sends[key], 2,
+            "{key} was sent more often than the threshold of 2 in one run"
+        );
+    }
+    assert_eq!(sends.len(), 20, "every row reaches the destination");
+    assert!(
+        sends.values().all(|&n| n <= 2),
+        "a row was sent more often than the threshold: {sends:?}"
+    );
+    let counts = record.counts.unwrap();
+    assert_eq!(
+        (counts.planned, counts.delivered, counts.failed),
+        (20, 0, 20)
+    );
+    let index = env.index().await;
+    assert_eq!(index.len(), 20);
+    assert!(
+        index.iter().all(|entry| entry.attempts == 2),
+        "{:?}",
+        index
+            .iter()
+            .map(|e| (e.key.as_str(), e.attempts))
+            .collect::<Vec<_>>()
+    );
 }

@@ -388,13 +388,7 @@ pub(super) async fn deliver_run(
             // Settled here: the message whose send reached the threshold settles the
             // row too (a delivery wins over this failure), but it may have died after
             // its send.
-            Decision::TerminalFailure(RowError::retryable(
-                "ATTEMPTS_SPENT",
-                format!(
-                    "another message of the row spent its {} attempts in this run",
-                    policy.max_attempts
-                ),
-            ))
+            Decision::TerminalFailure(RowError::attempts_spent(policy.max_attempts))
         } else {
             let result = unique_results[slot]
                 .clone()

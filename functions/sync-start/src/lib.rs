@@ -302,7 +302,17 @@ async fn start(
     // This invocation's planning attempt: a later one (a duplicate or retried
     // invocation of the same event) replaces it, and then nothing of this one counts.
     let generation = record.generation;
-    match plan::plan(deps, sync, run_id, generation, cursor).await {
+    let earlier_deliveries_end = replan::earlier_deliveries_end(&record);
+    match plan::plan(
+        deps,
+        sync,
+        run_id,
+        generation,
+        cursor,
+        earlier_deliveries_end,
+    )
+    .await
+    {
         Ok(outcome) => Ok(outcome),
         // A dead invocation abandons nothing: its retry resumes the planning.
         Err(err @ SyncStartError::Crashed(_)) => Err(err),

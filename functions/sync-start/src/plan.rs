@@ -109,6 +109,7 @@ pub(crate) async fn plan(
     run_id: &RunId,
     generation: u32,
     start: Start,
+    earlier_deliveries_end: Option<time::OffsetDateTime>,
 ) -> Result<SyncStartOutcome, SyncStartError> {
     let queue = deps.queue(&sync.destination).await?;
     let bucket = sync
@@ -204,7 +205,17 @@ pub(crate) async fn plan(
     // by chunk as they come.
     let index = deps.index.load_for_planning(&sync.id).await?;
     let mut planner = RunPlanner::new(index, finder.duplicates());
-    let mut replan = Replan::load(&deps.runs, &deps.config, sync, run_id, generation).await?;
+    let mut replan = Replan::load(
+        &deps.runs,
+        &deps.config,
+        sync,
+        run_id,
+        generation,
+        earlier_deliveries_end,
+    )
+    .await?;
+    // A later attempt waits for this one's deliveries before it reads their ledgers.
+    deps.runs.mark_sending(&sync.id, run_id, generation).await?;
     let mut sender = Sender::new(&queue, run_id, generation, &sync.id, &deps.crash_points);
     sender.replan = Some(&mut replan);
     for object in &readable {

@@ -10,8 +10,30 @@ use resync_shared::{
         merge::PlannedRow,
         replan::{EarlierAttempts, SettledWithoutSend},
         retry::RetryPolicy,
+        run::RunRecord,
+        timestamp,
     },
+    resources::DELIVERY_FUNCTION_TIMEOUT_SECS,
 };
+use time::OffsetDateTime;
+
+/// When every delivery invocation that may still send rows of the run's earlier
+/// planning attempts has ended: `None` for a first attempt, or when no earlier attempt
+/// began enqueueing rows.
+///
+/// A delivery invocation that read the run record before this attempt began goes on
+/// sending for as long as the delivery function's timeout lets it, and writes its
+/// ledger item after its answers; one that reads it later drops the earlier attempt's
+/// messages unsent. Read before that, the earlier attempts' ledgers miss those sends,
+/// and the row gets them on top of the threshold (I4), or a row one of them delivered
+/// is sent again.
+pub(crate) fn earlier_deliveries_end(record: &RunRecord) -> Option<OffsetDateTime> {
+    if record.generation == 0 || record.sending_attempt.is_none() {
+        return None;
+    }
+    let began = record.planning_since.unwrap_or_else(timestamp::now);
+    Some(began + time::Duration::seconds(i64::from(DELIVERY_FUNCTION_TIMEOUT_SECS) + 1))
+}
 
 /// What this planning attempt takes over from the run's earlier attempts.
 pub(crate) struct Replan {
@@ -25,14 +47,23 @@ pub(crate) struct Replan {
 
 impl Replan {
     /// Reads what the run's attempts before `generation` settled (nothing for a first
-    /// attempt).
+    /// attempt), once their deliveries have ended (`deliveries_end`, see
+    /// [`earlier_deliveries_end`]).
     pub(crate) async fn load(
         runs: &RunStore,
         config: &Config,
         sync: &SyncConfig,
         run: &RunId,
         generation: u32,
+        deliveries_end: Option<OffsetDateTime>,
     ) -> Result<Self, AwsError> {
+        if let Some(end) = deliveries_end {
+            let left = end - timestamp::now();
+            if left.is_positive() {
+                tracing::info!(sync = %sync.id, run = %run, generation, wait_secs = left.whole_seconds(), "planning again: waiting for the earlier attempts' deliveries to end before reading what they settled");
+                tokio::time::sleep(left.try_into().unwrap_or_default()).await;
+            }
+        }
         let max_attempts = config.destination(&sync.destination).map_or_else(
             || RetryPolicy::default().max_attempts,
             |d| d.retry.max_attempts,

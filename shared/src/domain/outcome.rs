@@ -135,6 +135,16 @@ impl RowError {
         Self::bounded(ErrorClass::Retryable, code, message)
     }
 
+    /// The failure of a row whose sends in the run already reached the destination's
+    /// threshold of `max_attempts`, counted across its messages and planning attempts:
+    /// settled without another send (I4), retryable in the next run.
+    pub fn attempts_spent(max_attempts: u32) -> Self {
+        Self::retryable(
+            "ATTEMPTS_SPENT",
+            format!("the row's {max_attempts} attempts in this run were spent"),
+        )
+    }
+
     /// A refusal of the row's data.
     pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
         Self::bounded(ErrorClass::Permanent, code, message)

@@ -22,10 +22,18 @@
 //!   the run was planned again) is delivered: the destination has it (writes are
 //!   idempotent upserts), so it leaves the index. One outcome per key (I1).
 //!
+//! The run's count of sends per key (see `crate::aws::runs::sends`) is read too: it
+//! shows sends no ledger item does (a message received again after its invocation
+//! died raises it to its receive count), and a key whose recorded sends already reached
+//! the threshold — two deliveries of one SQS batch each record their own retry — is
+//! settled as failed without another send.
+//!
 //! Every earlier attempt also counts one attempt of every key it may have sent: its
 //! invocation may have died between the destination's answer and the ledger write, and
 //! that message is dropped when it comes back after the re-plan, so no ledger shows the
-//! send ([`EarlierAttempts::carry`]).
+//! send ([`EarlierAttempts::carry`]). The ledger items are read only after every
+//! delivery invocation of the earlier attempts has ended (sync-start waits out the
+//! delivery function's timeout), so a send still in flight is never missed.
 //!
 //! Memory: the earlier attempts' settled and retried keys only, as the tally holds.
 
@@ -35,6 +43,7 @@ use crate::domain::{
     ids::PrimaryKey,
     ledger::{BatchLedger, FailedRow},
     merge::PlannedRow,
+    outcome::RowError,
 };
 
 /// What a run's earlier planning attempts did with each key they touched.
@@ -48,6 +57,8 @@ pub struct EarlierAttempts {
     /// deferral, which the ledger does not tell apart: counted as spent, so the
     /// threshold is never passed).
     retries: HashMap<PrimaryKey, u32>,
+    /// The run's count of sends per key, for keys that failed at least once.
+    sends: HashMap<PrimaryKey, u32>,
     /// The run's planning attempts before the latest one.
     generations: u32,
 }
@@ -68,6 +79,17 @@ pub enum Carry<'a> {
     /// An earlier attempt failed it at the threshold: settled as that failure, not
     /// sent again (I4).
     Exhausted(&'a FailedRow),
+    /// Its recorded sends already reached the threshold without a failure at it (two
+    /// messages of the row each retried it): settled as failed with `error`, not sent
+    /// again (I4).
+    Spent {
+        /// Its recorded sends in the run.
+        attempts: u32,
+        /// Its last error, or [`RowError::attempts_spent`] when none was recorded.
+        error: RowError,
+        /// When an earlier attempt failed it, if one did.
+        failed_at: Option<String>,
+    },
 }
 
 impl EarlierAttempts {
@@ -98,12 +120,19 @@ impl EarlierAttempts {
         }
     }
 
+    /// Adds the run's count of sends of `key` (see `crate::aws::runs::sends`).
+    pub fn add_sends(&mut self, key: PrimaryKey, sends: u32) {
+        let count = self.sends.entry(key).or_default();
+        *count = (*count).max(sends);
+    }
+
     /// Whether there was no earlier attempt (a first planning attempt): nothing to carry.
     pub fn is_empty(&self) -> bool {
         self.generations == 0
             && self.delivered.is_empty()
             && self.failed.is_empty()
             && self.retries.is_empty()
+            && self.sends.is_empty()
     }
 
     /// What the latest attempt does with `key`, under the destination's threshold
@@ -118,20 +147,36 @@ impl EarlierAttempts {
                 return Carry::Exhausted(row);
             }
         }
-        let retried = self.retries.get(key).copied().unwrap_or(0);
+        let recorded = self
+            .retries
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+            .max(failed.map_or(0, |row| row.attempts))
+            .max(self.sends.get(key).copied().unwrap_or(0));
+        if recorded >= max_attempts {
+            // Sent as often as the threshold allows, as the ledgers and the count of
+            // sends show: another send would pass it (I4).
+            return Carry::Spent {
+                attempts: recorded,
+                error: failed.map_or_else(
+                    || RowError::attempts_spent(max_attempts),
+                    |row| row.error.clone(),
+                ),
+                failed_at: failed.and_then(|row| row.failed_at.clone()),
+            };
+        }
         // Each earlier attempt may have sent the key once more than its ledger shows:
         // an invocation that died between the destination's answer and its ledger
         // write, whose message came back after the run was planned again and was
         // dropped unrecorded. Counted as spent, so the threshold is never passed (I4,
         // as the destination counts sends); at worst a key gets one attempt fewer.
-        let spent = retried
-            .max(failed.map_or(0, |row| row.attempts))
-            .saturating_add(self.generations);
+        let spent = recorded.saturating_add(self.generations);
         if spent == 0 {
             Carry::Fresh
         } else {
-            // Retries alone never exhaust a key here: its last attempt gives the
-            // failure its error.
+            // The allowance alone never exhausts a key: its last attempt is left to
+            // the latest plan, and gives the failure its error.
             Carry::Resend {
                 attempts_before: spent.min(max_attempts.saturating_sub(1)),
             }
@@ -183,21 +228,46 @@ impl SettledWithoutSend {
                 None
             }
             Carry::Exhausted(earlier) => {
-                self.ledger.failed.push(FailedRow {
-                    key: planned.key,
-                    error: earlier.error.clone(),
-                    attempts: earlier.attempts,
-                    prior_attempts: planned.carried.as_ref().map_or(0, |c| c.attempts),
-                    carried_over: planned.carried.is_some(),
-                    first_failed_at: planned.carried.map(|c| c.first_failed_at),
-                    // When the earlier attempt failed it, not when this one settled it.
-                    failed_at: earlier.failed_at.clone(),
-                    // The latest plan's values: the index retries the row with them.
-                    payload: planned.fields,
-                });
+                self.fail(
+                    planned,
+                    earlier.error.clone(),
+                    earlier.attempts,
+                    earlier.failed_at.clone(),
+                );
+                None
+            }
+            Carry::Spent {
+                attempts,
+                error,
+                failed_at,
+            } => {
+                self.fail(planned, error, attempts, failed_at);
                 None
             }
         }
+    }
+
+    /// Settles `planned` as failed after `attempts` with `error`, as an earlier attempt
+    /// left it.
+    fn fail(
+        &mut self,
+        planned: PlannedRow,
+        error: RowError,
+        attempts: u32,
+        failed_at: Option<String>,
+    ) {
+        self.ledger.failed.push(FailedRow {
+            key: planned.key,
+            error,
+            attempts,
+            prior_attempts: planned.carried.as_ref().map_or(0, |c| c.attempts),
+            carried_over: planned.carried.is_some(),
+            first_failed_at: planned.carried.map(|c| c.first_failed_at),
+            // When the earlier attempt failed it, not when this one settled it.
+            failed_at,
+            // The latest plan's values: the index retries the row with them.
+            payload: planned.fields,
+        });
     }
 
     /// The ledger item of attempt `generation` (empty when nothing was settled).
@@ -279,11 +349,11 @@ mod tests {
             Carry::Resend { attempts_before: 3 }
         );
         assert!(matches!(earlier.carry(&key("f4"), 4), Carry::Exhausted(row) if row.attempts == 4));
-        // Retries alone leave the last attempt to the latest plan.
-        assert_eq!(
+        // Three recorded sends at a threshold of 3: none is left to the latest plan.
+        assert!(matches!(
             earlier.carry(&key("r"), 3),
-            Carry::Resend { attempts_before: 2 }
-        );
+            Carry::Spent { attempts: 3, .. }
+        ));
         assert!(!earlier.is_empty());
         assert!(EarlierAttempts::default().is_empty());
     }
@@ -323,6 +393,68 @@ mod tests {
         );
         assert!(!EarlierAttempts::of_generations(1).is_empty());
         assert!(EarlierAttempts::of_generations(0).is_empty());
+    }
+
+    /// Issue 12, I4 across planning attempts: SQS delivered a batch of the first
+    /// attempt to two invocations, each sent its rows and recorded a retry, and the
+    /// re-plan still left every row one more send (the allowance never exhausted a
+    /// key): 3 sends at a threshold of 2. Recorded sends — the ledgers' retries or the
+    /// run's count of sends, whichever is higher — that reach the threshold settle the
+    /// key as failed without a send; the allowance for unrecorded sends alone never
+    /// does.
+    #[test]
+    fn a_key_whose_recorded_sends_reached_the_threshold_is_not_sent_again() {
+        let mut earlier = EarlierAttempts::of_generations(1);
+        for _twin in 0..2 {
+            earlier.add(BatchLedger {
+                retrying: vec![key("twin")],
+                ..Default::default()
+            });
+        }
+        earlier.add_sends(key("counted"), 3);
+        earlier.add_sends(key("counted"), 2);
+        earlier.add_sends(key("once"), 1);
+        let Carry::Spent {
+            attempts, error, ..
+        } = earlier.carry(&key("twin"), 2)
+        else {
+            panic!("{:?}", earlier.carry(&key("twin"), 2));
+        };
+        assert_eq!((attempts, error.code.as_str()), (2, "ATTEMPTS_SPENT"));
+        assert!(matches!(
+            earlier.carry(&key("counted"), 3),
+            Carry::Spent { attempts: 3, .. }
+        ));
+        // Below the threshold the count of sends is carried like the ledgers' retries,
+        // with the allowance on top.
+        assert_eq!(
+            earlier.carry(&key("counted"), 5),
+            Carry::Resend { attempts_before: 4 }
+        );
+        // One recorded send plus the allowance, at a threshold of 2: the last attempt
+        // is still the latest plan's.
+        assert_eq!(
+            earlier.carry(&key("once"), 2),
+            Carry::Resend { attempts_before: 1 }
+        );
+        assert_eq!(
+            earlier.carry(&key("new"), 1),
+            Carry::Resend { attempts_before: 0 }
+        );
+
+        let mut settled = SettledWithoutSend::default();
+        assert!(settled
+            .settle(planned("twin", false), earlier.carry(&key("twin"), 2))
+            .is_none());
+        let ledger = settled.into_ledger(1);
+        let [failure] = ledger.failed.as_slice() else {
+            panic!("{:?}", ledger.failed)
+        };
+        assert_eq!(
+            (failure.attempts, failure.error.code.as_str()),
+            (2, "ATTEMPTS_SPENT")
+        );
+        assert_eq!(failure.payload.as_str(), r#"{"v":"new"}"#);
     }
 
     #[test]

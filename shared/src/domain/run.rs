@@ -67,6 +67,10 @@ pub struct RunRecord {
     /// carries the attempt that made it; only the current attempt's count, so a plan
     /// made again — from a moved cursor or a new export — is tallied exactly.
     pub generation: u32,
+    /// The latest planning attempt that began enqueueing rows (`None` when none did):
+    /// a later attempt waits for that attempt's deliveries to end before it reads what
+    /// they settled (see `RunStore::mark_sending`).
+    pub sending_attempt: Option<u32>,
     /// When the run must end (its sync's `run_deadline_secs` after its current planning
     /// attempt began; `None` for records written before deadlines were kept, or
     /// unreadable). Delivery sets no wait beyond it and closes what is not delivered by

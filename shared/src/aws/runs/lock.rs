@@ -279,6 +279,34 @@ impl RunStore {
         self.update_run_and_state(run_update, state_update).await
     }
 
+    /// Records that planning attempt `generation` of `run` begins enqueueing rows.
+    ///
+    /// Its rows may then be at the destination while a later attempt plans the run
+    /// again: a delivery invocation that read the run record before the later attempt
+    /// began goes on sending for as long as the function's timeout lets it, and its
+    /// ledger item lands after that. The later attempt reads what earlier attempts
+    /// settled only once those invocations have ended (see sync-start's re-plan), and
+    /// only when this mark says there may have been any.
+    pub async fn mark_sending(
+        &self,
+        sync: &SyncId,
+        run: &RunId,
+        generation: u32,
+    ) -> Result<(), AwsError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(sync_pk(sync)))
+            .key("sk", s(run_sk(run)))
+            .update_expression("SET sending_attempt = :generation")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":generation", n(generation))
+            .send()
+            .await
+            .map_err(|err| AwsError::sdk("DynamoDB.UpdateItem", err))?;
+        Ok(())
+    }
+
     /// Records the plan of attempt `plan.generation` and moves the run to `delivering`.
     /// Returns whether every row already looks settled (see
     /// [`RunProgress::became_settled`]), as when delivery finished the rows while they

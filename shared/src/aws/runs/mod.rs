@@ -316,6 +316,9 @@ fn parse_run(item: &Item, sync: &SyncId, run: &RunId) -> RunRecord {
         started_at: get_s(item, "started_at").and_then(|t| timestamp::parse_rfc3339(&t)),
         planning_since: get_s(item, "planning_since").and_then(|t| timestamp::parse_rfc3339(&t)),
         generation: get_n(item, "generation"),
+        sending_attempt: item
+            .contains_key("sending_attempt")
+            .then(|| get_n(item, "sending_attempt")),
         deadline: get_s(item, "deadline").and_then(|t| timestamp::parse_rfc3339(&t)),
         enqueued: get_n(item, "enqueued"),
         rejected: get_n(item, "rejected"),

@@ -2,18 +2,23 @@
 //! planned again (see [`crate::domain::replan`]): sync-start reads them to plan the
 //! next attempt, the finalizer to close the run.
 
-use super::{ledger::LEDGER, ledger_pk, RunStore};
+use super::{ledger::LEDGER, ledger_pk, sends::SENDS_PREFIX, RunStore};
 use crate::{
     aws::{
-        item::{get_s, s},
+        item::{get_n, get_s, s},
         AwsError,
     },
-    domain::{ids::RunId, ledger::BatchLedger, replan::EarlierAttempts},
+    domain::{
+        ids::{PrimaryKey, RunId},
+        ledger::BatchLedger,
+        replan::EarlierAttempts,
+    },
 };
 
 impl RunStore {
-    /// What the attempts of run `run` before attempt `generation` settled and retried
-    /// (paged, strongly consistent); empty for a first attempt, without a read.
+    /// What the attempts of run `run` before attempt `generation` settled and retried,
+    /// and the run's count of sends per key (paged, strongly consistent); empty for a
+    /// first attempt, without a read.
     pub async fn earlier_attempts(
         &self,
         run: &RunId,
@@ -44,6 +49,27 @@ impl RunStore {
             })?;
             if batch.generation < generation {
                 earlier.add(batch);
+            }
+        }
+        // The run's count of sends per key (only keys that failed at least once).
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :sends)")
+            .expression_attribute_values(":pk", s(ledger_pk(run)))
+            .expression_attribute_values(":sends", s(SENDS_PREFIX))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| AwsError::sdk("DynamoDB.Query", e))?;
+            let key = get_s(&item, "sk")
+                .and_then(|sk| sk.strip_prefix(SENDS_PREFIX).map(str::to_owned))
+                .and_then(|key| PrimaryKey::parse(key).ok());
+            if let Some(key) = key {
+                earlier.add_sends(key, get_n(&item, "sends"));
             }
         }
         Ok(earlier)

@@ -32,8 +32,11 @@ use crate::{
 
 const OPERATION: &str = "DynamoDB.UpdateItem";
 
+/// How the sort key of a key's count begins (the key follows).
+pub(super) const SENDS_PREFIX: &str = "sends#";
+
 fn sends_sk(key: &PrimaryKey) -> String {
-    format!("sends#{}", key.as_str())
+    format!("{SENDS_PREFIX}{}", key.as_str())
 }
 
 /// What counting one more send of a key came to.
