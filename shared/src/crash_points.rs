@@ -26,6 +26,10 @@ pub enum CrashPoint {
     /// delivery: the destination was called for a run's rows; nothing is recorded,
     /// no copy queued, no visibility changed.
     DeliveryAfterDestinationCall,
+    /// delivery: the delayed copies of waiting rows (rate-limited, backing off) are
+    /// queued; their originals are not deleted, no ledger item is written (consulted
+    /// only when SQS took a copy). The originals come back beside their copies.
+    DeliveryAfterCopies,
     /// delivery: rate-limited copies are queued and their originals deleted; the
     /// ledger item is not written yet.
     DeliveryBeforeLedgerWrite,
@@ -41,11 +45,12 @@ pub enum CrashPoint {
 
 impl CrashPoint {
     /// Every point, in the order a run passes them.
-    pub const ALL: [CrashPoint; 8] = [
+    pub const ALL: [CrashPoint; 9] = [
         Self::SyncStartAfterAcquire,
         Self::SyncStartMidSend,
         Self::SyncStartAfterMarkPlanned,
         Self::DeliveryAfterDestinationCall,
+        Self::DeliveryAfterCopies,
         Self::DeliveryBeforeLedgerWrite,
         Self::DeliveryAfterLedgerWrite,
         Self::FinalizerAfterIndexWrites,
@@ -59,6 +64,7 @@ impl CrashPoint {
             Self::SyncStartMidSend => "sync_start.mid_send",
             Self::SyncStartAfterMarkPlanned => "sync_start.after_mark_planned",
             Self::DeliveryAfterDestinationCall => "delivery.after_destination_call",
+            Self::DeliveryAfterCopies => "delivery.after_copies",
             Self::DeliveryBeforeLedgerWrite => "delivery.before_ledger_write",
             Self::DeliveryAfterLedgerWrite => "delivery.after_ledger_write",
             Self::FinalizerAfterIndexWrites => "finalizer.after_index_writes",

@@ -84,6 +84,7 @@ async fn delivery_killed_at_any_point_returns_its_batch_and_counts_stay_exact() 
     let rows = 60;
     for point in [
         CrashPoint::DeliveryAfterDestinationCall,
+        CrashPoint::DeliveryAfterCopies,
         CrashPoint::DeliveryBeforeLedgerWrite,
         CrashPoint::DeliveryAfterLedgerWrite,
     ] {
@@ -129,6 +130,54 @@ async fn delivery_killed_at_any_point_returns_its_batch_and_counts_stay_exact() 
             "{point}"
         );
     }
+}
+
+/// Issue 12, crash points: delivery dies after queueing the delayed copies of its
+/// retried rows and before deleting their originals (a point the harness could not
+/// inject before). The originals come back beside their copies, so each row lives as
+/// two messages; they share the run's count of sends, so a row that keeps failing
+/// reaches the destination at most the threshold of 3 times, fails once and is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_killed_between_the_copies_and_the_originals_delete_keeps_the_threshold() {
+    let mut settings = crashing(CrashRules::none().first(CrashPoint::DeliveryAfterCopies, 2));
+    settings.max_attempts = 3;
+    let env = TestEnv::with(settings).await;
+    for i in [3, 4] {
+        env.destination.set(
+            key(i),
+            RowBehaviour::Locked {
+                until_attempt: None,
+            },
+        );
+    }
+    env.export_rows("1.jsonl.gz", 0..20).await;
+    let run = env.run().await;
+
+    assert_eq!(
+        env.runtime.injected()["crash:delivery.after_copies"],
+        2,
+        "the invocations died with copies and originals both queued"
+    );
+    let sends = env.destination.stats().sends[0].clone();
+    assert_eq!(sends.len(), 20, "every row reaches the destination");
+    assert!(
+        sends[&key(3)] <= 3 && sends[&key(4)] <= 3,
+        "a failing row was sent more often than the threshold of 3: {} and {} sends",
+        sends[&key(3)],
+        sends[&key(4)]
+    );
+    let counts = run.record.counts.unwrap();
+    assert_eq!(
+        (counts.planned, counts.delivered, counts.failed),
+        (20, 18, 2)
+    );
+    let kept: Vec<String> = env
+        .index()
+        .await
+        .into_iter()
+        .map(|entry| entry.key.as_str().to_owned())
+        .collect();
+    assert_eq!(kept, [key(3), key(4)]);
 }
 
 /// Issue 12, crash points: the finalizer dies after writing the index and, on Lambda's

@@ -335,6 +335,7 @@ pub async fn handler(
             .map(|(_, deferral)| rows[deferral.row].receipt_handle.clone())
             .collect();
         if !copied.is_empty() {
+            deps.crash_points.reached(CrashPoint::DeliveryAfterCopies)?;
             match deps.queue.delete(&copied).await {
                 Ok(0) => {}
                 Ok(refused) => {
