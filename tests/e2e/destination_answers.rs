@@ -56,6 +56,13 @@ async fn facts(
         source_keys,
         index_before,
         index_after: index_keys(env).await,
+        index_spent: env
+            .index()
+            .await
+            .into_iter()
+            .filter(|entry| entry.error_code == resync_shared::domain::outcome::ATTEMPTS_SPENT)
+            .map(|entry| entry.key.as_str().to_owned())
+            .collect(),
         ledger_delivered: ledger
             .into_iter()
             .flat_map(|item| item.delivered.into_iter().chain(item.recovered))

@@ -15,7 +15,9 @@ use std::{collections::BTreeMap, collections::HashSet, io::Write, time::Duration
 
 use anyhow::Context as _;
 use resync_emulator::{FaultKind, FaultRule};
-use resync_shared::{config::Config, crash_points::CrashPoint, SyncId};
+use resync_shared::{
+    config::Config, crash_points::CrashPoint, domain::outcome::ATTEMPTS_SPENT, SyncId,
+};
 use serde::Serialize;
 
 use crate::local::{AtLeastOnce, CrashRules, LocalOptions, LocalRuntime};
@@ -365,7 +367,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             HashSet::new()
         };
         next_key += new_rows;
-        let index_before = index_keys(&runtime, &sync).await?;
+        let (index_before, _) = index_keys(&runtime, &sync).await?;
 
         let mut closed = None;
         for _ in 0..PLANNING_ATTEMPTS {
@@ -424,12 +426,14 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         let log = destination.log();
         let received = log[seen..].to_vec();
         seen = log.len();
+        let (index_after, index_spent) = index_keys(&runtime, &sync).await?;
         facts.push(RunFacts {
             run_id: record.run_id.as_str().to_owned(),
             planning_attempts: record.generation.saturating_add(1),
             source_keys,
             index_before,
-            index_after: index_keys(&runtime, &sync).await?,
+            index_after,
+            index_spent,
             ledger_delivered,
             received,
         });
@@ -494,14 +498,21 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     })
 }
 
-async fn index_keys(runtime: &LocalRuntime, sync: &SyncId) -> anyhow::Result<HashSet<String>> {
-    Ok(runtime
-        .index()
-        .entries(sync)
-        .await?
-        .into_iter()
-        .map(|entry| entry.key.as_str().to_owned())
-        .collect())
+/// The sync's index keys, and those of them failed unsent for spent attempts.
+async fn index_keys(
+    runtime: &LocalRuntime,
+    sync: &SyncId,
+) -> anyhow::Result<(HashSet<String>, HashSet<String>)> {
+    let mut keys = HashSet::new();
+    let mut spent = HashSet::new();
+    for entry in runtime.index().entries(sync).await? {
+        let key = entry.key.as_str().to_owned();
+        if entry.error_code == ATTEMPTS_SPENT {
+            spent.insert(key.clone());
+        }
+        keys.insert(key);
+    }
+    Ok((keys, spent))
 }
 
 /// The report as a short table.

@@ -107,6 +107,9 @@ fn bounded_message(text: impl Into<String>, max: usize) -> String {
     text
 }
 
+/// The code of [`RowError::attempts_spent`].
+pub const ATTEMPTS_SPENT: &str = "ATTEMPTS_SPENT";
+
 impl RowError {
     /// An error of `class`; the code and message are cut to [`MAX_ERROR_CODE_BYTES`]
     /// and [`MAX_ERROR_MESSAGE_BYTES`] (they come from the destination's answer); a
@@ -140,7 +143,7 @@ impl RowError {
     /// settled without another send (I4), retryable in the next run.
     pub fn attempts_spent(max_attempts: u32) -> Self {
         Self::retryable(
-            "ATTEMPTS_SPENT",
+            ATTEMPTS_SPENT,
             format!("the row's {max_attempts} attempts in this run were spent"),
         )
     }

@@ -2,10 +2,10 @@
 //! planned again (see [`crate::domain::replan`]): sync-start reads them to plan the
 //! next attempt, the finalizer to close the run.
 
-use super::{ledger::LEDGER, ledger_pk, sends::SENDS_PREFIX, RunStore};
+use super::{ledger::LEDGER, sends::SENDS_PREFIX, RunStore};
 use crate::{
     aws::{
-        item::{get_n, get_s, s},
+        item::{get_n, get_s},
         AwsError,
     },
     domain::{
@@ -28,17 +28,7 @@ impl RunStore {
         if generation == 0 {
             return Ok(earlier);
         }
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :batch)")
-            .expression_attribute_values(":pk", s(ledger_pk(run)))
-            .expression_attribute_values(":batch", s("batch#"))
-            .consistent_read(true)
-            .into_paginator()
-            .items()
-            .send();
+        let mut pages = self.run_items(run, "batch#").send();
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| AwsError::sdk("DynamoDB.Query", e))?;
             let Some(body) = get_s(&item, LEDGER) else {
@@ -52,17 +42,7 @@ impl RunStore {
             }
         }
         // The run's count of sends per key (only keys that failed at least once).
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :sends)")
-            .expression_attribute_values(":pk", s(ledger_pk(run)))
-            .expression_attribute_values(":sends", s(SENDS_PREFIX))
-            .consistent_read(true)
-            .into_paginator()
-            .items()
-            .send();
+        let mut pages = self.run_items(run, SENDS_PREFIX).send();
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| AwsError::sdk("DynamoDB.Query", e))?;
             let key = get_s(&item, "sk")
