@@ -230,7 +230,6 @@ fn crash_rules(seed: u64) -> CrashRules {
         .at(CrashPoint::SyncStartMidSend, 0.01, Some(1))
         .at(CrashPoint::SyncStartAfterMarkPlanned, 0.5, Some(1))
         .at(CrashPoint::DeliveryAfterDestinationCall, 0.02, Some(3))
-        .at(CrashPoint::DeliveryAfterCopies, 0.02, Some(3))
         .at(CrashPoint::DeliveryBeforeLedgerWrite, 0.02, Some(3))
         .at(CrashPoint::DeliveryAfterLedgerWrite, 0.02, Some(3))
         .at(CrashPoint::FinalizerAfterIndexWrites, 0.5, Some(1))
