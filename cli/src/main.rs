@@ -93,6 +93,9 @@ enum Command {
         /// Seeds every fault.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Rows travel packed (the destination's `packing`).
+        #[arg(long)]
+        packing: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -120,6 +123,10 @@ enum Command {
         /// Delivery concurrency.
         #[arg(long, default_value_t = 4)]
         concurrency: u32,
+        /// Rows travel packed (the destination's `packing`, with a 5 s request timeout so
+        /// an invocation takes 10 segments).
+        #[arg(long)]
+        packing: bool,
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
@@ -270,10 +277,16 @@ async fn main() -> anyhow::Result<()> {
             rows,
             runs,
             seed,
+            packing,
             json,
         } => {
-            let report =
-                resync::chaos::run(&resync::chaos::ChaosOptions { rows, runs, seed }).await?;
+            let report = resync::chaos::run(&resync::chaos::ChaosOptions {
+                rows,
+                runs,
+                seed,
+                packing,
+            })
+            .await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -291,6 +304,7 @@ async fn main() -> anyhow::Result<()> {
             memory_failed_keys,
             batch_size,
             concurrency,
+            packing,
             json,
         } => {
             let report = resync::bench::run(&resync::bench::BenchOptions {
@@ -301,6 +315,7 @@ async fn main() -> anyhow::Result<()> {
                 memory_failed_keys,
                 batch_size,
                 concurrency,
+                packing,
             })
             .await?;
             if json {

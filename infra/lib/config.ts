@@ -20,6 +20,10 @@ export interface DestinationSpec {
   readonly batchSize: number;
   readonly concurrency: number;
   readonly maxAttempts: number;
+  /** `timeout_secs`: one destination request's timeout. */
+  readonly timeoutSecs: number;
+  /** `packing`: rows travel in segments, one request per message. */
+  readonly packing: boolean;
   /** Secrets Manager names or ARNs the destination reads (`secret_id`). */
   readonly secretIds: string[];
 }
@@ -58,7 +62,11 @@ export function queueSettings(destination: DestinationSpec): QueueSettings {
     retentionSecs: QUEUE_RETENTION_SECS,
     maxReceiveCount: destination.maxAttempts + 2,
     dlqRetentionSecs: DLQ_RETENTION_SECS,
-    eventBatchSize: Math.min(1000, Math.max(20, destination.batchSize * 2)),
+    eventBatchSize: destination.packing
+      ? // Messages, each at most one request, as many as fit the function's timeout
+        // after its 10 s of queue and ledger calls (`INVOCATION_OVERHEAD_SECS`).
+        Math.min(10, Math.max(1, Math.floor((DELIVERY_FUNCTION_TIMEOUT_SECS - 10) / destination.timeoutSecs)))
+      : Math.min(1000, Math.max(20, destination.batchSize * 2)),
     batchingWindowSecs,
   };
 }
@@ -95,6 +103,8 @@ export function parseConfig(text: string): ResyncConfig {
       batchSize: d.batch_size ?? 100,
       concurrency,
       maxAttempts: d.retry?.max_attempts ?? 5,
+      timeoutSecs: d.timeout_secs ?? 25,
+      packing: d.packing === true,
       secretIds: secretIdsOf(d),
     };
   });

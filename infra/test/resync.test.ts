@@ -145,6 +145,19 @@ describe('the stack from config/resync.yaml', () => {
   });
 });
 
+const PACKED = TWO_DESTINATIONS.replace('    retry: { max_attempts: 4 }\n', '    retry: { max_attempts: 4 }\n    packing: true\n    timeout_secs: 5\n')
+  .replace('    webhook: { url: https://api.example.com/rows }\n', '    packing: true\n    webhook: { url: https://api.example.com/rows }\n');
+
+describe('packed destinations', () => {
+  const template = synth({ configPath: configFile(PACKED), stackPrefix: 'acme' });
+
+  test('a packed destination receives as many messages per invocation as requests fit its function timeout', () => {
+    // (60 s - 10 s of queue and ledger calls) / 5 s per request = 10; / 25 s = 2.
+    template.hasResourceProperties('AWS::Lambda::EventSourceMapping', { BatchSize: 10, ScalingConfig: { MaximumConcurrency: 3 } });
+    template.hasResourceProperties('AWS::Lambda::EventSourceMapping', { BatchSize: 2, ScalingConfig: { MaximumConcurrency: 5 } });
+  });
+});
+
 describe('several destinations', () => {
   const template = synth({ configPath: configFile(TWO_DESTINATIONS), stackPrefix: 'acme' });
 

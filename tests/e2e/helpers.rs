@@ -101,6 +101,14 @@ pub struct EnvSettings {
     pub retry_extra: &'static str,
     /// The destination's backoff: `base_delay_secs` and `max_delay_secs`.
     pub backoff_secs: (u64, u64),
+    /// The destination's `packing` (default: `RESYNC_TEST_PACKING=1` turns it on for
+    /// the whole suite).
+    pub packing: bool,
+}
+
+/// Whether the suite runs with packed rows by default.
+pub fn packing_by_default() -> bool {
+    std::env::var("RESYNC_TEST_PACKING").is_ok_and(|v| v == "1")
 }
 
 impl Default for EnvSettings {
@@ -116,6 +124,7 @@ impl Default for EnvSettings {
             run_deadline_secs: None,
             retry_extra: "",
             backoff_secs: (1, 2),
+            packing: packing_by_default(),
         }
     }
 }
@@ -127,6 +136,8 @@ pub struct TestEnv {
     pub hubspot: Option<HubspotServer>,
     pub s3: aws_sdk_s3::Client,
     pub sync: SyncId,
+    /// The AWS requests made so far, by operation.
+    pub requests: resync::aws::RequestCounter,
     _emulator: Option<Emulator>,
 }
 
@@ -151,7 +162,9 @@ impl TestEnv {
                 (Some(emulator), endpoint)
             }
         };
-        let sdk = resync::aws::for_endpoint(&endpoint).await;
+        // Every AWS request of the functions and of the test's setup, counted.
+        let requests = resync::aws::RequestCounter::default();
+        let sdk = requests.instrument(&resync::aws::for_endpoint(&endpoint).await);
         let destination = DestinationServer::start(Some("test-secret".into()))
             .await
             .expect("destination starts");
@@ -176,6 +189,7 @@ impl TestEnv {
             settings.retry_extra
         );
         let concurrency = settings.concurrency;
+        let packing = settings.packing;
         let mut salesforce = None;
         let mut hubspot = None;
         let destination_yaml = match settings.vendor {
@@ -186,6 +200,7 @@ impl TestEnv {
     batch_size: {batch_size}
     concurrency: {concurrency}
     timeout_secs: 10
+    packing: {packing}
     retry: {retry}
     webhook:
       url: {url}
@@ -236,6 +251,7 @@ impl TestEnv {
     kind: salesforce
     concurrency: {concurrency}
     timeout_secs: 10
+    packing: {packing}
     retry: {retry}
     salesforce:
       login_url: {url}
@@ -258,6 +274,7 @@ impl TestEnv {
     kind: hubspot
     concurrency: {concurrency}
     timeout_secs: 10
+    packing: {packing}
     retry: {retry}
     hubspot:
       base_url: {url}
@@ -297,6 +314,7 @@ syncs:
             salesforce,
             hubspot,
             sync: SyncId::parse("customers").unwrap(),
+            requests,
             _emulator: emulator,
         }
     }

@@ -51,6 +51,7 @@ mod failed_rows;
 mod hubspot;
 mod in_flight;
 mod item_limits;
+mod packing;
 mod rate_limits;
 mod replan;
 mod reporting;

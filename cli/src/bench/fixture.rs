@@ -38,7 +38,12 @@ impl Bench {
         let counter = RequestCounter::default();
         let sdk = counter.instrument(&crate::aws::for_endpoint(emulator.endpoint_url()).await);
         let destination = DestinationServer::start(None).await?;
-        let yaml = bench_yaml(&destination.url(), options.batch_size, options.concurrency);
+        let yaml = bench_yaml(
+            &destination.url(),
+            options.batch_size,
+            options.concurrency,
+            options.packing,
+        );
         let config = Config::from_yaml(&yaml)?;
         let runtime = LocalRuntime::new(
             sdk.clone(),
@@ -92,14 +97,21 @@ impl Bench {
 }
 
 /// The bench's configuration: one destination and a sync per case.
-fn bench_yaml(url: &str, batch_size: usize, concurrency: u32) -> String {
+fn bench_yaml(url: &str, batch_size: usize, concurrency: u32, packing: bool) -> String {
+    // Packed, an invocation takes as many segments as requests fit its timeout: 10 at
+    // 5 s (the local destination answers in milliseconds).
+    let packing = if packing {
+        "\n    packing: true\n    timeout_secs: 5"
+    } else {
+        ""
+    };
     format!(
         r#"
 destinations:
   - id: bench
     kind: webhook
     batch_size: {batch_size}
-    concurrency: {concurrency}
+    concurrency: {concurrency}{packing}
     retry: {{ max_attempts: 5, base_delay_secs: 1, max_delay_secs: 2 }}
     webhook: {{ url: "{url}" }}
 syncs:

@@ -58,6 +58,8 @@ pub struct BenchOptions {
     pub batch_size: usize,
     /// Delivery concurrency (pollers).
     pub concurrency: u32,
+    /// Rows travel packed (the destination's `packing`).
+    pub packing: bool,
 }
 
 /// One function's figures in [`BenchReport::functions`].
@@ -80,6 +82,8 @@ pub struct BenchReport {
     pub profile: &'static str,
     /// Rows of the clean run.
     pub rows: usize,
+    /// Whether rows travelled packed.
+    pub packing: bool,
     /// Raw SQS send + receive + delete throughput, messages per second.
     pub ceiling_msgs_per_s: f64,
     /// The two ceiling samples (before and after the pipeline run) averaged above.
@@ -201,6 +205,7 @@ fn report(
             "release"
         },
         rows: options.rows,
+        packing: options.packing,
         ceiling_msgs_per_s: ceiling.msgs_per_s,
         ceiling_samples_msgs_per_s: ceiling.samples_msgs_per_s,
         pipeline_rows_per_s,

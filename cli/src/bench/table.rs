@@ -11,6 +11,7 @@ pub fn table(report: &BenchReport) -> String {
         format!("{} ({} build)", report.machine, report.profile),
     );
     line("rows", report.rows.to_string());
+    line("packing", report.packing.to_string());
     line(
         "ceiling: SQS send+receive+delete (msg/s)",
         format!(

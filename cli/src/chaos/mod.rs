@@ -53,6 +53,8 @@ pub struct ChaosOptions {
     pub runs: usize,
     /// Seeds every fault.
     pub seed: u64,
+    /// Rows travel packed (the destination's `packing`).
+    pub packing: bool,
 }
 
 /// The outcome, as `--json` prints it.
@@ -64,6 +66,8 @@ pub struct ChaosReport {
     pub runs: usize,
     /// The seed.
     pub seed: u64,
+    /// Whether rows travelled packed.
+    pub packing: bool,
     /// Faults injected, by kind: `kind:service.Operation` for AWS's, `destination:kind`
     /// for the destination's, `crash:point` for crashed invocations (`before_handler`,
     /// `after_handler`, or a handler's crash point such as `delivery.after_ledger_write`),
@@ -162,7 +166,7 @@ where
     }
 }
 
-fn chaos_yaml(url: &str) -> String {
+fn chaos_yaml(url: &str, packing: bool) -> String {
     format!(
         r#"
 destinations:
@@ -171,6 +175,7 @@ destinations:
     batch_size: 50
     concurrency: 2
     timeout_secs: 2
+    packing: {packing}
     retry: {{ max_attempts: {THRESHOLD}, base_delay_secs: 1, max_delay_secs: 2 }}
     webhook:
       url: {url}
@@ -313,7 +318,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         Duration::from_millis(2_500),
     )
     .await?;
-    let config = Config::from_yaml(&chaos_yaml(&destination.url()))?;
+    let config = Config::from_yaml(&chaos_yaml(&destination.url(), options.packing))?;
     let sync = SyncId::parse("chaos")?;
     // Crashed delivery invocations, before their handler and after it (response lost),
     // a few of each, by the seed.
@@ -479,6 +484,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     emulator.shutdown().await;
     Ok(ChaosReport {
         rows: options.rows,
+        packing: options.packing,
         runs: facts.len(),
         seed: options.seed,
         faults_injected,
@@ -525,6 +531,7 @@ pub fn table(report: &ChaosReport) -> String {
         "rows / runs / seed",
         format!("{} / {} / {}", report.rows, report.runs, report.seed),
     );
+    line(&mut out, "packing", report.packing.to_string());
     let injected: u64 = report.faults_injected.values().sum();
     line(&mut out, "faults injected", injected.to_string());
     for (kind, count) in &report.faults_injected {

@@ -75,7 +75,7 @@ use resync_shared::{
     destination::{Destination, DestinationError},
     domain::{
         ledger::FailedRow,
-        message::RowMessage,
+        message::{QueueMessage, RowMessage},
         outcome::{Decision, RowError},
         run::RunStatus,
         timestamp,
@@ -187,17 +187,27 @@ mod settle;
 use defer::defer_rows;
 use settle::{deliver_run, Retry, Sending, Settlement};
 
-/// One received message: where it came from, which attempt it is, and the row.
+/// One received row: the message it came in, which attempt it is, and the row.
 struct Received {
     message_id: String,
     receipt_handle: String,
     attempt: u32,
     /// Whether SQS delivered this message before (`ApproximateReceiveCount` > 1).
     received_before: bool,
+    /// The segment the row came in (`None`: a message of its own). A segment is
+    /// shared with other rows: it is never hidden for a backoff or listed in
+    /// `batchItemFailures` (it is deleted once its rows are settled), so a row of it
+    /// that cannot leave as a copy fails instead.
+    segment: Option<u64>,
     message: RowMessage,
 }
 
 impl Received {
+    /// Whether the row came in a segment.
+    fn packed(&self) -> bool {
+        self.segment.is_some()
+    }
+
     /// Whether the row may live as another message too (this one was received before,
     /// or is a retry's copy, whose original may have survived): its sends are
     /// then counted before they go.
@@ -220,7 +230,7 @@ pub async fn handler(
         let parsed = record
             .body
             .as_deref()
-            .map(RowMessage::from_body)
+            .map(QueueMessage::from_body)
             .transpose();
         match (parsed, record.receipt_handle) {
             (Ok(Some(message)), Some(receipt_handle)) => {
@@ -229,30 +239,37 @@ pub async fn handler(
                     .get("ApproximateReceiveCount")
                     .and_then(|v| v.parse::<u32>().ok())
                     .unwrap_or(1);
-                let received = Received {
-                    message_id,
-                    receipt_handle,
-                    attempt: receive_count.saturating_add(message.attempts_before),
-                    received_before: receive_count > 1,
-                    message,
+                let segment = match &message {
+                    QueueMessage::Segment(segment) => Some(segment.segment),
+                    QueueMessage::Row(_) => None,
                 };
-                let group = by_run
-                    .iter()
-                    .position(|((sync_id, run_id, generation), _)| {
-                        *run_id == received.message.run_id
-                            && *sync_id == received.message.sync_id
-                            && *generation == received.message.generation
-                    });
-                match group {
-                    Some(group) => by_run[group].1.push(received),
-                    None => by_run.push((
-                        (
-                            received.message.sync_id.clone(),
-                            received.message.run_id.clone(),
-                            received.message.generation,
-                        ),
-                        vec![received],
-                    )),
+                for message in message.into_rows() {
+                    let received = Received {
+                        message_id: message_id.clone(),
+                        receipt_handle: receipt_handle.clone(),
+                        attempt: receive_count.saturating_add(message.attempts_before),
+                        received_before: receive_count > 1,
+                        segment,
+                        message,
+                    };
+                    let group = by_run
+                        .iter()
+                        .position(|((sync_id, run_id, generation), _)| {
+                            *run_id == received.message.run_id
+                                && *sync_id == received.message.sync_id
+                                && *generation == received.message.generation
+                        });
+                    match group {
+                        Some(group) => by_run[group].1.push(received),
+                        None => by_run.push((
+                            (
+                                received.message.sync_id.clone(),
+                                received.message.run_id.clone(),
+                                received.message.generation,
+                            ),
+                            vec![received],
+                        )),
+                    }
                 }
             }
             _ => {
@@ -328,12 +345,24 @@ pub async fn handler(
         // left for Lambda to delete when the invocation returns: a lost response (a
         // timeout, a crash) would otherwise bring them back beside their copies, and
         // the row would live on as two messages counting attempts apart (I4).
+        // A segment is deleted only after the ledger write (below): its other rows'
+        // outcomes are in that item.
         let copied: Vec<String> = deferrals
             .iter()
             .enumerate()
             .filter(|(position, _)| !kept.contains(position))
+            .filter(|(_, deferral)| !rows[deferral.row].packed())
             .map(|(_, deferral)| rows[deferral.row].receipt_handle.clone())
             .collect();
+        let mut copied_segments: Vec<String> = deferrals
+            .iter()
+            .enumerate()
+            .filter(|(position, _)| !kept.contains(position))
+            .filter(|(_, deferral)| rows[deferral.row].packed())
+            .map(|(_, deferral)| rows[deferral.row].receipt_handle.clone())
+            .collect();
+        copied_segments.sort_unstable();
+        copied_segments.dedup();
         if !copied.is_empty() {
             deps.crash_points.reached(CrashPoint::DeliveryAfterCopies)?;
             match deps.queue.delete(&copied).await {
@@ -350,6 +379,13 @@ pub async fn handler(
             let deferral = &deferrals[position];
             let row = &rows[deferral.row];
             match &deferral.if_refused {
+                // A row of a segment cannot be hidden on its own: it fails, kept in the
+                // failed-row index with its last error for the next run.
+                Decision::RetryLater { error, .. } if row.packed() => {
+                    tracing::warn!(key = %row.message.key, code = %error.code, "SQS refused the copy of a packed row to retry; it fails with its last error");
+                    ledger.retrying.retain(|key| key != &row.message.key);
+                    ledger.failed.push(failed_row(row, error.clone()));
+                }
                 Decision::RetryLater { visibility, .. } => retries.push(Retry {
                     row: deferral.row,
                     visibility: *visibility,
@@ -370,6 +406,14 @@ pub async fn handler(
                 .await?;
         deps.crash_points
             .reached(CrashPoint::DeliveryAfterLedgerWrite)?;
+        // A segment some of whose rows left as copies is deleted now rather than when
+        // the invocation returns, for the same reason as the originals above; its
+        // outcomes are recorded, so it is not needed again.
+        if !copied_segments.is_empty() {
+            if let Err(err) = deps.queue.delete(&copied_segments).await {
+                tracing::warn!(error = %err, "cannot delete segments whose rows left as copies; they are deleted when the invocation returns");
+            }
+        }
         if crossed_settled {
             deps.notice.send(&sync_id, &run_id).await;
         }

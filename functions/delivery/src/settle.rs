@@ -377,6 +377,15 @@ pub(super) async fn deliver_run(
             // the dead-letter queue (its receive count passes the redrive's) and the
             // finalizer settles it as a failure, unless another copy settled it first.
             tracing::warn!(key = %row.message.key, attempt = row.attempt, "a copy came back after its last attempt; not sent again");
+            if row.packed() {
+                // A segment is never hidden for a row: the row fails here (a delivery
+                // of another of its copies wins over this failure).
+                ledger.failed.push(failed_row(
+                    row,
+                    RowError::attempts_spent(policy.max_attempts),
+                ));
+                continue;
+            }
             let ceiling = policy.backoff_ceiling(row.attempt);
             settlement.retries.push(Retry {
                 row: index,
@@ -526,6 +535,7 @@ mod tests {
             receipt_handle: key.into(),
             attempt: 1,
             received_before: false,
+            segment: None,
             message: RowMessage {
                 run_id: RunId::parse("r").unwrap(),
                 generation: 0,

@@ -46,7 +46,7 @@ use resync_shared::{
     crash_points::{CrashPoint, CrashPoints, InjectedCrash},
     domain::{
         ledger::{BatchLedger, FailedRow, RunCounts, RunTally},
-        message::RowMessage,
+        message::QueueMessage,
         outcome::{ErrorClass, RowError},
         run::{CloseProgress, RunRecord, RunStatus},
         timestamp,
@@ -710,47 +710,54 @@ async fn drain_dead_letters(deps: &Finalizer, destination: &DestinationId) -> Re
         let mut by_run: BTreeMap<(SyncId, RunId, u32), BatchLedger> = BTreeMap::new();
         let mut receipts = Vec::new();
         for message in &messages {
-            let Some(row) = message.body().and_then(|b| RowMessage::from_body(b).ok()) else {
+            let Some(rows) = message
+                .body()
+                .and_then(|b| QueueMessage::from_body(b).ok())
+                .map(QueueMessage::into_rows)
+            else {
                 tracing::error!(
                     message_id = message.message_id().unwrap_or_default(),
                     "unreadable dead-lettered message kept"
                 );
                 continue;
             };
-            let attempts = message
+            let receives = message
                 .attributes()
                 .and_then(|a| {
                     a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
                 })
                 .and_then(|v| v.parse::<u32>().ok())
-                .unwrap_or(0)
-                + row.attempts_before;
-            by_run
-                .entry((row.sync_id.clone(), row.run_id.clone(), row.generation))
-                .or_insert_with(|| BatchLedger {
-                    generation: row.generation,
-                    ..BatchLedger::default()
-                })
-                .failed
-                .push(FailedRow {
-                    key: row.key.clone(),
-                    error: RowError {
-                        class: ErrorClass::DeadLettered,
-                        code: "DEAD_LETTERED".into(),
-                        message:
-                            "the delivery function failed on this row until the queue gave up on it"
-                                .into(),
-                        retry_after: None,
-                        without_answer: false,
-                    },
-                    attempts,
-                    prior_attempts: row.prior_attempts,
-                    carried_over: row.carried_over,
-                    first_failed_at: row.first_failed_at.clone(),
-                    // It failed for good when the queue gave up on it: found now.
-                    failed_at: Some(timestamp::rfc3339(timestamp::now())),
-                    payload: row.row.clone(),
-                });
+                .unwrap_or(0);
+            // A segment's rows all fail with it.
+            for row in rows {
+                let attempts = receives + row.attempts_before;
+                by_run
+                    .entry((row.sync_id.clone(), row.run_id.clone(), row.generation))
+                    .or_insert_with(|| BatchLedger {
+                        generation: row.generation,
+                        ..BatchLedger::default()
+                    })
+                    .failed
+                    .push(FailedRow {
+                        key: row.key.clone(),
+                        error: RowError {
+                            class: ErrorClass::DeadLettered,
+                            code: "DEAD_LETTERED".into(),
+                            message:
+                                "the delivery function failed on this row until the queue gave up on it"
+                                    .into(),
+                            retry_after: None,
+                            without_answer: false,
+                        },
+                        attempts,
+                        prior_attempts: row.prior_attempts,
+                        carried_over: row.carried_over,
+                        first_failed_at: row.first_failed_at.clone(),
+                        // It failed for good when the queue gave up on it: found now.
+                        failed_at: Some(timestamp::rfc3339(timestamp::now())),
+                        payload: row.row,
+                    });
+            }
             if let Some(receipt) = message.receipt_handle() {
                 receipts.push(receipt.to_owned());
             }

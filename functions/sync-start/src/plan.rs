@@ -216,7 +216,20 @@ pub(crate) async fn plan(
     .await?;
     // A later attempt waits for this one's deliveries before it reads their ledgers.
     deps.runs.mark_sending(&sync.id, run_id, generation).await?;
-    let mut sender = Sender::new(&queue, run_id, generation, &sync.id, &deps.crash_points);
+    // Rows travel packed in segments of the destination's batch size if it says so.
+    let packing = deps
+        .config
+        .destination(&sync.destination)
+        .filter(|destination| destination.packing)
+        .map(|destination| destination.effective_batch_size());
+    let mut sender = Sender::new(
+        &queue,
+        run_id,
+        generation,
+        &sync.id,
+        &deps.crash_points,
+        packing,
+    );
     sender.replan = Some(&mut replan);
     for object in &readable {
         let mut planned_through = object.skip_through;

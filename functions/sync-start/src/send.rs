@@ -10,8 +10,9 @@ use resync_shared::{
     domain::{
         ledger::RecordedRejection,
         merge::{CarriedEntry, PlannedRow, RowOrigin},
-        message::RowMessage,
+        message::{PackedRow, RowMessage, SegmentBody},
         rejections::{RejectionLog, FROM_INDEX},
+        row::RowFields,
         source::Rejection,
     },
     PrimaryKey, RunId, SyncId,
@@ -40,12 +41,51 @@ fn joined(done: Result<BatchResult, tokio::task::JoinError>) -> BatchResult {
     }
 }
 
-/// One queued row, kept until SQS has accepted it.
-struct Pending {
+/// One queued row, kept until SQS has accepted the message that carries it.
+struct PendingRow {
     key: PrimaryKey,
     carried: Option<CarriedEntry>,
     origin: Option<RowOrigin>,
-    message: RowMessage,
+    /// The row's fields, when its message is a segment's (a single row's message
+    /// holds them).
+    fields: Option<RowFields>,
+}
+
+/// One message to queue: a single row, or a segment of rows.
+enum Body {
+    /// Serialised in the send task.
+    Row(Box<RowMessage>),
+    /// Serialised as it was packed.
+    Segment(String),
+}
+
+/// One message to queue and the rows it carries.
+struct Pending {
+    body: Body,
+    rows: Vec<PendingRow>,
+}
+
+impl Pending {
+    /// The fields of the message's `i`-th row.
+    fn fields(&self, i: usize) -> &RowFields {
+        match (&self.body, &self.rows[i].fields) {
+            (_, Some(fields)) => fields,
+            (Body::Row(message), None) => &message.row,
+            (Body::Segment(_), None) => unreachable!("a segment's rows keep their fields"),
+        }
+    }
+}
+
+/// The segment being packed (the destination's `packing`).
+struct Packing {
+    /// Rows per segment at most (the destination's batch size).
+    rows: usize,
+    /// The queue's largest message.
+    max_bytes: usize,
+    /// The next segment's place in the planning attempt.
+    next: u64,
+    /// The segment being filled and its rows.
+    open: Option<(SegmentBody, Vec<PendingRow>)>,
 }
 
 /// Why a row of a batch did not reach the queue.
@@ -58,7 +98,9 @@ enum NotSent {
 
 type BatchResult = Result<(Vec<Pending>, Vec<(usize, NotSent)>), AwsError>;
 
-/// Sends rows in batches of 10 with bounded concurrency; refused rows become rejections.
+/// Sends rows in batches of 10 messages with bounded concurrency; refused rows become
+/// rejections. With packing, a message is a segment of up to the destination's batch
+/// size rows.
 pub(crate) struct Sender<'a> {
     queue: &'a WorkQueue,
     run_id: &'a RunId,
@@ -67,6 +109,7 @@ pub(crate) struct Sender<'a> {
     crash_points: &'a CrashPoints,
     /// What earlier planning attempts of the run settled: such rows are not sent.
     pub(crate) replan: Option<&'a mut Replan>,
+    packing: Option<Packing>,
     batch: Vec<Pending>,
     in_flight: FuturesUnordered<tokio::task::JoinHandle<BatchResult>>,
     enqueued: u64,
@@ -74,12 +117,14 @@ pub(crate) struct Sender<'a> {
 }
 
 impl<'a> Sender<'a> {
+    /// `packing`: the destination's batch size when its rows travel packed.
     pub(crate) fn new(
         queue: &'a WorkQueue,
         run_id: &'a RunId,
         generation: u32,
         sync_id: &'a SyncId,
         crash_points: &'a CrashPoints,
+        packing: Option<usize>,
     ) -> Self {
         Self {
             queue,
@@ -88,6 +133,12 @@ impl<'a> Sender<'a> {
             sync_id,
             crash_points,
             replan: None,
+            packing: packing.map(|rows| Packing {
+                rows: rows.max(1),
+                max_bytes: queue.max_message_bytes(),
+                next: 0,
+                open: None,
+            }),
             batch: Vec::with_capacity(10),
             in_flight: FuturesUnordered::new(),
             enqueued: 0,
@@ -107,11 +158,8 @@ impl<'a> Sender<'a> {
             },
             None => (planned, 0),
         };
-        let message = RowMessage {
-            run_id: self.run_id.clone(),
-            generation: self.generation,
-            sync_id: self.sync_id.clone(),
-            key: planned.key.clone(),
+        let packed = PackedRow {
+            key: planned.key,
             row: planned.fields,
             carried_over: planned.carried.is_some(),
             first_failed_at: planned.carried.as_ref().map(|c| c.first_failed_at.clone()),
@@ -121,23 +169,76 @@ impl<'a> Sender<'a> {
             backoff_until: None,
             copied: false,
         };
-        self.batch.push(Pending {
-            key: planned.key,
-            carried: planned.carried,
-            origin: planned.origin,
-            message,
-        });
+        let pending = match self.packing.as_mut() {
+            Some(packing) => {
+                match pack(
+                    packing,
+                    self.run_id,
+                    self.generation,
+                    self.sync_id,
+                    packed,
+                    planned.carried,
+                    planned.origin,
+                ) {
+                    Packed::Into => return Ok(()),
+                    Packed::Sealed(segment) => segment,
+                    Packed::Alone(packed, carried, origin) => self.single(packed, carried, origin),
+                    Packed::SealedAndAlone(segment, (packed, carried, origin)) => {
+                        self.batch.push(segment);
+                        if self.batch.len() == 10 {
+                            self.flush(rejections).await?;
+                        }
+                        self.single(packed, carried, origin)
+                    }
+                }
+            }
+            None => self.single(packed, planned.carried, planned.origin),
+        };
+        self.batch.push(pending);
         if self.batch.len() == 10 {
             self.flush(rejections).await?;
         }
         Ok(())
     }
 
+    /// A row's own message.
+    fn single(
+        &self,
+        packed: PackedRow,
+        carried: Option<CarriedEntry>,
+        origin: Option<RowOrigin>,
+    ) -> Pending {
+        let key = packed.key.clone();
+        let message = RowMessage {
+            run_id: self.run_id.clone(),
+            generation: self.generation,
+            sync_id: self.sync_id.clone(),
+            key: packed.key,
+            row: packed.row,
+            carried_over: packed.carried_over,
+            first_failed_at: packed.first_failed_at,
+            prior_attempts: packed.prior_attempts,
+            attempts_before: packed.attempts_before,
+            rate_limit_deferrals: 0,
+            backoff_until: None,
+            copied: false,
+        };
+        Pending {
+            body: Body::Row(Box::new(message)),
+            rows: vec![PendingRow {
+                key,
+                carried,
+                origin,
+                fields: None,
+            }],
+        }
+    }
+
     async fn flush(&mut self, rejections: &mut RejectionLog) -> Result<(), SyncStartError> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batch);
+        let mut batch = std::mem::take(&mut self.batch);
         let queue = self.queue.clone();
         // Each request is its own task: the SDK's per-request work (serialising,
         // signing, parsing the answer) runs beside the parsing of the next rows where
@@ -147,8 +248,11 @@ impl<'a> Sender<'a> {
             let mut bodies = Vec::with_capacity(batch.len());
             let mut positions = Vec::with_capacity(batch.len());
             let mut not_sent = Vec::new();
-            for (i, pending) in batch.iter().enumerate() {
-                let body = pending.message.to_body();
+            for (i, pending) in batch.iter_mut().enumerate() {
+                let body = match &mut pending.body {
+                    Body::Row(message) => message.to_body(),
+                    Body::Segment(body) => std::mem::take(body),
+                };
                 if body.len() > max {
                     not_sent.push((i, NotSent::TooLarge { bytes: body.len() }));
                 } else {
@@ -194,45 +298,50 @@ impl<'a> Sender<'a> {
         }
         let mut not_sent_at: HashMap<usize, NotSent> = not_sent.into_iter().collect();
         for (i, pending) in batch.into_iter().enumerate() {
-            let (code, reason, payload) = match not_sent_at.remove(&i) {
-                None => {
-                    self.enqueued += 1;
-                    self.carried_over += u64::from(pending.carried.is_some());
-                    continue;
-                }
-                Some(NotSent::TooLarge { bytes }) => (
-                    "row_too_large",
-                    format!(
-                        "the row is {bytes} bytes as a message, larger than the queue's maximum message size of {} bytes",
-                        self.queue.max_message_bytes()
+            let not_sent = not_sent_at.remove(&i);
+            for (r, row) in pending.rows.iter().enumerate() {
+                let (code, reason, payload) = match &not_sent {
+                    None => {
+                        self.enqueued += 1;
+                        self.carried_over += u64::from(row.carried.is_some());
+                        continue;
+                    }
+                    Some(NotSent::TooLarge { bytes }) => (
+                        "row_too_large",
+                        format!(
+                            "the row is {bytes} bytes as a message, larger than the queue's maximum message size of {} bytes",
+                            self.queue.max_message_bytes()
+                        ),
+                        None,
                     ),
-                    None,
-                ),
-                // SQS blames the message itself (e.g. characters it does not take): the
-                // row is rejected with the reason, and its payload is kept in the index
-                // so a carried key is not left waiting for a re-export.
-                Some(NotSent::Refused(unsent)) => (
-                    "enqueue_refused",
-                    format!("SQS refused the row: {} {}", unsent.code, unsent.message),
-                    Some(pending.message.row.clone()),
-                ),
-            };
-            let (object, line) = match &pending.origin {
-                Some(origin) => (origin.object.to_string(), origin.line),
-                None => (FROM_INDEX.to_owned(), 0),
-            };
-            rejections.push(RecordedRejection {
-                rejection: Rejection {
-                    key: Some(pending.key),
-                    object,
-                    line,
-                    code: code.into(),
-                    reason,
-                },
-                first_failed_at: pending.carried.as_ref().map(|c| c.first_failed_at.clone()),
-                in_index: pending.carried.is_some(),
-                payload,
-            });
+                    // SQS blames the message itself (e.g. characters it does not take):
+                    // the row is rejected with the reason, and its payload is kept in
+                    // the index so a carried key is not left waiting for a re-export.
+                    // (A row SQS would refuse for its characters never shares a
+                    // segment: `PackedRow::fits_a_message`.)
+                    Some(NotSent::Refused(unsent)) => (
+                        "enqueue_refused",
+                        format!("SQS refused the row: {} {}", unsent.code, unsent.message),
+                        Some(pending.fields(r).clone()),
+                    ),
+                };
+                let (object, line) = match &row.origin {
+                    Some(origin) => (origin.object.to_string(), origin.line),
+                    None => (FROM_INDEX.to_owned(), 0),
+                };
+                rejections.push(RecordedRejection {
+                    rejection: Rejection {
+                        key: Some(row.key.clone()),
+                        object,
+                        line,
+                        code: code.into(),
+                        reason,
+                    },
+                    first_failed_at: row.carried.as_ref().map(|c| c.first_failed_at.clone()),
+                    in_index: row.carried.is_some(),
+                    payload,
+                });
+            }
         }
         Ok(())
     }
@@ -241,6 +350,9 @@ impl<'a> Sender<'a> {
         mut self,
         rejections: &mut RejectionLog,
     ) -> Result<(u64, u64), SyncStartError> {
+        if let Some(segment) = self.packing.as_mut().and_then(seal) {
+            self.batch.push(segment);
+        }
         self.flush(rejections).await?;
         while let Some(done) = self.in_flight.next().await {
             self.settle(joined(done)?, rejections)?;
@@ -250,4 +362,75 @@ impl<'a> Sender<'a> {
         }
         Ok((self.enqueued, self.carried_over))
     }
+}
+
+/// Where [`pack`] put a row.
+enum Packed {
+    /// Into the open segment.
+    Into,
+    /// Into a new segment; the one it closed is to be queued.
+    Sealed(Pending),
+    /// Nowhere: it travels alone (too large to share a message, or text SQS refuses).
+    Alone(PackedRow, Option<CarriedEntry>, Option<RowOrigin>),
+    /// Nowhere, and the open segment is closed (kept in plan order before it).
+    SealedAndAlone(
+        Pending,
+        (PackedRow, Option<CarriedEntry>, Option<RowOrigin>),
+    ),
+}
+
+/// Adds a row to the open segment, closing it first when the row would take it past
+/// the destination's batch size or the queue's largest message.
+fn pack(
+    packing: &mut Packing,
+    run_id: &RunId,
+    generation: u32,
+    sync_id: &SyncId,
+    packed: PackedRow,
+    carried: Option<CarriedEntry>,
+    origin: Option<RowOrigin>,
+) -> Packed {
+    let json = packed.to_json();
+    let alone = !PackedRow::fits_a_message(&json)
+        || SegmentBody::new(packing.next, run_id, generation, sync_id).bytes_with(json.len())
+            > packing.max_bytes;
+    if alone {
+        // Kept in plan order: the open segment goes first.
+        return match seal(packing) {
+            Some(segment) => Packed::SealedAndAlone(segment, (packed, carried, origin)),
+            None => Packed::Alone(packed, carried, origin),
+        };
+    }
+    let full = packing.open.as_ref().is_some_and(|(body, _)| {
+        body.rows() >= packing.rows || body.bytes_with(json.len()) > packing.max_bytes
+    });
+    let sealed = if full { seal(packing) } else { None };
+    let next = packing.next;
+    let (body, rows) = packing.open.get_or_insert_with(|| {
+        (
+            SegmentBody::new(next, run_id, generation, sync_id),
+            Vec::new(),
+        )
+    });
+    body.push(&json);
+    rows.push(PendingRow {
+        key: packed.key,
+        carried,
+        origin,
+        fields: Some(packed.row),
+    });
+    match sealed {
+        Some(segment) => Packed::Sealed(segment),
+        None => Packed::Into,
+    }
+}
+
+/// Closes the open segment, if any, as a message to queue.
+fn seal(packing: &mut Packing) -> Option<Pending> {
+    let (body, rows) = packing.open.take()?;
+    packing.next += 1;
+    Some(Pending {
+        body: Body::Segment(body.finish()),
+        rows,
+    })
 }

@@ -73,7 +73,19 @@ impl DestinationConfig {
     /// Rows per delivery invocation (the event source mapping's batch size): two
     /// destination batches, 20..=1000 — several requests per invocation keep ledger
     /// writes per row low.
+    ///
+    /// With `packing`, messages per invocation instead: each message (a segment of up
+    /// to `batch_size` rows, or one row) is at most one request, so as many as fit the
+    /// function's timeout one after another, 1..=10 (ten messages of the queue's
+    /// largest size are 2.5 MB, well inside Lambda's 6 MB invocation payload).
     pub fn event_batch_size(&self) -> u32 {
+        if self.packing {
+            let budget = u64::from(DELIVERY_FUNCTION_TIMEOUT_SECS)
+                .saturating_sub(INVOCATION_OVERHEAD_SECS)
+                / self.timeout_secs.max(1)
+                * REQUESTS_IN_FLIGHT as u64;
+            return u32::try_from(budget.clamp(1, 10)).unwrap_or(10);
+        }
         let twice = self.effective_batch_size().saturating_mul(2);
         u32::try_from(twice).unwrap_or(u32::MAX).clamp(20, 1000)
     }
@@ -82,7 +94,11 @@ impl DestinationConfig {
     /// batches of `batch_size`, [`REQUESTS_IN_FLIGHT`] at a time.
     pub fn sequential_requests(&self) -> u64 {
         let batch = self.effective_batch_size().max(1) as u64;
-        let requests = u64::from(self.event_batch_size()).div_ceil(batch);
+        let requests = if self.packing {
+            u64::from(self.event_batch_size())
+        } else {
+            u64::from(self.event_batch_size()).div_ceil(batch)
+        };
         requests.div_ceil(REQUESTS_IN_FLIGHT as u64)
     }
 
@@ -136,17 +152,22 @@ pub(super) fn check_destination(d: &DestinationConfig, at: &str) -> Result<(), C
         let rounds = d.sequential_requests();
         let rows = d.event_batch_size();
         let batch = d.effective_batch_size();
-        let requests = u64::from(rows).div_ceil(batch.max(1) as u64);
+        let requests = if d.packing {
+            u64::from(rows)
+        } else {
+            u64::from(rows).div_ceil(batch.max(1) as u64)
+        };
         let longest = function_timeout.saturating_sub(INVOCATION_OVERHEAD_SECS) / rounds.max(1);
         return Err(invalid(
             format!("{at}.timeout_secs"),
             format!(
-                "one delivery invocation takes up to {rows} rows in {requests} requests of {batch}, \
+                "one delivery invocation takes up to {rows} {unit} in {requests} requests of {batch}, \
                  one after another: {rounds} × {} s + {INVOCATION_OVERHEAD_SECS} s for its \
                  queue and ledger calls = {invocation} s, more than the delivery function's \
                  {function_timeout} s timeout (DELIVERY_FUNCTION_TIMEOUT_SECS), which would stop it \
                  mid-batch; with this batch_size a request may take at most {longest} s",
-                d.timeout_secs
+                d.timeout_secs,
+                unit = if d.packing { "messages" } else { "rows" },
             ),
         ));
     }

@@ -35,6 +35,11 @@ pub struct DestinationConfig {
     pub timeout_secs: u64,
     /// In-run retries: `max_attempts` is the destination's failure threshold.
     pub retry: RetryPolicy,
+    /// Whether a run's rows travel packed: sync-start puts up to `batch_size` rows in
+    /// one queue message (a *segment*), which delivery sends as one request; a row to
+    /// retry leaves its segment and travels alone (see `resync_shared::domain::message`).
+    /// Off by default for now: see `docs/packed-segments.md` for what is still to come.
+    pub packing: bool,
     /// The kind's own settings (its section).
     pub settings: DestinationSettings,
 }
@@ -52,11 +57,13 @@ pub(super) struct RawDestination {
     timeout_secs: u64,
     #[serde(default)]
     retry: RetryPolicy,
+    #[serde(default)]
+    packing: bool,
     #[serde(flatten)]
     sections: BTreeMap<String, serde_yaml::Value>,
 }
 
-const COMMON_FIELDS: &str = "id, kind, batch_size, concurrency, timeout_secs, retry";
+const COMMON_FIELDS: &str = "id, kind, batch_size, concurrency, timeout_secs, retry, packing";
 
 fn default_concurrency() -> u32 {
     5
@@ -206,6 +213,7 @@ pub(super) fn validate_destinations(
             concurrency: d.concurrency,
             timeout_secs: d.timeout_secs,
             retry: d.retry,
+            packing: d.packing,
             settings,
         };
         super::deployment::check_destination(&destination, &at)?;
