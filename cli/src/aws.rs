@@ -65,6 +65,10 @@ pub struct RequestCounts {
     pub dynamodb_write_units: u64,
     /// DynamoDB read units.
     pub dynamodb_read_units: u64,
+    /// SQS requests as AWS bills them: each started 64 KiB of a request's payload, or of
+    /// its answer's (a receive), is one request. Counted from the HTTP bodies, whose
+    /// envelope makes it an upper bound.
+    pub sqs_billed_requests: u64,
 }
 
 impl RequestCounts {
@@ -191,9 +195,25 @@ impl aws_smithy_runtime_api::client::http::HttpConnector for CountingConnector {
         let counter = self.counter.clone();
         let reads =
             service == "dynamodb" && matches!(operation.as_str(), "GetItem" | "Query" | "Scan");
+        const SQS_CHUNK: u64 = 64 * 1024;
+        let sqs_chunks = (service == "sqs").then(|| {
+            (request.body().bytes().map_or(0, |b| b.len()) as u64)
+                .div_ceil(SQS_CHUNK)
+                .max(1)
+        });
         let future = self.inner.call(request);
         aws_smithy_runtime_api::client::http::HttpConnectorFuture::new(async move {
             let response = future.await?;
+            if let Some(sent) = sqs_chunks {
+                let answered = response
+                    .headers()
+                    .get("content-length")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .or_else(|| response.body().bytes().map(|b| b.len() as u64))
+                    .unwrap_or(0)
+                    .div_ceil(SQS_CHUNK);
+                counter.inner.lock().expect("counter").sqs_billed_requests += sent.max(answered);
+            }
             if reads {
                 let length = response
                     .headers()

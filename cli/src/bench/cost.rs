@@ -63,7 +63,7 @@ pub(super) fn per_million_rows(
     let mut breakdown = BTreeMap::new();
     breakdown.insert(
         "sqs",
-        per_row(requests.service("sqs")) * prices::SQS_REQUEST * 1e6,
+        per_row(requests.sqs_billed_requests) * prices::SQS_REQUEST * 1e6,
     );
     breakdown.insert(
         "dynamodb",

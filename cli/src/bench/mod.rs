@@ -104,6 +104,9 @@ pub struct BenchReport {
     pub pipeline_phases_s: BTreeMap<&'static str, f64>,
     /// SQS requests per row on the clean run.
     pub sqs_requests_per_row: f64,
+    /// SQS requests per row as AWS bills them (each started 64 KiB of a payload is one;
+    /// packed segments are larger than one row's message).
+    pub sqs_billed_requests_per_row: f64,
     /// DynamoDB requests per delivered row.
     pub dynamodb_requests_per_delivered_row: f64,
     /// DynamoDB write units per delivered row.
@@ -215,6 +218,7 @@ fn report(
         pipeline_cores_busy: pipeline.cpu_seconds / pipeline.elapsed_s,
         pipeline_phases_s: pipeline.phases_s,
         sqs_requests_per_row: requests.service("sqs") as f64 / rows,
+        sqs_billed_requests_per_row: requests.sqs_billed_requests as f64 / rows,
         dynamodb_requests_per_delivered_row: requests.service("dynamodb") as f64 / delivered,
         dynamodb_write_units_per_delivered_row: requests.dynamodb_write_units as f64 / delivered,
         dynamodb_read_units_per_delivered_row: requests.dynamodb_read_units as f64 / delivered,

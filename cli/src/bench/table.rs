@@ -45,8 +45,11 @@ pub fn table(report: &BenchReport) -> String {
             .join(", "),
     );
     line(
-        "SQS requests per row",
-        format!("{:.3}", report.sqs_requests_per_row),
+        "SQS requests per row (billed: per 64 KiB)",
+        format!(
+            "{:.4} ({:.4})",
+            report.sqs_requests_per_row, report.sqs_billed_requests_per_row
+        ),
     );
     line(
         "DynamoDB requests per delivered row",
