@@ -347,19 +347,19 @@ pub async fn handler(
         // the row would live on as two messages counting attempts apart (I4).
         // A segment is deleted only after the ledger write (below): its other rows'
         // outcomes are in that item.
-        let copied: Vec<String> = deferrals
+        let (mut copied_segments, copied): (Vec<&Received>, Vec<&Received>) = deferrals
             .iter()
             .enumerate()
             .filter(|(position, _)| !kept.contains(position))
-            .filter(|(_, deferral)| !rows[deferral.row].packed())
-            .map(|(_, deferral)| rows[deferral.row].receipt_handle.clone())
+            .map(|(_, deferral)| &rows[deferral.row])
+            .partition(|row| row.packed());
+        let copied: Vec<String> = copied
+            .into_iter()
+            .map(|row| row.receipt_handle.clone())
             .collect();
-        let mut copied_segments: Vec<String> = deferrals
-            .iter()
-            .enumerate()
-            .filter(|(position, _)| !kept.contains(position))
-            .filter(|(_, deferral)| rows[deferral.row].packed())
-            .map(|(_, deferral)| rows[deferral.row].receipt_handle.clone())
+        let mut copied_segments: Vec<String> = copied_segments
+            .drain(..)
+            .map(|row| row.receipt_handle.clone())
             .collect();
         copied_segments.sort_unstable();
         copied_segments.dedup();

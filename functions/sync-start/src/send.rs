@@ -77,13 +77,19 @@ impl Pending {
 }
 
 /// The segment being packed (the destination's `packing`).
-struct Packing {
+struct Packing<'a> {
+    run_id: &'a RunId,
+    generation: u32,
+    sync_id: &'a SyncId,
     /// Rows per segment at most (the destination's batch size).
     rows: usize,
     /// The queue's largest message.
     max_bytes: usize,
     /// The next segment's place in the planning attempt.
     next: u64,
+    /// The size of segment `next` without rows: a row that does not fit beside it
+    /// travels alone.
+    envelope: usize,
     /// The segment being filled and its rows.
     open: Option<(SegmentBody, Vec<PendingRow>)>,
 }
@@ -109,7 +115,7 @@ pub(crate) struct Sender<'a> {
     crash_points: &'a CrashPoints,
     /// What earlier planning attempts of the run settled: such rows are not sent.
     pub(crate) replan: Option<&'a mut Replan>,
-    packing: Option<Packing>,
+    packing: Option<Packing<'a>>,
     batch: Vec<Pending>,
     in_flight: FuturesUnordered<tokio::task::JoinHandle<BatchResult>>,
     enqueued: u64,
@@ -133,11 +139,19 @@ impl<'a> Sender<'a> {
             sync_id,
             crash_points,
             replan: None,
-            packing: packing.map(|rows| Packing {
-                rows: rows.max(1),
-                max_bytes: queue.max_message_bytes(),
-                next: 0,
-                open: None,
+            packing: packing.map(|rows| {
+                let mut packing = Packing {
+                    run_id,
+                    generation,
+                    sync_id,
+                    rows: rows.max(1),
+                    max_bytes: queue.max_message_bytes(),
+                    next: 0,
+                    envelope: 0,
+                    open: None,
+                };
+                packing.envelope = packing.empty().bytes_with(0);
+                packing
             }),
             batch: Vec::with_capacity(10),
             in_flight: FuturesUnordered::new(),
@@ -169,34 +183,17 @@ impl<'a> Sender<'a> {
             backoff_until: None,
             copied: false,
         };
-        let pending = match self.packing.as_mut() {
-            Some(packing) => {
-                match pack(
-                    packing,
-                    self.run_id,
-                    self.generation,
-                    self.sync_id,
-                    packed,
-                    planned.carried,
-                    planned.origin,
-                ) {
-                    Packed::Into => return Ok(()),
-                    Packed::Sealed(segment) => segment,
-                    Packed::Alone(packed, carried, origin) => self.single(packed, carried, origin),
-                    Packed::SealedAndAlone(segment, (packed, carried, origin)) => {
-                        self.batch.push(segment);
-                        if self.batch.len() == 10 {
-                            self.flush(rejections).await?;
-                        }
-                        self.single(packed, carried, origin)
-                    }
-                }
-            }
-            None => self.single(packed, planned.carried, planned.origin),
+        let (sealed, alone) = match self.packing.as_mut() {
+            Some(packing) => packing.pack(packed, planned.carried, planned.origin),
+            None => (None, Some((packed, planned.carried, planned.origin))),
         };
-        self.batch.push(pending);
-        if self.batch.len() == 10 {
-            self.flush(rejections).await?;
+        // In plan order: a segment the row closed goes before the row's own message.
+        let single = alone.map(|(packed, carried, origin)| self.single(packed, carried, origin));
+        for pending in sealed.into_iter().chain(single) {
+            self.batch.push(pending);
+            if self.batch.len() == 10 {
+                self.flush(rejections).await?;
+            }
         }
         Ok(())
     }
@@ -350,7 +347,7 @@ impl<'a> Sender<'a> {
         mut self,
         rejections: &mut RejectionLog,
     ) -> Result<(u64, u64), SyncStartError> {
-        if let Some(segment) = self.packing.as_mut().and_then(seal) {
+        if let Some(segment) = self.packing.as_mut().and_then(Packing::seal) {
             self.batch.push(segment);
         }
         self.flush(rejections).await?;
@@ -364,73 +361,56 @@ impl<'a> Sender<'a> {
     }
 }
 
-/// Where [`pack`] put a row.
-enum Packed {
-    /// Into the open segment.
-    Into,
-    /// Into a new segment; the one it closed is to be queued.
-    Sealed(Pending),
-    /// Nowhere: it travels alone (too large to share a message, or text SQS refuses).
-    Alone(PackedRow, Option<CarriedEntry>, Option<RowOrigin>),
-    /// Nowhere, and the open segment is closed (kept in plan order before it).
-    SealedAndAlone(
-        Pending,
-        (PackedRow, Option<CarriedEntry>, Option<RowOrigin>),
-    ),
-}
+/// A row that travels in a message of its own, with what its rejection would need.
+type Alone = (PackedRow, Option<CarriedEntry>, Option<RowOrigin>);
 
-/// Adds a row to the open segment, closing it first when the row would take it past
-/// the destination's batch size or the queue's largest message.
-fn pack(
-    packing: &mut Packing,
-    run_id: &RunId,
-    generation: u32,
-    sync_id: &SyncId,
-    packed: PackedRow,
-    carried: Option<CarriedEntry>,
-    origin: Option<RowOrigin>,
-) -> Packed {
-    let json = packed.to_json();
-    let alone = !PackedRow::fits_a_message(&json)
-        || SegmentBody::new(packing.next, run_id, generation, sync_id).bytes_with(json.len())
-            > packing.max_bytes;
-    if alone {
-        // Kept in plan order: the open segment goes first.
-        return match seal(packing) {
-            Some(segment) => Packed::SealedAndAlone(segment, (packed, carried, origin)),
-            None => Packed::Alone(packed, carried, origin),
-        };
+impl Packing<'_> {
+    /// Segment `next` without rows.
+    fn empty(&self) -> SegmentBody {
+        SegmentBody::new(self.next, self.run_id, self.generation, self.sync_id)
     }
-    let full = packing.open.as_ref().is_some_and(|(body, _)| {
-        body.rows() >= packing.rows || body.bytes_with(json.len()) > packing.max_bytes
-    });
-    let sealed = if full { seal(packing) } else { None };
-    let next = packing.next;
-    let (body, rows) = packing.open.get_or_insert_with(|| {
-        (
-            SegmentBody::new(next, run_id, generation, sync_id),
-            Vec::new(),
-        )
-    });
-    body.push(&json);
-    rows.push(PendingRow {
-        key: packed.key,
-        carried,
-        origin,
-        fields: Some(packed.row),
-    });
-    match sealed {
-        Some(segment) => Packed::Sealed(segment),
-        None => Packed::Into,
-    }
-}
 
-/// Closes the open segment, if any, as a message to queue.
-fn seal(packing: &mut Packing) -> Option<Pending> {
-    let (body, rows) = packing.open.take()?;
-    packing.next += 1;
-    Some(Pending {
-        body: Body::Segment(body.finish()),
-        rows,
-    })
+    /// Adds a row to the open segment, closing it first when the row would take it
+    /// past the destination's batch size or the queue's largest message. Returns the
+    /// segment it closed, if any, and the row itself when it cannot share a segment
+    /// (too large beside a segment's envelope, or text SQS refuses): the open segment
+    /// is then closed first, so messages keep the plan's order.
+    fn pack(
+        &mut self,
+        packed: PackedRow,
+        carried: Option<CarriedEntry>,
+        origin: Option<RowOrigin>,
+    ) -> (Option<Pending>, Option<Alone>) {
+        let json = packed.to_json();
+        if self.envelope + json.len() > self.max_bytes || !PackedRow::fits_a_message(&json) {
+            return (self.seal(), Some((packed, carried, origin)));
+        }
+        let full = self.open.as_ref().is_some_and(|(body, _)| {
+            body.rows() >= self.rows || body.bytes_with(json.len()) > self.max_bytes
+        });
+        let sealed = if full { self.seal() } else { None };
+        if self.open.is_none() {
+            self.open = Some((self.empty(), Vec::new()));
+        }
+        let (body, rows) = self.open.as_mut().expect("a segment is open");
+        body.push(&json);
+        rows.push(PendingRow {
+            key: packed.key,
+            carried,
+            origin,
+            fields: Some(packed.row),
+        });
+        (sealed, None)
+    }
+
+    /// Closes the open segment, if any, as a message to queue.
+    fn seal(&mut self) -> Option<Pending> {
+        let (body, rows) = self.open.take()?;
+        self.next += 1;
+        self.envelope = self.empty().bytes_with(0);
+        Some(Pending {
+            body: Body::Segment(body.finish()),
+            rows,
+        })
+    }
 }
