@@ -674,19 +674,35 @@ impl TestEnv {
     /// delivery invocation, as an event source mapping with a large batch does; deletes
     /// them when the invocation succeeded (as Lambda does). Panics with the
     /// invocation's error otherwise.
+    ///
+    /// The messages are received hidden for 15 minutes, not the queue's own timeout: an
+    /// event source mapping gathers its batch within its batching window, while this
+    /// gathers thousands one receive at a time, and on a busy machine the first would
+    /// come back before the last was received — the same message twice in one batch,
+    /// its second copy a receive past the threshold (CI, stop 19).
     pub async fn deliver_in_one_invocation(&self, count: usize) {
         let delivery = self.runtime.deliveries.values().next().unwrap()[0].clone();
+        let sqs = aws_sdk_sqs::Client::new(&self.runtime.sdk);
         let mut messages: Vec<aws_sdk_sqs::types::Message> = Vec::new();
         while messages.len() < count {
             let want = (count - messages.len()).min(10) as i32;
-            messages.extend(
-                delivery
-                    .queue
-                    .receive(want, std::time::Duration::from_secs(1))
-                    .await
-                    .unwrap(),
-            );
+            let received = sqs
+                .receive_message()
+                .queue_url(delivery.queue.url())
+                .max_number_of_messages(want)
+                .wait_time_seconds(1)
+                .visibility_timeout(900)
+                .message_system_attribute_names(
+                    aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount,
+                )
+                .send()
+                .await
+                .unwrap();
+            messages.extend(received.messages.unwrap_or_default());
         }
+        let ids: std::collections::HashSet<_> =
+            messages.iter().map(|m| m.message_id.clone()).collect();
+        assert_eq!(ids.len(), messages.len(), "a message was received twice");
         let receipts: Vec<String> = messages
             .iter()
             .filter_map(|m| m.receipt_handle.clone())
