@@ -263,3 +263,34 @@ async fn a_close_cancelled_by_a_transaction_conflict_is_tried_again() {
         "the run was reported once"
     );
 }
+
+/// A call of several `SendMessageBatch` requests in which SQS refuses one request for
+/// its entry (a message over the queue's size, as a rate-limited row's copy can become)
+/// failed as a whole after the other requests' entries were sent: delivery then kept
+/// every row of the call as if none of their copies had gone, and the rows whose copies
+/// were on the queue lived on as two messages (with packed rows, a segment's rows all
+/// failed while their copy was alive). The call now says which entry SQS refused, as
+/// the sender's fault, and stands for the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sqs_refuses_for_its_entry_leaves_the_others_sent() {
+    let env = TestEnv::start().await;
+    let queue = env.runtime.deliveries.values().next().unwrap()[0]
+        .queue
+        .clone();
+    let small = r#"{"probe":0}"#.to_owned();
+    let large = format!(r#"{{"probe":"{}"}}"#, "x".repeat(queue.max_message_bytes()));
+    let unsent = queue
+        .send_batch(&[small, large])
+        .await
+        .expect("the call reports the refused entry, not a failure of all of them");
+    assert_eq!(
+        unsent
+            .iter()
+            .map(|u| (u.index, u.sender_fault))
+            .collect::<Vec<_>>(),
+        [(1, true)]
+    );
+    let messages = crate::helpers::receive_rows(&queue, 1).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].body(), Some(r#"{"probe":0}"#));
+}

@@ -670,10 +670,11 @@ impl TestEnv {
         }
     }
 
-    /// Receives `count` messages from the sync's delivery queue and hands them to one
-    /// delivery invocation, as an event source mapping with a large batch does; deletes
-    /// them when the invocation succeeded (as Lambda does). Panics with the
-    /// invocation's error otherwise.
+    /// Receives the messages holding `count` rows (one each, or packed in segments)
+    /// from the sync's delivery queue and hands them to one delivery invocation, as an
+    /// event source mapping with a large batch does; deletes them when the invocation
+    /// succeeded (as Lambda does). Panics with the invocation's error otherwise, or
+    /// when the rows do not come within a minute.
     ///
     /// The messages are received hidden for 15 minutes, not the queue's own timeout: an
     /// event source mapping gathers its batch within its batching window, while this
@@ -684,12 +685,17 @@ impl TestEnv {
         let delivery = self.runtime.deliveries.values().next().unwrap()[0].clone();
         let sqs = aws_sdk_sqs::Client::new(&self.runtime.sdk);
         let mut messages: Vec<aws_sdk_sqs::types::Message> = Vec::new();
-        while messages.len() < count {
-            let want = (count - messages.len()).min(10) as i32;
+        let mut rows = 0;
+        let started = std::time::Instant::now();
+        while rows < count {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "{rows} of {count} rows came"
+            );
             let received = sqs
                 .receive_message()
                 .queue_url(delivery.queue.url())
-                .max_number_of_messages(want)
+                .max_number_of_messages(10)
                 .wait_time_seconds(1)
                 .visibility_timeout(900)
                 .message_system_attribute_names(
@@ -698,8 +704,15 @@ impl TestEnv {
                 .send()
                 .await
                 .unwrap();
-            messages.extend(received.messages.unwrap_or_default());
+            for message in received.messages.unwrap_or_default() {
+                rows += resync_shared::domain::message::QueueMessage::from_body(
+                    message.body().unwrap_or_default(),
+                )
+                .map_or(1, |parsed| parsed.into_rows().len());
+                messages.push(message);
+            }
         }
+        assert_eq!(rows, count, "more rows came than were asked for");
         let ids: std::collections::HashSet<_> =
             messages.iter().map(|m| m.message_id.clone()).collect();
         assert_eq!(ids.len(), messages.len(), "a message was received twice");
@@ -714,6 +727,37 @@ impl TestEnv {
         assert!(response.batch_item_failures.is_empty());
         delivery.queue.delete(&receipts).await.unwrap();
     }
+}
+
+/// Receives messages from `queue` (as it hides them) until they hold at least `rows`
+/// rows, one each or packed in segments, and at most 10 messages; panics when the rows
+/// do not come within a minute.
+pub async fn receive_rows(
+    queue: &resync_shared::aws::queue::WorkQueue,
+    rows: usize,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let mut messages: Vec<aws_sdk_sqs::types::Message> = Vec::new();
+    let mut held = 0;
+    let started = std::time::Instant::now();
+    while held < rows && messages.len() < 10 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{held} of {rows} rows came"
+        );
+        let want = 10 - messages.len() as i32;
+        for message in queue
+            .receive(want, std::time::Duration::from_secs(1))
+            .await
+            .unwrap()
+        {
+            held += resync_shared::domain::message::QueueMessage::from_body(
+                message.body().unwrap_or_default(),
+            )
+            .map_or(1, |parsed| parsed.into_rows().len());
+            messages.push(message);
+        }
+    }
+    messages
 }
 
 /// Runs a finalizer's handler as its schedule would (every sync, or just `sync`).

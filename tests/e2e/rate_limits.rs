@@ -8,7 +8,7 @@ use resync_sync_start::SyncStartOutcome;
 
 use resync::local::LocalOptions;
 
-use crate::helpers::{key, remote, row, scaled, EnvSettings, TestEnv, Vendor};
+use crate::helpers::{key, receive_rows, remote, row, scaled, EnvSettings, TestEnv, Vendor};
 
 /// Issue 4 — rate limits do not burn attempts: with a threshold of ONE attempt and a
 /// portal that takes 3 calls per 2 seconds, every row is still delivered, each exactly
@@ -76,10 +76,25 @@ async fn hubspot_rate_limits_delay_rows_without_failing_them() {
 /// behind it — and the row is delivered once the limit lifts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_row_whose_copy_sqs_refuses_is_kept_not_lost() {
+    a_row_whose_copy_sqs_refuses(false).await;
+}
+
+/// The test above with packed rows: rows 0-4 travel in a segment, row 5 alone (it does
+/// not fit a segment). The segment's copy and row 5's went back in one call of two
+/// requests; SQS refused row 5's request, and the whole call read as refused, so rows
+/// 0-4 failed as "copy refused" while their copy was on the queue (1 delivered, 5
+/// failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packed_rate_limited_row_whose_copy_sqs_refuses_is_kept_not_lost() {
+    a_row_whose_copy_sqs_refuses(true).await;
+}
+
+async fn a_row_whose_copy_sqs_refuses(packing: bool) {
     let env = TestEnv::with(EnvSettings {
         max_attempts: 5,
         vendor: Vendor::Hubspot,
         concurrency: 1,
+        packing,
         ..EnvSettings::default()
     })
     .await;
@@ -135,9 +150,18 @@ async fn a_rate_limited_row_whose_copy_sqs_refuses_is_kept_not_lost() {
     .await
     .expect("the run closes (a row whose copy was refused must not be lost)");
     let counts = run.record.counts.unwrap();
-    assert_eq!((counts.delivered, counts.failed), (6, 0));
+    assert_eq!(
+        (counts.delivered, counts.failed),
+        (6, 0),
+        "packing: {packing}"
+    );
     assert!(env.index().await.is_empty());
-    assert!(portal.stats().ids[0].contains(&key(5)));
+    let stats = portal.stats();
+    assert!(stats.ids[0].contains(&key(5)));
+    assert_eq!(
+        stats.records[0], 6,
+        "each row was written once (no row lived on as its copy and its original)"
+    );
 }
 
 /// Row 5 of the test above with its `notes`.
@@ -190,17 +214,8 @@ async fn a_deferred_row_lives_on_as_one_message_when_the_response_is_lost() {
         SyncStartOutcome::Started { enqueued: 3, .. }
     ));
     let delivery = env.runtime.deliveries.values().next().unwrap()[0].clone();
-    let mut messages = Vec::new();
-    while messages.len() < 3 {
-        let want = 3 - messages.len() as i32;
-        messages.extend(
-            delivery
-                .queue
-                .receive(want, std::time::Duration::from_secs(1))
-                .await
-                .unwrap(),
-        );
-    }
+    let messages = receive_rows(&delivery.queue, 3).await;
+    let received = messages.len() as u64;
     let event = resync::local::sqs_event(messages, "arn:aws:sqs:us-east-1:000000000000:q");
     let response = resync_delivery::handler(&delivery, resync::local::lambda_invocation(event))
         .await
@@ -213,8 +228,8 @@ async fn a_deferred_row_lives_on_as_one_message_when_the_response_is_lost() {
     // The response is lost: nothing deletes what the handler left.
     assert_eq!(
         live_messages(&env, delivery.queue.url()).await,
-        3,
-        "one message per row: its delayed copy, not the copy and the original"
+        received,
+        "one message per message received (a row's, or a packed segment's): its delayed copy, not the copy and the original"
     );
 }
 
@@ -263,17 +278,7 @@ async fn a_copy_that_comes_back_after_the_last_attempt_is_not_sent_again() {
         .await
         .unwrap()
         .is_empty());
-    let mut messages = Vec::new();
-    while messages.len() < 3 {
-        let want = (3 - messages.len() as i32).min(10);
-        messages.extend(
-            delivery
-                .queue
-                .receive(want, std::time::Duration::from_secs(1))
-                .await
-                .unwrap(),
-        );
-    }
+    let messages = receive_rows(&delivery.queue, 3).await;
     let spent_copy: Vec<_> = messages
         .into_iter()
         .filter(|m| {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use aws_sdk_sqs::{
+    error::ProvideErrorMetadata,
     types::{
         ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
         MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
@@ -27,6 +28,25 @@ pub const MAX_DELAY_SECONDS: u64 = crate::domain::retry::SQS_MAX_DELAY.as_secs()
 /// request whole (`BatchRequestTooLong`): 1 MiB today, 256 KiB where the old limit still
 /// holds; the smaller is used, which is also every queue's largest message here.
 pub const MAX_BATCH_BYTES: usize = 262_144;
+
+/// Whether SQS refused a `SendMessageBatch` for its entries' content (a message or the
+/// request too large, a parameter out of range), which no retry changes.
+fn refused_for_its_entries<R>(
+    err: &aws_sdk_sqs::error::SdkError<
+        aws_sdk_sqs::operation::send_message_batch::SendMessageBatchError,
+        R,
+    >,
+) -> bool {
+    matches!(
+        err.code(),
+        Some(
+            "InvalidParameterValue"
+                | "AWS.SimpleQueueService.BatchRequestTooLong"
+                | "BatchRequestTooLong"
+                | "InvalidMessageContents"
+        )
+    )
+}
 
 /// `DeleteMessageBatch` requests one [`WorkQueue::delete`] keeps in flight.
 const DELETES_IN_FLIGHT: usize = 10;
@@ -156,7 +176,20 @@ impl WorkQueue {
                 bytes += bodies[end].len();
                 end += 1;
             }
-            refused.extend(self.send_entries(bodies, delays, start..end).await?);
+            match self.send_entries(bodies, delays, start..end).await {
+                Ok(unsent) => refused.extend(unsent),
+                // Nothing was sent yet: the whole call failed.
+                Err(err) if start == 0 => return Err(err),
+                // Earlier requests of this call were sent: only this one's entries
+                // are unsent. An error here must not read as "nothing sent", or the
+                // caller would keep rows whose copies are already on the queue.
+                Err(err) => refused.extend((start..end).map(|index| Unsent {
+                    index,
+                    code: "RequestFailed".into(),
+                    message: err.to_string(),
+                    sender_fault: false,
+                })),
+            }
             start = end;
         }
         Ok(refused)
@@ -197,6 +230,20 @@ impl WorkQueue {
                 .await
             {
                 Ok(output) => output,
+                // SQS refuses the request for what its entries are (one too large, a
+                // delay out of range): it would refuse them again, and the other
+                // requests of the call stand.
+                Err(err) if refused_for_its_entries(&err) => {
+                    let message =
+                        aws_smithy_types::error::display::DisplayErrorContext(&err).to_string();
+                    refused.extend(pending.iter().map(|&index| Unsent {
+                        index,
+                        code: err.code().unwrap_or("InvalidParameterValue").to_owned(),
+                        message: message.clone(),
+                        sender_fault: true,
+                    }));
+                    break;
+                }
                 Err(err) if attempt < SEND_TRIES => {
                     tracing::warn!(error = %aws_smithy_types::error::display::DisplayErrorContext(&err), attempt, "SendMessageBatch failed; retrying");
                     tokio::time::sleep(delay).await;
