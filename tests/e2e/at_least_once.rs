@@ -8,7 +8,7 @@ use resync_shared::{domain::message::RowMessage, PrimaryKey, RunId};
 use resync_sync_start::SyncStartOutcome;
 
 use crate::helpers::{
-    key, row, scaled, EnvSettings, ScheduleEvent, TestEnv, LONGER_THAN_AN_INVOCATION,
+    key, receive_rows, row, scaled, EnvSettings, ScheduleEvent, TestEnv, LONGER_THAN_AN_INVOCATION,
 };
 
 /// Duplicate SQS deliveries change no count: the same rows arrive twice.
@@ -26,18 +26,8 @@ async fn duplicate_deliveries_do_not_change_any_count() {
     };
     assert_eq!(enqueued, rows as u64);
     let delivery = env.runtime.deliveries.values().next().unwrap()[0].clone();
-    // The same messages delivered to two invocations, as SQS may do.
-    let mut messages = Vec::new();
-    while messages.len() < 10 {
-        let want = 10 - messages.len() as i32;
-        messages.extend(
-            delivery
-                .queue
-                .receive(want, std::time::Duration::from_secs(1))
-                .await
-                .unwrap(),
-        );
-    }
+    // The same messages (at least 10 rows) delivered to two invocations, as SQS may do.
+    let messages = receive_rows(&delivery.queue, 10).await;
     for _ in 0..2 {
         let event =
             resync::local::sqs_event(messages.clone(), "arn:aws:sqs:us-east-1:000000000000:q");

@@ -28,8 +28,8 @@ fn crashing(rules: CrashRules) -> EnvSettings {
 /// delivered once counted, from the plan of the attempt that finished.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_start_killed_at_any_point_is_retried_and_its_run_closes_exact() {
-    // 25 SendMessageBatch calls: more than are in flight at once, so some return
-    // before the last is sent.
+    // 25 SendMessageBatch calls of single rows (3 of packed ones): more than are in
+    // flight at once, so some return before the last is sent.
     let rows = 250;
     let cases = [
         (CrashPoint::SyncStartAfterAcquire, 1, 0),
@@ -38,7 +38,13 @@ async fn sync_start_killed_at_any_point_is_retried_and_its_run_closes_exact() {
         (CrashPoint::SyncStartAfterMarkPlanned, 1, 0),
     ];
     for (point, crashes, generation) in cases {
-        let env = TestEnv::with(crashing(CrashRules::none().first(point, crashes))).await;
+        // Batches of 10: with packed rows too, 25 segments take three
+        // SendMessageBatch calls, so the planning can die between them.
+        let env = TestEnv::with(EnvSettings {
+            batch_size: 10,
+            ..crashing(CrashRules::none().first(point, crashes))
+        })
+        .await;
         env.export_rows("1.jsonl.gz", 0..rows).await;
         let run = env.run().await;
         let counts = run.record.counts.unwrap();

@@ -72,7 +72,7 @@ async fn rows_waiting_out_a_backoff_are_not_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_received_before_its_backoff_ends_goes_back_unsent() {
     use aws_sdk_sqs::types::QueueAttributeName;
-    use resync_shared::domain::message::RowMessage;
+    use resync_shared::domain::message::QueueMessage;
 
     let env = TestEnv::start().await;
     env.export_rows("1.jsonl.gz", 0..1).await;
@@ -84,7 +84,11 @@ async fn a_copy_received_before_its_backoff_ends_goes_back_unsent() {
         .await
         .unwrap()
         .remove(0);
-    let mut waiting = RowMessage::from_body(planned.body().unwrap()).unwrap();
+    // The planned row, as a message of its own (with packing it came in a segment).
+    let mut waiting = QueueMessage::from_body(planned.body().unwrap())
+        .unwrap()
+        .into_rows()
+        .remove(0);
     waiting.attempts_before = 1;
     waiting.backoff_until = Some(time::OffsetDateTime::now_utc().unix_timestamp() + 3_600);
     assert!(delivery

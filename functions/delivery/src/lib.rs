@@ -363,8 +363,10 @@ pub async fn handler(
             .collect();
         copied_segments.sort_unstable();
         copied_segments.dedup();
-        if !copied.is_empty() {
+        if !copied.is_empty() || !copied_segments.is_empty() {
             deps.crash_points.reached(CrashPoint::DeliveryAfterCopies)?;
+        }
+        if !copied.is_empty() {
             match deps.queue.delete(&copied).await {
                 Ok(0) => {}
                 Ok(refused) => {
