@@ -706,10 +706,7 @@ impl TestEnv {
                 .await
                 .unwrap();
             for message in received.messages.unwrap_or_default() {
-                rows += resync_shared::domain::message::QueueMessage::from_body(
-                    message.body().unwrap_or_default(),
-                )
-                .map_or(1, |parsed| parsed.into_rows().len());
+                rows += rows_in(&message);
                 messages.push(message);
                 last_message = std::time::Instant::now();
             }
@@ -729,6 +726,13 @@ impl TestEnv {
         assert!(response.batch_item_failures.is_empty());
         delivery.queue.delete(&receipts).await.unwrap();
     }
+}
+
+/// The rows a delivery queue's message holds: a segment's, or one (a row's message, or
+/// one that is not resync's).
+fn rows_in(message: &aws_sdk_sqs::types::Message) -> usize {
+    resync_shared::domain::message::QueueMessage::from_body(message.body().unwrap_or_default())
+        .map_or(1, |parsed| parsed.into_rows().len())
 }
 
 /// Receives messages from `queue` (as it hides them) until they hold at least `rows`
@@ -752,10 +756,7 @@ pub async fn receive_rows(
             .await
             .unwrap()
         {
-            held += resync_shared::domain::message::QueueMessage::from_body(
-                message.body().unwrap_or_default(),
-            )
-            .map_or(1, |parsed| parsed.into_rows().len());
+            held += rows_in(&message);
             messages.push(message);
             last_message = std::time::Instant::now();
         }

@@ -347,7 +347,7 @@ pub async fn handler(
         // the row would live on as two messages counting attempts apart (I4).
         // A segment is deleted only after the ledger write (below): its other rows'
         // outcomes are in that item.
-        let (mut copied_segments, copied): (Vec<&Received>, Vec<&Received>) = deferrals
+        let (copied_segments, copied): (Vec<&Received>, Vec<&Received>) = deferrals
             .iter()
             .enumerate()
             .filter(|(position, _)| !kept.contains(position))
@@ -358,7 +358,7 @@ pub async fn handler(
             .map(|row| row.receipt_handle.clone())
             .collect();
         let mut copied_segments: Vec<String> = copied_segments
-            .drain(..)
+            .into_iter()
             .map(|row| row.receipt_handle.clone())
             .collect();
         copied_segments.sort_unstable();
